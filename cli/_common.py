@@ -1,0 +1,96 @@
+"""Glue shared by commands: options -> library objects (model, data, device)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from kmtools.data import DataInfo, load_dataset, subset
+from kmtools.data.registry import check_compatible
+from kmtools.device import resolve
+from kmtools.errors import ConfigError
+from kmtools.models import KmModel, load_model
+from kmtools.report.schema import model_info
+
+
+def floats(text: str | None, name: str) -> list[float] | None:
+    """Parse ``"0.1,0.2"``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be comma-separated numbers, got {text!r}") from exc
+
+
+def ints(text: str | None, name: str) -> list[int] | None:
+    vals = floats(text, name)
+    return [int(v) for v in vals] if vals is not None else None
+
+
+def open_model(
+    path: Path,
+    *,
+    arch: str | None = None,
+    head: str | None = None,
+    num_classes: int | None = None,
+    trust: bool = False,
+    norm: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    input_shape: str | None = None,
+) -> KmModel:
+    """Load a checkpoint with the shared model options."""
+    if norm is not None and (mean or std):
+        raise ConfigError("give either --norm or --mean/--std, not both")
+    m: list[float] | str | None = norm if norm is not None else floats(mean, "--mean")
+    s = floats(std, "--std")
+    if (mean is None) != (std is None):
+        raise ConfigError("--mean and --std go together")
+    return load_model(path, arch=arch, head=head, num_classes=num_classes, trust=trust, mean=m, std=s,
+                      input_shape=ints(input_shape, "--input-shape"))
+
+
+def open_data(
+    name: str | None,
+    *,
+    root: Path | None = None,
+    split: str = "test",
+    n: int | None = None,
+    download: bool = False,
+    seed: int = 0,
+    model: KmModel | None = None,
+    shuffle: bool = False,
+) -> DataInfo:
+    """Load ``--data`` and check it fits ``model`` (class count, input shape)."""
+    if not name:
+        raise ConfigError("this command needs --data NAME|PATH (e.g. --data digits)")
+    info = load_dataset(name, root=root, split=split, download=download)
+    if model is not None:
+        check_compatible(info, model.num_classes, model.input_shape)
+    return subset(info, n, seed=seed, shuffle=shuffle)
+
+
+def device_of(spec: str) -> torch.device:
+    return resolve(spec)
+
+
+def describe_model(path: Path, model: KmModel) -> dict[str, object] | None:
+    return model_info(path, model)
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0

@@ -1,0 +1,127 @@
+"""``kmtools centroids``: equidistant (Theorem 1), class-mean or k-means centroids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+
+from kmtools.centroids import augment, class_means, equidistant, kmeans, nearest, spread, theorem1_agreement
+from kmtools.errors import ConfigError
+from kmtools.features import extract
+from kmtools.io import write_with
+from kmtools.models import require_split
+from kmtools.report.schema import envelope
+from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
+from kmtools_cli._options import (
+    ArchOpt, BatchOpt, DataOpt, DataRootOpt, DebugOpt, DeviceOpt, ForceOpt, FormatOpt, HeadPathOpt, MeanOpt,
+    ModelArg, NOpt, NormOpt, NumClassesOpt, OutOpt, QuietOpt, SeedOpt, SplitOpt, StdOpt, TrustOpt,
+)
+from kmtools_cli._output import Output, kv_table
+
+METHODS = ("equidistant", "means", "kmeans")
+
+
+def centroids(
+    model_path: ModelArg,
+    data: DataOpt = None,
+    method: Annotated[str, typer.Option("--method", "-m", help="equidistant (Theorem 1), means (class means) or kmeans.")] = "means",
+    k: Annotated[int | None, typer.Option("-k", help="Clusters for --method kmeans (default: number of classes).")] = None,
+    n_init: Annotated[int, typer.Option("--n-init", help="k-means restarts.")] = 3,
+    out_path: OutOpt = None,
+    force: ForceOpt = False,
+    arch: ArchOpt = None,
+    head: HeadPathOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    norm: NormOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    data_root: DataRootOpt = None,
+    split: SplitOpt = "train",
+    n: NOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 256,
+    seed: SeedOpt = 0,
+    fmt: FormatOpt = "human",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Compute centroids in the penultimate feature space and write them with a summary.
+
+    equidistant: Z = W + v from the head (Theorem 1, bias folded in as an extra dimension);
+    means: C = f(X) Y (YᵀY)⁻¹; kmeans: k-means++ and batched Lloyd with restarts.
+    The file (.safetensors) holds 'centroids' and, for kmeans, 'labels'.
+
+    Example: kmtools centroids model.pt --arch resnet18 --data cifar10 --method means --out c.safetensors
+    """
+    out = Output(fmt, quiet)
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
+    if out_path is not None and out_path.exists() and not force:
+        raise ConfigError(f"{out_path} already exists: pass --force to overwrite it")
+    timer = Timer()
+    dev = device_of(device)
+    with timer("load"):
+        model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
+                           trust=trust_checkpoint, norm=norm, mean=mean, std=std)
+    require_split(model, "kmtools centroids")
+    info = open_data(data, root=data_root, split=split, n=n, model=model)
+    with timer("features"), out.progress("features", len(info)) as prog:
+        feats = extract(model, info.dataset, batch_size=batch_size, device=dev, progress=prog)
+    results: dict[str, object] = {"method": method, "n": len(feats), "feature_dim": feats.features.shape[1]}
+    tensors: dict[str, torch.Tensor] = {}
+    with timer("centroids"):
+        if method == "equidistant":
+            if model.head_kind != "softmax":
+                raise ConfigError("--method equidistant needs a softmax model (a final nn.Linear head)")
+            eq = equidistant(model.head)  # type: ignore[arg-type]
+            c = eq.centroids.float()
+            f_space = augment(feats.features)
+            results["theorem1_agreement"] = theorem1_agreement(feats.features, feats.scores, model.head)  # type: ignore[arg-type]
+            results["norm_spread"] = eq.norm_spread
+            results["note"] = "centroids live in the bias-augmented space [f(x), 1] (Theorem 1 proof)"
+            assign = nearest(f_space.double(), eq.centroids).long()
+        elif method == "means":
+            c = class_means(feats.features, feats.labels, model.num_classes).float()
+            f_space = feats.features
+            assign = nearest(f_space, c)
+            results["nearest_mean_accuracy"] = float((assign == feats.labels).double().mean())
+        else:
+            kk = k or model.num_classes
+            with out.progress("k-means restarts", n_init) as prog:
+                km = kmeans(feats.features, kk, n_init=n_init, seed=seed, device=dev, progress=prog)
+            c = km.centroids.float().cpu()
+            f_space = feats.features
+            assign = km.labels.cpu()
+            results["k"] = kk
+            results["inertia"] = km.inertia
+            results["n_iter"] = km.n_iter
+            tensors["labels"] = assign.clone()
+        results["network_accuracy"] = float((feats.predictions == feats.labels).double().mean())
+        labels = feats.labels if method != "kmeans" else assign
+        results.update(spread(f_space.float(), labels, c.float()))
+    tensors["centroids"] = c.contiguous()
+    if out_path is not None:
+        from safetensors.torch import save_file
+
+        write_with(out_path, lambda tmp: save_file(tensors, str(tmp), metadata={"method": method}), force)
+        results["out"] = str(out_path)
+    doc = envelope("centroids", results, model=describe_model(model_path, model), data=info.to_dict(),
+                   seed=seed, device=dev, timings=timer.timings)
+
+    def human(con: Console) -> None:
+        rows = [(k2, v) for k2, v in results.items() if k2 != "per_class_spread"]
+        spreads = results.get("per_class_spread")
+        if isinstance(spreads, list):
+            rows.append(("per-class spread", [round(s, 3) if s is not None else None for s in spreads]))
+        con.print(kv_table(f"centroids ({method})", rows))
+
+    out.emit(doc, human)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("centroids")(centroids)

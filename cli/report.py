@@ -1,0 +1,128 @@
+"""``kmtools report`` (HTML/Markdown report of run directories) and ``kmtools check`` (gates)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmtools.report import gates
+from kmtools.report.collect import load_run
+from kmtools.report.render import summary, write_report
+from kmtools.report.schema import envelope
+from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, GateOpt, QuietOpt
+from kmtools_cli._output import Output
+
+RunArgs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Run directories (as written by a command's --out DIR) and/or result JSON files; merged in order.",
+        show_default=False,
+    ),
+]
+
+
+def report(
+    paths: RunArgs,
+    out_path: Annotated[
+        Path, typer.Option("--out", "-o", help="Report file: .html (self-contained) or .md.", show_default=False)
+    ],
+    gate: GateOpt = None,
+    title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
+    force: ForceOpt = False,
+    fmt: FormatOpt = "human",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write one report of the given runs: the softmax-vs-Gauss table in the layout of the paper's
+    Table 1, outlier thresholds, OOD detection, attacks, training curves and figures.
+
+    HTML is a single file (inline CSS, images embedded); Markdown keeps its figures in
+    <name>_files/ beside it. --gate conditions are checked on the merged results, shown in the
+    report, and fail the command with exit 3 after the report is written.
+
+    Example: kmtools report runs/resnet18/ --out report.html --gate 'gauss.onepixel.rate<=0.15'
+    """
+    out = Output(fmt, quiet)
+    run = load_run(paths)
+    doc = run.gate_doc()
+    outcome = gates.check(gate or [], doc)  # a malformed gate stops here, before any drawing
+    out.info(f"drawing figures and writing {out_path} …")
+    path = write_report(run, out_path, force, gates=outcome, title=title)
+    results = {
+        "out": str(path),
+        "commands": run.commands,
+        "figures": len(run.figures),
+        "summary": summary(run),
+        "gates": [g.to_dict() for g in outcome],
+    }
+
+    def human(con: Console) -> None:
+        con.print(f"wrote {path} ({', '.join(run.commands)})", highlight=False)
+        if results["summary"]:
+            con.print(_summary_table(results["summary"]))
+
+    out.emit(envelope("report", results), human)
+    out.gate(gate, doc)
+
+
+def check(
+    paths: Annotated[list[Path], typer.Argument(help="Result JSON files and/or run directories.", show_default=False)],
+    gate: GateOpt = None,
+    fmt: FormatOpt = "human",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Check --gate conditions on existing results; exit 3 when any fails.
+
+    A gate is PATH OP EXPR with OP one of < <= > >= == != and EXPR a number, a path or
+    arithmetic of those; paths are dotted keys into the results. Several files or run
+    directories are merged (docs/ci.md). A bad expression or unknown path is a usage error
+    (exit 2) that lists the valid paths.
+
+    Example: kmtools check runs/evaluate.json --gate 'gauss.accuracy>=softmax.accuracy-0.003'
+    """
+    if not gate:
+        raise click.UsageError("give at least one --gate EXPR, e.g. --gate 'accuracy>=0.9'")
+    out = Output(fmt, quiet)
+    doc = load_run(paths).gate_doc()
+    outcome = gates.check(gate, doc)
+    failed = [g for g in outcome if not g.passed]
+    results = {"passed": not failed, "gates": [g.to_dict() for g in outcome]}
+
+    def human(con: Console) -> None:
+        t = Table(show_header=True, title_justify="left")
+        for col in ("result", "gate", "value", "bound"):
+            t.add_column(col, justify="right" if col in ("value", "bound") else "left")
+        for g in outcome:
+            t.add_row("[green]pass[/]" if g.passed else "[bold red]FAIL[/]", g.expr, f"{g.value:.6g}", f"{g.bound:.6g}")
+        con.print(t)
+
+    out.emit(envelope("check", results), human)
+    if failed:
+        out.err.print(
+            "error: gate failed: " + "; ".join(f"{g.expr} (value {g.value:.6g})" for g in failed), highlight=False
+        )
+        raise typer.Exit(3)
+
+
+def _summary_table(rows: dict[str, dict[str, float | None]]) -> Table:
+    t = Table(title="softmax vs Gauss (paper Table 1)", title_justify="left")
+    for col in ("model", "accuracy", "confidence", "attack rate", "conf in fooled"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for kind, vals in rows.items():
+        cells = [vals.get(k) for k in ("accuracy", "confidence", "attack_rate", "attack_confidence")]
+        t.add_row(kind, *("-" if v is None else f"{v:.4g}" for v in cells))
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
+    app.command("check")(check)
+
+
+__all__ = ["check", "register", "report"]

@@ -1,0 +1,236 @@
+"""Fast Gradient Sign Method (Goodfellow, Shlens & Szegedy 2015) swept over ε.
+
+x̃ = clip(x + ε · sign(∇ₓ L(x, y))), in the model's input space: pixel space in [0, 1]
+before normalisation for a :class:`~kmtools.models.core.KmModel` (which normalises inside),
+clipped to the valid range. L is the cross-entropy of the decision scores
+(:func:`~kmtools.attacks.deepfool.decision_scores`): the logits of a softmax network, and
+log κ = -γ‖f(x) - C_k‖² (the nearest-centroid logits) of a Gauss network. The gradient
+does not depend on ε, so one backward pass per batch serves the whole sweep.
+
+For each ε the sweep reports accuracy, the mean confidence of the predicted class
+(softmax probability, or Gauss-confidence κ), the mean confidence of the wrong
+predictions (the paper's Figure 2 plots accuracy and this confidence against ε) and the
+share of predictions below the outlier threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as nnf
+from torch import nn
+
+from kmtools.attacks.deepfool import Progress, decision_scores, eval_mode, model_device
+from kmtools.attacks.onepixel import _head_kind, _threshold, class_confidences
+from kmtools.errors import ConfigError
+
+__all__ = ["DEFAULT_EPS", "FGSMResult", "fgsm", "fgsm_sweep", "parse_eps"]
+
+DEFAULT_EPS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+
+
+def parse_eps(text: str | Sequence[float]) -> list[float]:
+    """``"0,0.05,0.1"`` -> [0.0, 0.05, 0.1]; each ε must be a number >= 0."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out = []
+    for it in items:
+        if isinstance(it, str) and not it.strip():
+            continue
+        try:
+            v = float(it)
+        except ValueError as exc:
+            raise ConfigError(f"--eps: {it!r} is not a number (give e.g. --eps 0,0.05,0.1)") from exc
+        if not v >= 0:
+            raise ConfigError(f"--eps values must be >= 0, got {v}")
+        out.append(v)
+    if not out:
+        raise ConfigError("--eps needs at least one value, e.g. --eps 0,0.05,0.1")
+    return out
+
+
+def _grad_sign(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        scores = decision_scores(model, xg)
+        loss = nnf.cross_entropy(scores.float(), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xg)
+    return g.sign()
+
+
+def fgsm(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    clip: tuple[float, float] | None = (0.0, 1.0),
+) -> torch.Tensor:
+    """FGSM examples for one ε: clip(x + ε · sign(∇ₓ CE(scores(x), y))). No batching."""
+    with eval_mode(model):
+        s = _grad_sign(model, x, y.long())
+    out = x + eps * s
+    return out.clamp(clip[0], clip[1]) if clip is not None else out
+
+
+@dataclass
+class FGSMResult:
+    """FGSM sweep over ε for N inputs.
+
+    Attributes (lists aligned with ``eps``):
+        accuracy: share of inputs predicted as their label.
+        fooled_rate: share of the inputs predicted correctly at ε = 0 (clean) that are
+            wrong at ε.
+        conf_mean: mean confidence of the predicted class.
+        conf_wrong_mean: mean confidence of the wrong predictions (None if none).
+        conf_correct_mean: mean confidence of the correct predictions (None if none).
+        outlier_share: share of predictions whose confidence is below ``threshold``.
+        preds, confs: (E, N) predicted class and its confidence per ε and input.
+    """
+
+    eps: list[float]
+    accuracy: list[float]
+    fooled_rate: list[float]
+    conf_mean: list[float]
+    conf_wrong_mean: list[float | None]
+    conf_correct_mean: list[float | None]
+    outlier_share: list[float]
+    images: int
+    clean_accuracy: float
+    labels: torch.Tensor
+    preds: torch.Tensor
+    confs: torch.Tensor
+    threshold: float = 0.1
+    head_kind: str = "softmax"
+    clip: tuple[float, float] | None = (0.0, 1.0)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "eps": e,
+                "accuracy": self.accuracy[i],
+                "fooled_rate": self.fooled_rate[i],
+                "conf_mean": self.conf_mean[i],
+                "conf_wrong_mean": self.conf_wrong_mean[i],
+                "conf_correct_mean": self.conf_correct_mean[i],
+                "outlier_share": self.outlier_share[i],
+            }
+            for i, e in enumerate(self.eps)
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attack": "fgsm",
+            "head_kind": self.head_kind,
+            "images": self.images,
+            "clean_accuracy": self.clean_accuracy,
+            "outlier_threshold": self.threshold,
+            "clip": list(self.clip) if self.clip is not None else None,
+            "min_accuracy": min(self.accuracy) if self.accuracy else None,
+            "rows": self.rows(),
+            **({"settings": self.settings} if self.settings else {}),
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per input: its label and, per ε, prediction and confidence."""
+        return [
+            {
+                "index": i,
+                "label": int(self.labels[i]),
+                "preds": [int(p) for p in self.preds[:, i]],
+                "confs": [float(c) for c in self.confs[:, i]],
+                "eps": self.eps,
+            }
+            for i in range(self.images)
+        ]
+
+
+def fgsm_sweep(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: Sequence[float] | str = DEFAULT_EPS,
+    *,
+    clip: tuple[float, float] | None = (0.0, 1.0),
+    batch_size: int | None = 256,
+    device: str | torch.device | None = None,
+    progress: Progress | None = None,
+) -> FGSMResult:
+    """Accuracy and confidence of ``model`` under FGSM for every ε in ``eps``.
+
+    Args:
+        model: a classifier on the inputs ``x`` (pixel space for a KmModel).
+        x: (N, ...) inputs; y: (N,) labels.
+        eps: perturbation sizes (in input units, e.g. 0.05 of the [0, 1] pixel range).
+        clip: valid input range the perturbed inputs are clamped to; ``None``: no clamp.
+        batch_size: inputs per gradient/forward batch (``None``: all at once).
+        device: where to run (the model is moved there); default the model's device.
+        progress: ``progress(done_inputs, N)`` after each batch.
+
+    Returns:
+        :class:`FGSMResult` (``eps = 0`` gives the clean accuracy).
+    """
+    eps_l = parse_eps(eps) if isinstance(eps, str) else parse_eps(list(eps))
+    if x.shape[0] != y.shape[0]:
+        raise ConfigError(f"{y.shape[0]} labels for {x.shape[0]} inputs")
+    dev = model_device(model, device)
+    n = x.shape[0]
+    bs = n if not batch_size else max(1, int(batch_size))
+    e_n = len(eps_l)
+    preds = torch.zeros(e_n, n, dtype=torch.long)
+    confs = torch.zeros(e_n, n)
+    labels = y.long().cpu()
+    clean = torch.zeros(n, dtype=torch.bool)
+    nc = 1
+    with eval_mode(model):
+        for s in range(0, n, bs):
+            xb = x[s : s + bs].to(dev)
+            if not xb.is_floating_point():
+                xb = xb.float()
+            yb = labels[s : s + bs].to(dev)
+            sg = _grad_sign(model, xb, yb)
+            with torch.no_grad():
+                c0 = class_confidences(model, xb)
+                nc = c0.shape[1]
+                clean[s : s + bs] = (c0.argmax(1) == yb).cpu()
+                for i, e in enumerate(eps_l):
+                    xe = xb + e * sg
+                    if clip is not None:
+                        xe = xe.clamp(clip[0], clip[1])
+                    c = class_confidences(model, xe)
+                    cmax, p = c.max(1)
+                    preds[i, s : s + bs] = p.cpu()
+                    confs[i, s : s + bs] = cmax.cpu()
+            if progress is not None:
+                progress(min(s + bs, n), n)
+    thr = _threshold(model, nc)
+    acc, fooled, cm, cw, cc, out = [], [], [], [], [], []
+    for i in range(e_n):
+        ok = preds[i] == labels
+        acc.append(float(ok.float().mean()) if n else 0.0)
+        fooled.append(float((~ok & clean).sum()) / max(int(clean.sum()), 1))
+        cm.append(float(confs[i].mean()) if n else 0.0)
+        cw.append(float(confs[i][~ok].mean()) if (~ok).any() else None)
+        cc.append(float(confs[i][ok].mean()) if ok.any() else None)
+        out.append(float((confs[i] < thr).float().mean()) if n else 0.0)
+    return FGSMResult(
+        eps=eps_l,
+        accuracy=acc,
+        fooled_rate=fooled,
+        conf_mean=cm,
+        conf_wrong_mean=cw,
+        conf_correct_mean=cc,
+        outlier_share=out,
+        images=n,
+        clean_accuracy=float(clean.float().mean()) if n else 0.0,
+        labels=labels,
+        preds=preds,
+        confs=confs,
+        threshold=thr,
+        head_kind=_head_kind(model),
+        clip=clip,
+        settings={"batch_size": bs, "device": str(dev)},
+    )

@@ -1,0 +1,381 @@
+"""Names -> datasets from local folders. Nothing is downloaded unless ``download=True``.
+
+Every dataset yields ``(x, y)`` with ``x`` a float tensor in pixel space ([0, 1] for images,
+(C, H, W); raw features for tabular data) and ``y`` an int class index.
+
+Names: ``digits``, ``wine`` (scikit-learn, bundled), ``cifar10``, ``cifar100``, ``mnist``,
+``fashion-mnist``, ``svhn`` (torchvision formats or ImageFolder trees under the data root),
+any ImageFolder path (``train/<class>/…``, ``test/<class>/…`` or ``<class>/…``), an ``.npz``
+file with ``x`` and ``y``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset, TensorDataset
+
+from kmtools.errors import ConfigError, DataError
+
+NAMES = ("digits", "wine", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn")
+SPLITS = ("train", "test")
+_IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
+
+
+@dataclass
+class DataInfo:
+    """A dataset with what commands need to know about it."""
+
+    dataset: Dataset[Any]
+    name: str
+    split: str
+    classes: list[str]
+    input_shape: tuple[int, ...]
+    source: str
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def fingerprint(self) -> str:
+        """sha256 over name, split, size and the first/last samples (cheap, stable)."""
+        h = hashlib.sha256(f"{self.name}|{self.split}|{len(self)}".encode())
+        n = len(self)
+        for i in sorted({0, 1, n // 2, n - 2, n - 1}):
+            if 0 <= i < n:
+                x, y = self.dataset[i]
+                h.update(np.ascontiguousarray(torch.as_tensor(x).float().numpy()).tobytes())
+                h.update(str(int(y)).encode())
+        return h.hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "split": self.split, "n": len(self), "source": self.source,
+                "num_classes": self.num_classes, "input_shape": list(self.input_shape),
+                "sha256": self.fingerprint()}
+
+
+def data_roots(root: str | Path | None = None) -> list[Path]:
+    """Where datasets are searched: ``--data-root``, ``$KMTOOLS_DATA``, ``./data``."""
+    out: list[Path] = []
+    if root:
+        out.append(Path(root).expanduser())
+    env = os.environ.get("KMTOOLS_DATA")
+    if env:
+        out.extend(Path(p).expanduser() for p in env.split(os.pathsep) if p)
+    out.append(Path("data"))
+    seen: list[Path] = []
+    for p in out:
+        if p not in seen:
+            seen.append(p)
+    return seen
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    split: str = "test",
+    download: bool = False,
+) -> DataInfo:
+    """Load a dataset by name or path (see module docstring)."""
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be train or test, not {split!r}")
+    key = name.strip().lower().replace("_", "-")
+    if key in ("digits", "wine"):
+        return _sklearn(key, split)
+    path = Path(name).expanduser()
+    if key not in NAMES:
+        if path.suffix == ".npz" and path.is_file():
+            return _npz(path, split)
+        if path.is_dir():
+            return _imagefolder_root(path, split, name)
+        if path.suffix == ".npz" or "/" in name or path.suffix:
+            raise DataError(f"dataset {name!r} not found: no such file or folder")
+        raise DataError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)}, an ImageFolder path or an .npz file")
+    info = _named(key, data_roots(root), split, download)
+    if len(info) == 0:
+        raise DataError(f"dataset {name} ({split}) is empty: check the files under {info.source}")
+    return info
+
+
+def _finish(ds: Dataset[Any], name: str, split: str, classes: list[str], source: str) -> DataInfo:
+    n = len(ds)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError(f"dataset {name} ({split}) at {source} is empty")
+    x0, _ = ds[0]
+    return DataInfo(ds, name, split, classes, tuple(torch.as_tensor(x0).shape), source)
+
+
+def _sklearn(key: str, split: str) -> DataInfo:
+    from sklearn.datasets import load_digits, load_wine
+
+    if key == "digits":
+        bunch = load_digits()
+        x = torch.tensor(bunch.data, dtype=torch.float32).view(-1, 1, 8, 8) / 16.0
+        classes = [str(c) for c in bunch.target_names]
+    else:
+        bunch = load_wine()
+        x = torch.tensor(bunch.data, dtype=torch.float32)
+        classes = [str(c) for c in bunch.target_names]
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(round(0.75 * len(y)))
+    sel = idx[:cut] if split == "train" else idx[cut:]
+    info = _finish(TensorDataset(x[sel], y[sel]), key, split, classes, "scikit-learn (bundled)")
+    if key == "wine":  # tabular: recommended standardisation from the training split
+        tr = x[idx[:cut]]
+        info.mean, info.std = tr.mean(0).tolist(), tr.std(0).tolist()
+    return info
+
+
+def _npz(path: Path, split: str) -> DataInfo:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            kx = f"x_{split}" if f"x_{split}" in files else "x"
+            ky = f"y_{split}" if f"y_{split}" in files else "y"
+            if kx not in files or ky not in files:
+                raise DataError(f"{path} must hold arrays 'x' and 'y' (or 'x_{split}', 'y_{split}'); it has {sorted(files)}")
+            x, y = z[kx], z[ky]
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
+    if len(x) != len(y):
+        raise DataError(f"{path}: x has {len(x)} rows but y has {len(y)}")
+    xt = torch.from_numpy(np.asarray(x))
+    xt = xt.float() / 255.0 if xt.dtype == torch.uint8 else xt.float()
+    if not bool(torch.isfinite(xt).all()):
+        raise DataError(f"{path}: x holds NaN or Inf values")
+    yt = torch.from_numpy(np.asarray(y)).long().flatten()
+    if len(yt) and int(yt.min()) < 0:
+        raise DataError(f"{path}: labels must be non-negative class indices")
+    classes = [str(i) for i in range(int(yt.max()) + 1 if len(yt) else 0)]
+    return _finish(TensorDataset(xt, yt), path.stem, split, classes, str(path))
+
+
+class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
+    """ImageFolder-style files decoded to float tensors in [0, 1] (RGB or grayscale)."""
+
+    def __init__(self, files: Sequence[tuple[Path, int]], mode: str) -> None:
+        self.files = list(files)
+        self.mode = mode
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        path, label = self.files[i]
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert(self.mode), dtype=np.uint8)
+        except OSError as exc:
+            raise DataError(f"cannot decode image {path} ({exc})") from exc
+        t = torch.from_numpy(arr.copy())
+        t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+        return t.float().div_(255.0), label
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _imagefolder(folder: Path, name: str, split: str) -> DataInfo:
+    classes = _class_dirs(folder)
+    files = [
+        (f, ci)
+        for ci, cdir in enumerate(classes)
+        for f in sorted(cdir.iterdir())
+        if f.suffix.lower() in _IMG_EXT
+    ]
+    if not files:
+        raise DataError(f"no images found under {folder} (expected <class>/<image> files)")
+    from PIL import Image
+
+    with Image.open(files[0][0]) as im:
+        mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
+    return _finish(ImageFiles(files, mode), name, split, [c.name for c in classes], str(folder))
+
+
+def _imagefolder_root(path: Path, split: str, name: str) -> DataInfo:
+    if (path / split).is_dir():
+        return _imagefolder(path / split, name, split)
+    other = [s for s in SPLITS if (path / s).is_dir()]
+    if other:
+        raise DataError(f"{path} has no {split}/ folder (it has {', '.join(other)}/): use --split {other[0]}")
+    return _imagefolder(path, name, split)
+
+
+def _named(key: str, roots: list[Path], split: str, download: bool) -> DataInfo:
+    aliases = {
+        "cifar10": ["cifar10", "cifar-10", "CIFAR10", "CIFAR-10-images", "cifar10-jpeg"],
+        "cifar100": ["cifar100", "cifar-100", "CIFAR100"],
+        "mnist": ["mnist", "MNIST"],
+        "fashion-mnist": ["fashion-mnist", "FashionMNIST", "fashion_mnist"],
+        "svhn": ["svhn", "SVHN"],
+    }[key]
+    searched: list[str] = []
+    extra = [Path("/usr/share/datasets")] if key == "fashion-mnist" else []
+    for root in roots + extra:
+        for folder in [root / a for a in aliases] + [root]:
+            searched.append(str(folder))
+            if not folder.is_dir():
+                continue
+            info = _try_formats(key, folder, split)
+            if info is not None:
+                return info
+    if download:
+        return _download(key, roots[0], split)
+    shown = ", ".join(dict.fromkeys(searched[:8]))
+    raise DataError(
+        f"dataset {key} not found (searched {shown}): put it under --data-root/$KMTOOLS_DATA in "
+        f"torchvision's format or as an ImageFolder tree train/<class>/, or pass --download"
+    )
+
+
+def _try_formats(key: str, folder: Path, split: str) -> DataInfo | None:
+    train = split == "train"
+    if key in ("cifar10", "cifar100"):
+        batches = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
+        if (folder / batches).is_dir():
+            import torchvision
+
+            cls = torchvision.datasets.CIFAR10 if key == "cifar10" else torchvision.datasets.CIFAR100
+            try:
+                ds = cls(str(folder), train=train, download=False)
+            except RuntimeError as exc:
+                raise DataError(f"{folder / batches} is incomplete or corrupt ({exc})") from exc
+            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+            tds = _U8Dataset(x, torch.tensor(ds.targets))
+            return _finish(tds, key, split, list(ds.classes), str(folder / batches))
+    if key in ("mnist", "fashion-mnist"):
+        for raw in (folder / "raw", folder / ("FashionMNIST" if key == "fashion-mnist" else "MNIST") / "raw", folder):
+            info = _idx(raw, key, split)
+            if info is not None:
+                return info
+    if key == "svhn":
+        mat = folder / f"{split}_32x32.mat"
+        if mat.is_file():
+            import torchvision
+
+            ds = torchvision.datasets.SVHN(str(folder), split=split, download=False)
+            tds = _U8Dataset(torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64)))
+            return _finish(tds, key, split, [str(i) for i in range(10)], str(mat))
+    if (folder / split).is_dir() and _class_dirs(folder / split):
+        return _imagefolder(folder / split, key, split)
+    return None
+
+
+class _U8Dataset(Dataset[tuple[torch.Tensor, int]]):
+    """uint8 images held in memory, converted to [0, 1] floats per item."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y.long()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i].float().div(255.0), int(self.y[i])
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:  # type: ignore[operator]
+        data = fh.read()
+    if len(data) < 4:
+        raise DataError(f"{path} is not an idx file")
+    _, _, dtype, ndim = struct.unpack(">BBBB", data[:4])
+    if dtype != 0x08:
+        raise DataError(f"{path}: unsupported idx dtype {dtype}")
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated")
+    return arr.reshape(dims)
+
+
+def _idx(folder: Path, key: str, split: str) -> DataInfo | None:
+    prefix = "train" if split == "train" else "t10k"
+    found = {}
+    for part, stem in (("x", f"{prefix}-images-idx3-ubyte"), ("y", f"{prefix}-labels-idx1-ubyte")):
+        for cand in (folder / stem, folder / f"{stem}.gz"):
+            if cand.is_file():
+                found[part] = cand
+                break
+    if len(found) < 2:
+        return None
+    x = torch.from_numpy(_read_idx(found["x"]).copy()).unsqueeze(1)
+    y = torch.from_numpy(_read_idx(found["y"]).astype(np.int64))
+    classes = (
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+        if key == "fashion-mnist"
+        else [str(i) for i in range(10)]
+    )
+    return _finish(_U8Dataset(x, y), key, split, classes, str(folder))
+
+
+def _download(key: str, root: Path, split: str) -> DataInfo:
+    import torchvision
+
+    root.mkdir(parents=True, exist_ok=True)
+    train = split == "train"
+    cls: Any = {
+        "cifar10": torchvision.datasets.CIFAR10,
+        "cifar100": torchvision.datasets.CIFAR100,
+        "mnist": torchvision.datasets.MNIST,
+        "fashion-mnist": torchvision.datasets.FashionMNIST,
+    }.get(key)
+    try:
+        if key == "svhn":
+            torchvision.datasets.SVHN(str(root / "svhn"), split=split, download=True)
+            return _named(key, [root], split, False)
+        cls(str(root / key), train=train, download=True)
+    except Exception as exc:
+        raise DataError(f"download of {key} failed ({exc}): fetch it by hand into {root}") from exc
+    return _named(key, [root], split, False)
+
+
+def subset(info: DataInfo, n: int | None, seed: int = 0, shuffle: bool = False) -> DataInfo:
+    """The first ``n`` samples (or a seeded random ``n`` with ``shuffle``)."""
+    if n is None:
+        return info
+    total = len(info)
+    if n <= 0:
+        raise ConfigError(f"-n must be positive, got {n}")
+    if n > total:
+        raise DataError(f"-n {n} is larger than the dataset ({info.name} {info.split} has {total} samples)")
+    if shuffle:
+        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    else:
+        idx = list(range(n))
+    return DataInfo(Subset(info.dataset, idx), info.name, info.split, info.classes, info.input_shape,
+                    info.source, info.mean, info.std)
+
+
+def check_compatible(info: DataInfo, num_classes: int, input_shape: Sequence[int] | None) -> None:
+    """Class count and input shape of the data must match the model's."""
+    if info.num_classes > num_classes:
+        raise DataError(
+            f"dataset {info.name} has {info.num_classes} classes but the model's head has {num_classes}: "
+            "use a matching checkpoint or --num-classes"
+        )
+    if input_shape is not None and tuple(input_shape) != tuple(info.input_shape):
+        raise DataError(
+            f"dataset {info.name} has inputs of shape {tuple(info.input_shape)} but the model expects "
+            f"{tuple(input_shape)}: use matching data (or --input-shape when loading the model)"
+        )

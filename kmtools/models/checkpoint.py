@@ -1,0 +1,410 @@
+"""Load and save checkpoints safely.
+
+Accepted: a state dict (``.pt``/``.pth``/``.safetensors``) with an architecture name;
+TorchScript archives; kmtools' own format (``.safetensors`` + JSON metadata, no arch
+needed); a pickled whole ``nn.Module`` only with ``trust=True``. Nothing is unpickled with
+``weights_only=False`` unless the user says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kmtools.errors import CheckpointError, ConfigError, UntrustedCheckpointError
+from kmtools.models import zoo
+from kmtools.models.core import GaussHead, KmModel, Normalize, split
+
+FORMAT = "kmtools/1"
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
+
+NORM_PRESETS: dict[str, tuple[list[float], list[float]]] = {
+    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
+    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
+    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "mnist": ([0.1307], [0.3081]),
+    "fashion-mnist": ([0.2860], [0.3530]),
+    "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
+    "none": ([], []),
+}
+
+
+def _check_file(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {p} does not exist: check the path")
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {p} is a directory: give the checkpoint file inside it")
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} is not a regular file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {p} is empty (0 bytes): re-save or re-download it")
+    return p
+
+
+def _is_torchscript(p: Path) -> bool:
+    if not zipfile.is_zipfile(p):
+        return False
+    try:
+        with zipfile.ZipFile(p) as zf:
+            return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; corrupt files raise CheckpointError."""
+    from safetensors import safe_open
+
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(8)
+    if len(head) < 8:
+        raise CheckpointError(f"{p} is not a valid safetensors file (truncated header)")
+    n = int.from_bytes(head, "little")
+    if n <= 0 or n + 8 > size or n > 100_000_000:
+        raise CheckpointError(f"{p} is not a valid safetensors file (header claims {n} bytes, file has {size})")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    except Exception as exc:
+        raise CheckpointError(f"{p} is not a valid safetensors file ({_short(exc)}): re-save or re-download it") from exc
+    return tensors, meta
+
+
+def _short(exc: BaseException) -> str:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return msg[:160]
+
+
+def read_state(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, str]]:
+    """Read a checkpoint file: ``(object, metadata)``.
+
+    The object is a state dict, a ``torch.jit.ScriptModule``, or (only with ``trust``) an
+    arbitrary unpickled object such as a whole ``nn.Module``.
+    """
+    p = _check_file(path)
+    if p.suffix == ".safetensors":
+        return read_safetensors(p)
+    with open(p, "rb") as fh:
+        magic = fh.read(8)
+    if len(magic) >= 8 and int.from_bytes(magic, "little") < p.stat().st_size and magic[:1] not in (b"P", b"\x80"):
+        # no zip/pickle signature but plausibly a safetensors header under another suffix
+        try:
+            return read_safetensors(p)
+        except CheckpointError:
+            pass
+    if _is_torchscript(p):
+        try:
+            return torch.jit.load(str(p), map_location="cpu"), {}
+        except Exception as exc:
+            raise CheckpointError(f"{p} looks like TorchScript but cannot be loaded ({_short(exc)})") from exc
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise CheckpointError(f"{p} is corrupt or not a PyTorch checkpoint ({_short(exc)})") from exc
+        if not trust:
+            raise UntrustedCheckpointError(
+                f"{p} contains pickled Python objects (e.g. a whole nn.Module) and loading it could run code "
+                "from the file: save a state dict instead, or pass --trust-checkpoint if you trust its source"
+            ) from exc
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise CheckpointError(f"{p} could not be unpickled ({_short(exc2)})") from exc2
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{p} is corrupt or not a PyTorch checkpoint ({_short(exc)}): re-save or re-download it") from exc
+    return obj, {}
+
+
+def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
+    """Find the state dict inside common wrappers and strip DataParallel ``module.`` prefixes."""
+    seen = 0
+    while isinstance(obj, Mapping) and seen < 4:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in _WRAPPERS if k in obj and isinstance(obj[k], (Mapping, nn.Module))), None)
+        if inner is None:
+            break
+        obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
+        seen += 1
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+    sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("checkpoint holds no tensors: is it a training log rather than a model?")
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
+
+
+def check_finite(sd: Mapping[str, torch.Tensor]) -> None:
+    for k, v in sd.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"tensor {k!r} holds NaN or Inf values: the checkpoint is broken (diverged training?)")
+
+
+def infer_num_classes(sd: Mapping[str, torch.Tensor]) -> int | None:
+    """Output size of the last 2-D weight (the usual head position in a state dict)."""
+    weights = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 2]
+    return int(weights[-1].shape[0]) if weights else None
+
+
+def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """``load_state_dict(strict=True)`` with a one-line message naming the first mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    dtypes = [
+        f"{k} is {sd[k].dtype}"
+        for k in own
+        if k in sd and own[k].is_floating_point() and not sd[k].is_floating_point()
+    ]
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} keys ({', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:3])})")
+    if shapes:
+        parts.append(f"shape mismatch ({'; '.join(shapes[:3])})")
+    if dtypes:
+        parts.append(f"wrong dtype ({'; '.join(dtypes[:3])})")
+    if parts:
+        raise CheckpointError(
+            f"{what} does not fit the architecture: {', '.join(parts)}: check --arch/--num-classes"
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def _example(shape: Sequence[int]) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.rand((2, *shape), generator=g)
+
+
+def wrap(
+    net: nn.Module,
+    *,
+    arch: str | None,
+    arch_kwargs: dict[str, Any],
+    input_shape: Sequence[int],
+    head_path: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
+) -> KmModel:
+    """Split a plain classifier at its head and wrap it as a :class:`KmModel`."""
+    net.eval()
+    try:
+        backbone, head, path = split(net, _example(input_shape), head_path)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"the model does not run on inputs of shape {tuple(input_shape)} ({_short(exc)}): "
+            "check --arch or --input-shape"
+        ) from exc
+    return KmModel(
+        backbone, head, Normalize(mean, std), arch=arch, arch_kwargs=arch_kwargs,
+        classes=classes, input_shape=input_shape, head_path=path,
+    )
+
+
+def resolve_norm(
+    mean: Sequence[float] | str | None, std: Sequence[float] | None
+) -> tuple[list[float] | None, list[float] | None]:
+    """``--norm PRESET`` or explicit ``--mean``/``--std``."""
+    if isinstance(mean, str):
+        if mean not in NORM_PRESETS:
+            raise ConfigError(f"unknown normalisation preset {mean!r}: choose one of {', '.join(NORM_PRESETS)}")
+        m, s = NORM_PRESETS[mean]
+        return m, s
+    return (list(mean) if mean else None), (list(std) if std else None)
+
+
+def load_model(
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    head: str | None = None,
+    trust: bool = False,
+    mean: Sequence[float] | str | None = None,
+    std: Sequence[float] | None = None,
+    classes: Sequence[str] | None = None,
+) -> KmModel:
+    """Load any supported checkpoint as a :class:`KmModel` on the CPU, in eval mode."""
+    obj, meta = read_state(path, trust=trust)
+    m_mean, m_std = resolve_norm(mean, std)
+    if "kmtools" in meta:
+        model = _from_kmtools(obj, meta, path)
+        if m_mean is not None:
+            model.normalize = Normalize(m_mean, m_std)
+        return model.eval()
+    if isinstance(obj, torch.jit.ScriptModule):
+        if arch is None:
+            return _opaque(obj, path, input_shape, m_mean, m_std, classes)
+        obj = obj.state_dict()
+    if isinstance(obj, nn.Module):  # trusted pickle of a whole module
+        shape = input_shape or (zoo.default_input_shape(arch, in_channels) if arch else None)
+        if shape is None:
+            raise ConfigError(f"{path}: a whole pickled module needs --input-shape (e.g. 3,32,32) or --arch")
+        return wrap(obj, arch=None, arch_kwargs={}, input_shape=shape, head_path=head,
+                    mean=m_mean, std=m_std, classes=classes).eval()
+    sd = unwrap_state_dict(obj)
+    check_finite(sd)
+    if arch is None:
+        raise ConfigError(
+            f"{path} is a plain state dict: name its architecture with --arch "
+            f"({', '.join(zoo.names())})"
+        )
+    n = num_classes or infer_num_classes(sd)
+    kwargs: dict[str, Any] = {"num_classes": n, "in_channels": in_channels}
+    if in_channels is None and not arch.startswith("torchvision:"):
+        kwargs["in_channels"] = _infer_in_channels(sd)
+    if arch == "mlp":
+        kwargs.pop("in_channels")
+        kwargs["in_features"] = _infer_in_features(sd)
+    net = zoo.create(arch, **kwargs)
+    load_into(net, sd, what=str(path))
+    shape = input_shape or zoo.default_input_shape(arch, kwargs.get("in_channels"))
+    if arch == "mlp":
+        shape = input_shape or (kwargs["in_features"],)
+    clean = {k: v for k, v in kwargs.items() if v is not None}
+    return wrap(net, arch=arch, arch_kwargs=clean, input_shape=shape, head_path=head,
+                mean=m_mean, std=m_std, classes=classes).eval()
+
+
+def _infer_in_channels(sd: Mapping[str, torch.Tensor]) -> int | None:
+    for v in sd.values():
+        if v.dim() == 4:
+            return int(v.shape[1])
+    return None
+
+
+def _infer_in_features(sd: Mapping[str, torch.Tensor]) -> int | None:
+    for v in sd.values():
+        if v.dim() == 2:
+            return int(v.shape[1])
+    return None
+
+
+class _Opaque(nn.Module):
+    """A TorchScript classifier kmtools cannot split (no ``--arch``): scores only."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+def _opaque(net: nn.Module, path: str | Path, input_shape: Sequence[int] | None,
+            mean: Sequence[float] | None, std: Sequence[float] | None,
+            classes: Sequence[str] | None) -> KmModel:
+    """TorchScript without ``--arch``: the backbone is the whole network, the head an identity.
+
+    Commands that need penultimate features refuse such a model (see :func:`require_split`).
+    """
+    model = KmModel(_Opaque(net), nn.Identity(), Normalize(mean, std), classes=classes,
+                    input_shape=input_shape, head_path=None)
+    return model.eval()
+
+
+def require_split(model: KmModel, command: str) -> None:
+    if model.head_path is None and isinstance(model.head, nn.Identity):
+        raise ConfigError(
+            f"{command} needs the penultimate features, but this TorchScript model was loaded without "
+            "--arch: pass --arch NAME so its weights load into a splittable network"
+        )
+
+
+def _from_kmtools(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: str | Path) -> KmModel:
+    try:
+        info = json.loads(meta["kmtools"])
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: kmtools metadata is not valid JSON ({_short(exc)})") from exc
+    check_finite(tensors)
+    arch = info.get("arch")
+    if not arch:
+        raise CheckpointError(f"{path}: kmtools metadata names no architecture")
+    kwargs = dict(info.get("arch_kwargs") or {})
+    net = zoo.create(arch, **kwargs)
+    shape = info.get("input_shape") or zoo.default_input_shape(arch, kwargs.get("in_channels"))
+    base = wrap(net, arch=arch, arch_kwargs=kwargs, input_shape=shape, head_path=info.get("head_path"),
+                mean=info.get("mean") or None, std=info.get("std") or None, classes=info.get("classes"))
+    kind = info.get("head_kind", "softmax")
+    head_cfg = info.get("head_config") or {}
+    if kind == "softmax":
+        head: nn.Module = base.head
+    elif kind == "gauss":
+        c = tensors.get("head.centroids")
+        if c is None:
+            raise CheckpointError(f"{path}: a Gauss model without 'head.centroids'")
+        head = GaussHead(torch.zeros_like(c), gamma=float(head_cfg.get("gamma", 1.0)))
+    else:
+        head = _prototype_head(kind, head_cfg, tensors, path)
+    model = KmModel(base.backbone, head, base.normalize, arch=arch, arch_kwargs=kwargs,
+                    classes=info.get("classes"), input_shape=shape, head_path=base.head_path,
+                    outlier_threshold=info.get("outlier_threshold"))
+    load_into(model, tensors, what=str(path))
+    return model
+
+
+def _prototype_head(kind: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
+    try:
+        from kmtools import heads
+    except ImportError as exc:  # pragma: no cover - heads ship with kmtools
+        raise CheckpointError(f"{path}: head kind {kind!r} needs kmtools.heads") from exc
+    if kind not in heads.HEADS:
+        raise CheckpointError(f"{path}: unknown head kind {kind!r} (known: {', '.join(heads.HEADS)})")
+    state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    built: nn.Module = heads.HEADS[kind].from_config(cfg, state)
+    return built
+
+
+def save_model(model: KmModel, path: str | Path, force: bool = False, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` in kmtools format: safetensors + JSON metadata (arch, classes,
+    normalisation, head kind and config, centroids in the tensors)."""
+    from safetensors.torch import save_file
+
+    from kmtools.io import write_with
+
+    if model.arch is None:
+        raise ConfigError(
+            "this model has no known architecture, so it cannot be saved in kmtools format: "
+            "load it with --arch, or export it to .pt2/ONNX instead"
+        )
+    meta = model.meta()
+    cfg = getattr(model.head, "config", None)
+    meta["head_config"] = cfg() if callable(cfg) else {}
+    meta["format"] = FORMAT
+    if extra:
+        meta.update(extra)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    for k, v in tensors.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"refusing to save: tensor {k!r} holds NaN or Inf")
+    text = json.dumps(meta, default=_json_safe)
+    return write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kmtools": text, "format": FORMAT}), force)
+
+
+def _json_safe(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,1 @@
+"""Result schema, gates, rendering and figures."""
