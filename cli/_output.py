@@ -50,10 +50,10 @@ class Output:
             human(self.out)
 
     @contextmanager
-    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[[int, int], None]]:
-        """A ``progress(done, total)`` callback drawing a rich bar on stderr (when visible)."""
+    def progress(self, description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+        """A ``progress(done, total, extra="")`` callback drawing a rich bar on stderr (when visible)."""
         if self.quiet or not self.err.is_terminal:
-            yield lambda done, tot: None
+            yield lambda done, tot, extra="": None
             return
         bar = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

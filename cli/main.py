@@ -62,10 +62,11 @@ def _root(
 
 
 def _register() -> None:
-    from kmtools_cli import centroids_cmd, inspect_cmd
+    from kmtools_cli import centroids_cmd, inspect_cmd, tailor_cmd
 
     inspect_cmd.register(app)
     centroids_cmd.register(app)
+    tailor_cmd.register(app)
 
 
 _register()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from kmtools.errors import GateError
 from kmtools.report import gates
 from kmtools.report.collect import load_run
 from kmtools.report.render import summary, write_report
@@ -20,7 +20,7 @@ from kmtools_cli._output import Output
 RunArgs = Annotated[
     list[Path],
     typer.Argument(
-        help="Run directories (as written by a command's --out DIR) and/or result JSON files; merged in order.",
+        help="Run directories (written by a command's --out DIR) and/or result JSON files; merged in order.",
         show_default=False,
     ),
 ]
@@ -29,7 +29,8 @@ RunArgs = Annotated[
 def report(
     paths: RunArgs,
     out_path: Annotated[
-        Path, typer.Option("--out", "-o", help="Report file: .html (self-contained) or .md.", show_default=False)
+        Path,
+        typer.Option("--out", "-o", help="Report file: .html (self-contained) or .md.", show_default=False),
     ],
     gate: GateOpt = None,
     title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
@@ -53,25 +54,28 @@ def report(
     outcome = gates.check(gate or [], doc)  # a malformed gate stops here, before any drawing
     out.info(f"drawing figures and writing {out_path} …")
     path = write_report(run, out_path, force, gates=outcome, title=title)
+    table = summary(run)
     results = {
         "out": str(path),
         "commands": run.commands,
         "figures": len(run.figures),
-        "summary": summary(run),
+        "summary": table,
         "gates": [g.to_dict() for g in outcome],
     }
 
     def human(con: Console) -> None:
         con.print(f"wrote {path} ({', '.join(run.commands)})", highlight=False)
-        if results["summary"]:
-            con.print(_summary_table(results["summary"]))
+        if table:
+            con.print(_summary_table(table))
 
     out.emit(envelope("report", results), human)
     out.gate(gate, doc)
 
 
 def check(
-    paths: Annotated[list[Path], typer.Argument(help="Result JSON files and/or run directories.", show_default=False)],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Result JSON files and/or run directories.", show_default=False)
+    ],
     gate: GateOpt = None,
     fmt: FormatOpt = "human",
     quiet: QuietOpt = False,
@@ -87,7 +91,7 @@ def check(
     Example: kmtools check runs/evaluate.json --gate 'gauss.accuracy>=softmax.accuracy-0.003'
     """
     if not gate:
-        raise click.UsageError("give at least one --gate EXPR, e.g. --gate 'accuracy>=0.9'")
+        raise GateError("kmtools check needs at least one --gate EXPR, e.g. --gate 'accuracy>=0.9'")
     out = Output(fmt, quiet)
     doc = load_run(paths).gate_doc()
     outcome = gates.check(gate, doc)
@@ -99,18 +103,24 @@ def check(
         for col in ("result", "gate", "value", "bound"):
             t.add_column(col, justify="right" if col in ("value", "bound") else "left")
         for g in outcome:
-            t.add_row("[green]pass[/]" if g.passed else "[bold red]FAIL[/]", g.expr, f"{g.value:.6g}", f"{g.bound:.6g}")
+            t.add_row(
+                "[green]pass[/]" if g.passed else "[bold red]FAIL[/]",
+                g.expr,
+                f"{g.value:.6g}",
+                f"{g.bound:.6g}",
+            )
         con.print(t)
 
     out.emit(envelope("check", results), human)
     if failed:
         out.err.print(
-            "error: gate failed: " + "; ".join(f"{g.expr} (value {g.value:.6g})" for g in failed), highlight=False
+            "error: gate failed: " + "; ".join(f"{g.expr} (value {g.value:.6g})" for g in failed),
+            highlight=False,
         )
         raise typer.Exit(3)
 
 
-def _summary_table(rows: dict[str, dict[str, float | None]]) -> Table:
+def _summary_table(rows: dict[str, dict[str, Any]]) -> Table:
     t = Table(title="softmax vs Gauss (paper Table 1)", title_justify="left")
     for col in ("model", "accuracy", "confidence", "attack rate", "conf in fooled"):
         t.add_column(col, justify="left" if col == "model" else "right")

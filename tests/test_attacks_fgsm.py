@@ -45,7 +45,8 @@ def test_linear_accuracy_non_increasing_in_eps() -> None:
     assert (wrong.int().diff(dim=0) >= 0).all()
     assert res.fooled_rate[-1] > 0
     d = res.to_dict()
-    assert [r["eps"] for r in d["rows"]] == eps
+    assert d["eps"] == eps and d["accuracy"] == res.accuracy
+    assert [r["eps"] for r in res.rows()] == eps
     assert d["min_accuracy"] == min(res.accuracy)
 
 

@@ -221,3 +221,39 @@ def test_bad_options() -> None:
         onepixel(model, x[0], y)
     with pytest.raises(ConfigError):
         onepixel(model, x, y, target=9)
+
+
+def test_cuda_code_paths_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The channels-last image build and the float32 confirmation of bf16 successes (CUDA
+    paths) give the same result as the plain path when autocast is a no-op (CPU)."""
+    import importlib
+
+    # (``kmtools.attacks.onepixel`` as an attribute is the function; get the module)
+    op = importlib.import_module("kmtools.attacks.onepixel")
+
+    model = _small_cnn(6)
+    x = torch.rand(5, 3, 7, 9)
+    y = class_confidences(model, x).argmax(1)
+    plain = onepixel(model, x, y, popsize=12, maxiter=5, seed=3, pixels=2)
+    monkeypatch.setattr(op, "_use_amp", lambda dev, amp: True)
+    monkeypatch.setattr(op, "_use_nhwc", lambda dev: True)
+    cuda_like = onepixel(model, x, y, popsize=12, maxiter=5, seed=3, pixels=2, chunk=13)
+    assert torch.equal(plain.x_adv, cuda_like.x_adv)
+    assert torch.equal(plain.generations, cuda_like.generations)
+    assert torch.equal(plain.success, cuda_like.success)
+
+
+def test_build_nhwc_equals_nchw() -> None:
+    from kmtools.attacks.onepixel import _build
+
+    torch.manual_seed(0)
+    base = torch.rand(3, 2, 5, 6)
+    cand = torch.rand(7, 2 * (2 + 2)) * torch.tensor([5, 6, 1, 1, 5, 6, 1, 1])
+    cand[0, 4:6] = cand[0, 0:2]  # two pixels at one position: the later one wins
+    slot = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    a = _build(base, slot, cand, 2, nhwc=False)
+    b = _build(base.permute(0, 2, 3, 1).contiguous(), slot, cand, 2, nhwc=True)
+    assert torch.equal(a, b.contiguous())
+    r, c = int(cand[0, 0]), int(cand[0, 1])
+    assert torch.equal(a[0, :, r, c], cand[0, 6:8])
+    assert (_changed(a, base[slot]) <= 2).all()

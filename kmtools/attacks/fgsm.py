@@ -122,15 +122,23 @@ class FGSMResult:
         ]
 
     def to_dict(self) -> dict[str, Any]:
+        """Summary with one list per metric aligned with ``eps`` (``confidence`` is the mean
+        confidence of the predicted class), plus ``clean_accuracy`` and ``min_accuracy``."""
         return {
             "attack": "fgsm",
             "head_kind": self.head_kind,
             "images": self.images,
             "clean_accuracy": self.clean_accuracy,
+            "min_accuracy": min(self.accuracy) if self.accuracy else None,
             "outlier_threshold": self.threshold,
             "clip": list(self.clip) if self.clip is not None else None,
-            "min_accuracy": min(self.accuracy) if self.accuracy else None,
-            "rows": self.rows(),
+            "eps": list(self.eps),
+            "accuracy": list(self.accuracy),
+            "confidence": list(self.conf_mean),
+            "confidence_wrong": list(self.conf_wrong_mean),
+            "confidence_correct": list(self.conf_correct_mean),
+            "fooled_rate": list(self.fooled_rate),
+            "outlier_share": list(self.outlier_share),
             **({"settings": self.settings} if self.settings else {}),
         }
 

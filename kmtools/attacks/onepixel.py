@@ -189,6 +189,7 @@ class OnePixelResult:
         success: (N,) True where ``x_adv`` fools the model (prediction != label, or ==
             target), judged in float32.
         adv_labels: (N,) prediction at ``x_adv`` (the clean prediction when skipped).
+        preds: (N,) clean predictions; conf_clean: (N,) their confidence.
         conf_before: (N,) confidence of the true class on the clean image.
         conf_adv: (N,) confidence of the predicted class at ``x_adv``.
         outlier: (N,) predicted-class confidence at ``x_adv`` below ``threshold``
@@ -206,6 +207,8 @@ class OnePixelResult:
     skipped: torch.Tensor
     success: torch.Tensor
     adv_labels: torch.Tensor
+    preds: torch.Tensor
+    conf_clean: torch.Tensor
     conf_before: torch.Tensor
     conf_adv: torch.Tensor
     outlier: torch.Tensor
@@ -240,9 +243,17 @@ class OnePixelResult:
         return self.fooled / self.attacked if self.attacked else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        """Summary: counts, attack rate, mean confidence of fooled predictions, outlier share."""
+        """Summary: counts, attack rate, mean confidence of fooled predictions, outlier share.
+
+        Keys: ``accuracy`` and ``mean_confidence`` (predicted class, clean images) over all
+        N images; ``attacked``, ``skipped``, ``fooled``, ``rate`` = fooled / attacked;
+        ``mean_conf_fooled`` (confidence of the fooled predictions); ``outlier_share``
+        (share of fooled predictions below ``threshold``). Wall time is kept out of the
+        summary (same seed, same summary): see :meth:`throughput`.
+        """
         fooled = self.success & ~self.skipped
         att = ~self.skipped
+        n = len(self)
         evals = int(self.evaluations.sum())
         return {
             "attack": "onepixel",
@@ -252,21 +263,29 @@ class OnePixelResult:
             "maxiter": self.maxiter,
             "targeted": self.target is not None,
             "seed": self.seed,
-            "images": len(self),
+            "images": n,
+            "accuracy": float((self.preds == self.labels).float().mean()) if n else None,
+            "mean_confidence": float(self.conf_clean.mean()) if n else None,
             "attacked": self.attacked,
             "skipped": int(self.skipped.sum()),
             "fooled": self.fooled,
             "rate": self.rate,
-            "conf_clean_mean": float(self.conf_before[att].mean()) if att.any() else None,
-            "conf_fooled_mean": float(self.conf_adv[fooled].mean()) if fooled.any() else None,
+            "mean_conf_fooled": float(self.conf_adv[fooled].mean()) if fooled.any() else None,
+            "outlier_share": float(self.outlier[fooled].float().mean()) if fooled.any() else None,
             "outlier_threshold": self.threshold,
-            "fooled_outlier_share": float(self.outlier[fooled].float().mean()) if fooled.any() else None,
             "generations_mean": float(self.generations[att].float().mean()) if att.any() else None,
             "evaluations": evals,
-            "seconds": self.seconds,
-            "images_per_s": self.attacked / self.seconds if self.seconds > 0 else None,
-            "candidates_per_s": evals / self.seconds if self.seconds > 0 else None,
             **({"settings": self.settings} if self.settings else {}),
+        }
+
+    def throughput(self) -> dict[str, float | None]:
+        """Wall time, attacked images per second and candidate images scored per second."""
+        evals = int(self.evaluations.sum())
+        sec = self.seconds
+        return {
+            "seconds": sec,
+            "images_per_s": self.attacked / sec if sec > 0 else None,
+            "candidates_per_s": evals / sec if sec > 0 else None,
         }
 
     def records(self) -> list[dict[str, Any]]:
@@ -285,6 +304,7 @@ class OnePixelResult:
                 "label": int(self.labels[i]),
                 "skipped": skipped,
                 "success": bool(self.success[i]) and not skipped,
+                "pred": int(self.preds[i]),
                 "adv_label": int(self.adv_labels[i]),
                 "conf_before": float(self.conf_before[i]),
                 "conf_adv": float(self.conf_adv[i]),
@@ -300,6 +320,16 @@ class OnePixelResult:
 
 
 # ------------------------------------------------------------------------- attack
+def _use_amp(dev: torch.device, amp: bool) -> bool:
+    """Search under bf16 autocast (and confirm successes in float32): CUDA only."""
+    return bool(amp and dev.type == "cuda")
+
+
+def _use_nhwc(dev: torch.device) -> bool:
+    """Build candidate images channels-last (what cuDNN's bf16 convolutions prefer): CUDA only."""
+    return dev.type == "cuda"
+
+
 def _fitness(conf: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None) -> torch.Tensor:
     if tgt is None:
         return conf.gather(1, lab[:, None])[:, 0]
@@ -387,8 +417,8 @@ def onepixel(
     d = pixels * (2 + ch)
     bs = batch_size or max(1, (8192 if dev.type == "cuda" else 2048) // p)
     chunk = chunk or bs * p
-    amp_on = bool(amp and dev.type == "cuda")
-    nhwc = dev.type == "cuda"
+    amp_on = _use_amp(dev, amp)
+    nhwc = _use_nhwc(dev)
     xf = x if x.is_floating_point() else x.float()
     labels = y.to(torch.long).cpu()
 
@@ -554,6 +584,8 @@ def onepixel(
         skipped=skipped,
         success=success,
         adv_labels=adv_labels,
+        preds=pred0,
+        conf_clean=conf0.amax(1) if n else torch.zeros(0),
         conf_before=conf_before,
         conf_adv=conf_adv,
         outlier=conf_adv < thr,

@@ -151,9 +151,9 @@ def feature_adding_curves(
     if x.dim() != 2:
         raise ConfigError("feature_adding_auc needs (N, d) inputs: flatten them first")
     n, d = x.shape
-    rel = relevance.reshape(-1, n, d) if relevance.dim() == 3 else relevance.reshape(1, n, d)
-    if rel.shape[1:] != (n, d):
+    if relevance.shape[-2:] != (n, d) or relevance.dim() not in (2, 3):
         raise ConfigError(f"relevance has shape {tuple(relevance.shape)}, inputs {tuple(x.shape)}")
+    rel = relevance.reshape(-1, n, d)
     if repeats < 1:
         raise ConfigError("repeats must be ≥ 1")
     if rel.shape[0] not in (1, repeats):

@@ -64,6 +64,7 @@ __all__ = [
     "head_loss",
     "head_prototypes",
     "init_prototypes",
+    "onnx_to_opset17",
     "kmeans_objective",
     "normalise",
     "rbf_kmeans",
@@ -284,3 +285,30 @@ def fit_head(
             progress(epoch + 1, epochs, total / n)
     head.train(was_training)
     return head
+
+
+def onnx_to_opset17(model: Any) -> Any:
+    """Convert an ONNX ``ModelProto`` exported at opset 18 (the dynamo exporter's lowest in
+    current torch) to opset 17.
+
+    ``torch.onnx.export(..., dynamo=True, opset_version=17)`` converts *before* it
+    optimises the graph; for heads whose reductions take their axes from computed tensors
+    (the prototype heads) that conversion fails and the exporter keeps opset 18 (it logs a
+    warning; the model is still valid). Exporting at 18 and converting the *optimised*
+    graph works, except that ``onnx.version_converter`` leaves the opset-18 attribute
+    ``noop_with_empty_axes`` on ReduceMin/ReduceMax; it is dropped here (its value 0 is
+    the opset-17 behaviour).
+    """
+    import onnx
+    from onnx import version_converter
+
+    out = version_converter.convert_version(model, 17)
+    for node in out.graph.node:
+        if node.op_type in ("ReduceMin", "ReduceMax", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2"):
+            if any(a.name == "noop_with_empty_axes" and a.i != 0 for a in node.attribute):
+                raise ConfigError(f"cannot express {node.op_type} with noop_with_empty_axes=1 in opset 17")
+            attrs = [a for a in node.attribute if a.name != "noop_with_empty_axes"]
+            del node.attribute[:]
+            node.attribute.extend(attrs)
+    onnx.checker.check_model(out)
+    return out

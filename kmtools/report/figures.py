@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from kmtools import io
 
@@ -48,7 +49,12 @@ NAMES = {
 _COLOURS = {"softmax": "#d62728", "gauss": "#1f77b4"}
 _CYCLE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 _LABELS = {"softmax": "softmax network", "gauss": "Gauss network"}
-_RC = {"svg.hashsalt": "kmtools", "font.size": 8.0, "axes.titlesize": 9.0, "axes.labelsize": 8.0}
+_RC: Any = {
+    "svg.hashsalt": "kmtools",
+    "font.size": 8.0,
+    "axes.titlesize": 9.0,
+    "axes.labelsize": 8.0,
+}
 
 
 def model_order(kinds: Sequence[str]) -> list[str]:
@@ -76,18 +82,15 @@ def _new_figure() -> Figure:
 
 
 def _save(fig: Figure, out: str | Path, force: bool) -> Path:
-    """Write ``fig`` as PNG at ``out`` and SVG beside it, both atomically."""
-    import matplotlib
-
+    """Write ``fig`` as PNG at ``out`` and SVG beside it, both atomically (call inside ``_rc()``)."""
     png = Path(out).with_suffix(".png")
     svg = png.with_suffix(".svg")
     # check both before writing either, so a refusal leaves nothing half-written
     io.check_writable(png, force)
     io.check_writable(svg, force)
-    with matplotlib.rc_context(_RC):
-        io.write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), force=force)
-        fig.set_layout_engine("none")  # keep the positions just computed: the SVG needs no second layout pass
-        io.write_with(svg, lambda tmp: fig.savefig(tmp, format="svg", metadata={"Date": None}), force=force)
+    io.write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), force=force)
+    fig.set_layout_engine("none")  # keep the positions just computed: the SVG needs no second layout pass
+    io.write_with(svg, lambda tmp: fig.savefig(tmp, format="svg", metadata={"Date": None}), force=force)
     return png
 
 
@@ -169,7 +172,13 @@ def confidence_histograms(
                 _no_data(ax)
                 continue
             if threshold is not None:
-                ax.axvline(threshold, color="0.2", linestyle="--", linewidth=1, label=f"outlier threshold {threshold:.3g}")
+                ax.axvline(
+                    threshold,
+                    color="0.2",
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"outlier threshold {threshold:.3g}",
+                )
             ax.set_xlim(0, 1)
             ax.set_title(title)
             ax.set_xlabel("confidence of the predicted class")
@@ -184,28 +193,36 @@ def confidence_histograms(
 # (b) FGSM accuracy and confidence against eps (paper Fig. 2)
 
 
-def fgsm_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], out: str | Path, *, force: bool = False) -> Path:
-    """Accuracy and confidence under FGSM against ε, one line per model.
+def fgsm_curves(
+    curves: Mapping[str, Mapping[str, Sequence[float]]], out: str | Path, *, force: bool = False
+) -> Path:
+    """Accuracy and confidence under FGSM against ε, one colour per model (paper Fig. 2).
 
-    ``curves`` is ``{head_kind: {"eps": [...], "accuracy": [...], "confidence": [...]}}``
-    (the ``results.fgsm`` object of ``attack-fgsm``); ``confidence`` may be absent.
+    ``curves`` is ``{head_kind: {"eps": [...], "accuracy": [...], "confidence": [...],
+    "confidence_wrong": [...]}}`` (the ``fgsm`` results of ``attack-fgsm``). ``confidence``
+    (all predictions, solid) and ``confidence_wrong`` (the misclassified ones, dashed, what the
+    paper plots) are optional.
     """
+    from matplotlib.lines import Line2D
+
     with _rc():
         fig = _new_figure()
         ax_acc, ax_conf = fig.subplots(1, 2)
         kinds = model_order(list(curves))
-        any_conf = False
+        styles_used: set[str] = set()
         for kind in kinds:
             c = curves[kind]
             eps = _array(c.get("eps", [])).astype(float)
-            style = {"color": colour(kind, kinds), "marker": "o", "markersize": 3, "linewidth": 1.4, "label": label(kind)}
+            style = {"color": colour(kind, kinds), "marker": "o", "markersize": 3, "linewidth": 1.4}
             acc = c.get("accuracy")
             if acc is not None and len(acc) == len(eps):
-                ax_acc.plot(eps, _array(acc).astype(float), **style)
-            conf = c.get("confidence")
-            if conf is not None and len(conf) == len(eps):
-                ax_conf.plot(eps, _array(conf).astype(float), **style)
-                any_conf = True
+                ax_acc.plot(eps, _array(acc).astype(float), label=label(kind), **style)
+            for key, ls in (("confidence", "-"), ("confidence_wrong", "--")):
+                vals = c.get(key)
+                if vals is not None and len(vals) == len(eps):
+                    y = np.array([np.nan if v is None else float(v) for v in vals])
+                    ax_conf.plot(eps, y, linestyle=ls, **style)
+                    styles_used.add(key)
         for ax, what in ((ax_acc, "accuracy"), (ax_conf, "mean confidence")):
             ax.set_xlabel("ε (FGSM step size)")
             ax.set_ylabel(what)
@@ -215,8 +232,15 @@ def fgsm_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], out: str | 
             _no_data(ax_acc)
         else:
             ax_acc.legend(fontsize=7, frameon=False)
-        if not any_conf:
+        if not styles_used:
             _no_data(ax_conf)
+        else:
+            handles = []
+            if "confidence" in styles_used:
+                handles.append(Line2D([], [], color="0.3", linestyle="-", label="all inputs"))
+            if "confidence_wrong" in styles_used:
+                handles.append(Line2D([], [], color="0.3", linestyle="--", label="misclassified"))
+            ax_conf.legend(handles=handles, fontsize=7, frameon=False)
         ax_acc.set_title("accuracy under FGSM")
         ax_conf.set_title("confidence under FGSM")
         _style(fig)
@@ -230,9 +254,8 @@ def fgsm_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], out: str | 
 def _to_hwc(img: np.ndarray) -> np.ndarray:
     """(C,H,W) or (H,W) image -> (H,W,3) / (H,W) in [0,1] for imshow."""
     a = np.asarray(img, dtype=float)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
-        a = np.moveaxis(a, 0, -1)
-    elif a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] in (1, 3) and a.shape[0] != a.shape[-1]:
+    # channel-first when the first axis looks like channels and the last does not (or is smaller)
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and (a.shape[-1] not in (1, 3, 4) or a.shape[0] < a.shape[-1]):
         a = np.moveaxis(a, 0, -1)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
@@ -251,6 +274,25 @@ def _show(ax: Axes, img: np.ndarray) -> None:
     ax.set_yticks([])
     for s in ax.spines.values():
         s.set_visible(False)
+
+
+def select_prototypes(labels: Any, confidence: Any, per_class: int) -> dict[int, tuple[list[int], list[int]]]:
+    """Per class (at most the first ten), the indices of its prototypes and outliers.
+
+    Prototypes are the ``per_class`` inputs of highest confidence, highest first; outliers
+    the ``per_class`` of lowest confidence, lowest last (as drawn, the worst at the bottom),
+    never repeating a prototype when a class has fewer than ``2 * per_class`` inputs.
+    """
+    y = _array(labels).astype(int).ravel()
+    k = _array(confidence).astype(float).ravel()
+    out: dict[int, tuple[list[int], list[int]]] = {}
+    for c in sorted(set(y.tolist()))[:10]:
+        idx = np.flatnonzero(y == c)
+        idx = idx[np.argsort(-k[idx], kind="stable")].tolist()
+        top = idx[:per_class]
+        bottom = [i for i in idx if i not in top][-per_class:]
+        out[c] = (top, bottom)
+    return out
 
 
 def prototypes_outliers(
@@ -280,14 +322,13 @@ def prototypes_outliers(
     k = _array(confidence).astype(float).ravel()
     if not (len(x) == len(y) == len(k)):
         raise ValueError(f"images ({len(x)}), labels ({len(y)}) and confidence ({len(k)}) differ in length")
-    cls = sorted(set(y.tolist()))[:10]
+    picks = select_prototypes(y, k, per_class)
+    cls = list(picks)
     with _rc():
         fig = _new_figure()
         if not cls:
             _no_data(fig.add_subplot(1, 1, 1))
             return _save(fig, out, force)
-        # per class: indices sorted by confidence, descending; prototypes first, outliers last
-        order = {c: np.flatnonzero(y == c)[np.argsort(-k[y == c], kind="stable")] for c in cls}
         rows = 2 * per_class
         grid = fig.add_gridspec(
             rows + 1,
@@ -295,22 +336,23 @@ def prototypes_outliers(
             height_ratios=[*([1.0] * per_class), 0.12, *([1.0] * per_class)],
             width_ratios=[0.3, *([1.0] * len(cls))],
         )
-        for row, text in ((slice(0, per_class), "prototypes"), (slice(per_class + 1, rows + 1), "outliers")):
-            side = fig.add_subplot(grid[row, 0])
+        for rows_of, text in (
+            (slice(0, per_class), "prototypes"),
+            (slice(per_class + 1, rows + 1), "outliers"),
+        ):
+            side = fig.add_subplot(grid[rows_of, 0])
             side.axis("off")
-            side.text(0.5, 0.5, text, rotation=90, ha="center", va="center", fontsize=8, transform=side.transAxes)
+            side.text(
+                0.5, 0.5, text, rotation=90, ha="center", va="center", fontsize=8, transform=side.transAxes
+            )
         for j0, c in enumerate(cls):
             j = j0 + 1
-            idx = order[c]
-            top = list(idx[:per_class])
-            # outliers: the lowest, never repeating a prototype when the class is small
-            rest = [i for i in idx[::-1] if i not in top][:per_class]
-            bottom = list(reversed(rest))
+            top, bottom = picks[c]
             for r in range(per_class):
-                for half, picks, row in (("p", top, r), ("o", bottom, per_class + 1 + r)):
+                for half, chosen, row in (("p", top, r), ("o", bottom, per_class + 1 + r)):
                     ax = fig.add_subplot(grid[row, j])
-                    if r < len(picks):
-                        i = picks[r]
+                    if r < len(chosen):
+                        i = chosen[r]
                         _show(ax, x[i])
                         low = threshold is not None and k[i] < threshold
                         ax.set_title(f"{k[i]:.2f}", fontsize=7, pad=1.5, color="#d62728" if low else "black")
@@ -318,8 +360,18 @@ def prototypes_outliers(
                         ax.axis("off")
                     if r == 0 and half == "p":
                         name = classes[c] if classes is not None and c < len(classes) else str(c)
-                        ax.text(0.5, 1.42, name, transform=ax.transAxes, ha="center", va="bottom", fontsize=7, weight="bold")
-        fig.get_layout_engine().set(w_pad=0.01, h_pad=0.01, hspace=0.02, wspace=0.02)  # type: ignore[union-attr]
+                        ax.text(
+                            0.5,
+                            1.42,
+                            name,
+                            transform=ax.transAxes,
+                            ha="center",
+                            va="bottom",
+                            fontsize=7,
+                            weight="bold",
+                        )
+        engine: Any = fig.get_layout_engine()
+        engine.set(w_pad=0.01, h_pad=0.01, hspace=0.02, wspace=0.02)
         return _save(fig, out, force)
 
 
@@ -358,12 +410,22 @@ def onepixel_scatter(
             ax.set_xlabel("confidence of x")
             ax.set_title(f"{label(kind)}: {b.size} fooled")
             if b.size == 0:
-                ax.text(0.5, 0.5, "no successful attacks", ha="center", va="center", transform=ax.transAxes, color="0.4")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "no successful attacks",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="0.4",
+                )
                 continue
             counts = Counter(zip(np.round(b, 2).tolist(), np.round(a, 2).tolist(), strict=True))
             pts = np.array(list(counts.keys()))
             n = np.array(list(counts.values()), dtype=float)
-            ax.scatter(pts[:, 0], pts[:, 1], s=12.0 * np.sqrt(n), color=colour(kind, kinds), alpha=0.6, linewidths=0)
+            ax.scatter(
+                pts[:, 0], pts[:, 1], s=12.0 * np.sqrt(n), color=colour(kind, kinds), alpha=0.6, linewidths=0
+            )
         if not kinds:
             _no_data(axes[0])
         axes[0].set_ylabel("confidence of attack x̃")
@@ -439,7 +501,9 @@ def onepixel_examples(
             ax.set_title(line, fontsize=7, pad=2)
         for ax in axes[chosen.size :]:
             ax.axis("off")
-        fig.suptitle(title or "fooled one-pixel attacks: confidence of x → x̃ (changed pixel circled)", fontsize=8)
+        fig.suptitle(
+            title or "fooled one-pixel attacks: confidence of x → x̃ (changed pixel circled)", fontsize=8
+        )
         return _save(fig, out, force)
 
 
@@ -452,10 +516,12 @@ def _circle(centre: tuple[float, float], radius: float) -> Any:
 # --------------------------------------------------------------------------------------------
 # (f) TailorNetwork training curves
 
+# (panel title, history keys drawn in it); tailor's EpochStats: loss = scatter + ce terms,
+# accuracy and mean κ on the training data, centroid_shift = movement of the centroids
 _CURVES = (
-    ("loss", "loss", ("loss", "train_loss")),
-    ("accuracy", "accuracy", ("accuracy", "train_accuracy", "val_accuracy", "test_accuracy", "gauss_accuracy")),
-    ("centroid_shift", "centroid movement", ("centroid_shift", "centroid_movement")),
+    ("loss", ("loss", "scatter", "ce", "train_loss")),
+    ("accuracy", ("accuracy", "train_accuracy", "val_accuracy", "test_accuracy", "mean_kappa")),
+    ("centroid movement", ("centroid_shift", "centroid_movement")),
 )
 
 
@@ -463,16 +529,18 @@ def training_curves(history: Sequence[Mapping[str, Any]], out: str | Path, *, fo
     """Loss, accuracy and centroid movement per epoch of ``tailor`` (its ``results.history``).
 
     Each history entry is ``{"epoch": int, "loss": float, "accuracy": float,
-    "centroid_shift": float, ...}``; panels whose keys are absent are left out, and every
-    accuracy-like key (``accuracy``, ``val_accuracy``, ...) is drawn in the accuracy panel.
+    "centroid_shift": float, ...}``; panels whose keys are all absent are left out. The loss
+    panel also draws its terms ``scatter`` and ``ce``; the accuracy panel every accuracy-like
+    key (``accuracy``, ``val_accuracy``, ...) and ``mean_kappa``; centroid movement is drawn
+    on a log scale when positive.
     """
     hist = [h for h in history if isinstance(h, Mapping)]
     epochs = np.array([float(h.get("epoch", i + 1)) for i, h in enumerate(hist)])
-    panels = []
-    for _key, title, keys in _CURVES:
-        present = [k for k in keys if any(isinstance(h.get(k), (int, float)) for h in hist)]
+    panels: list[tuple[str, list[str]]] = []
+    for title, candidates in _CURVES:
+        present = [k for k in candidates if any(isinstance(h.get(k), (int, float)) for h in hist)]
         if present:
-            panels.append((title, present))
+            panels.append((title + (" and mean κ" if "mean_kappa" in present else ""), present))
     with _rc():
         fig = _new_figure()
         if not panels:
@@ -482,7 +550,9 @@ def training_curves(history: Sequence[Mapping[str, Any]], out: str | Path, *, fo
         for ax, (title, keys) in zip(axes, panels, strict=True):
             positive = True
             for n, key in enumerate(keys):
-                vals = np.array([float(h[key]) if isinstance(h.get(key), (int, float)) else np.nan for h in hist])
+                vals = np.array(
+                    [float(h[key]) if isinstance(h.get(key), (int, float)) else np.nan for h in hist]
+                )
                 positive &= bool(np.nanmin(vals) > 0)
                 colour_n = "#1f77b4" if n == 0 else _CYCLE[(n - 1) % len(_CYCLE)]
                 ax.plot(epochs, vals, marker="o", markersize=2.5, linewidth=1.3, color=colour_n, label=key)
@@ -490,8 +560,9 @@ def training_curves(history: Sequence[Mapping[str, Any]], out: str | Path, *, fo
                 ax.legend(fontsize=6, frameon=False)
             ax.set_title(title)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            if title == "centroid movement" and positive:
+            if title.startswith("centroid") and positive:
                 ax.set_yscale("log")
         fig.suptitle("TailorNetwork fine-tuning", fontsize=9)
         _style(fig)

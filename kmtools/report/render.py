@@ -34,7 +34,19 @@ from kmtools.report.gates import GateResult
 MISSING = "–"
 _METRIC_KEYS = ("accuracy", "mean_confidence", "outlier_rate", "onepixel", "fgsm", "threshold")
 # result keys that are never a head kind
-_NOT_KINDS = {"ood", "theorem2", "history", "onepixel", "fgsm", "deepfool", "config", "options"}
+_NOT_KINDS = {
+    "ood",
+    "theorem2",
+    "reject",
+    "history",
+    "onepixel",
+    "fgsm",
+    "deepfool",
+    "config",
+    "options",
+    "settings",
+    "models",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,27 +166,32 @@ def _looks_like_metrics(d: Any) -> bool:
 def per_kind(doc: Mapping[str, Any] | None, key: str | None = None) -> dict[str, dict[str, Any]]:
     """``{head_kind: metrics}`` from one command's document.
 
-    With ``key`` (``"onepixel"``, ``"fgsm"``): ``results[key]`` for the primary model and
-    ``results[kind][key]`` per compared model. Without: the top-level metrics of ``results``
-    for the primary model and every ``results[kind]`` sub-object that holds metrics.
+    With ``key`` (``"onepixel"``, ``"fgsm"``): ``results[key]`` is the primary model's and
+    ``results[kind][key]`` each compared model's. Without: the top-level metrics of ``results``
+    are the primary model's and every ``results[kind]`` sub-object holding metrics is a
+    compared model's. When compared models are present the top level (a copy of the first
+    model, as the commands write it) only fills gaps of the sub-object of the same kind.
     """
     if not doc:
         return {}
     res = doc.get("results") or {}
     primary = _primary_kind(doc)
-    out: dict[str, dict[str, Any]] = {}
     top = res.get(key) if key else res
+    top_metrics: dict[str, Any] | None = None
     if isinstance(top, Mapping) and (key is not None or _looks_like_metrics(top)):
-        out[primary] = {k: v for k, v in top.items() if key is not None or not _looks_like_metrics(v)}
+        top_metrics = {k: v for k, v in top.items() if key is not None or not _looks_like_metrics(v)}
+    subs: dict[str, dict[str, Any]] = {}
     for kind, sub in res.items():
         if kind in _NOT_KINDS or not isinstance(sub, Mapping):
             continue
         part = sub.get(key) if key else sub
         if isinstance(part, Mapping) and (key is not None or _looks_like_metrics(part)):
-            out[kind] = {**out.get(kind, {}), **part}
-    if primary == "model" and len(out) > 1:
-        out.pop("model", None)  # unnamed top level next to named models: the named ones win
-    return out
+            subs[kind] = dict(part)
+    if not subs:
+        return {primary: top_metrics} if top_metrics is not None else {}
+    if top_metrics is not None and primary in subs:
+        subs[primary] = {**top_metrics, **subs[primary]}
+    return subs
 
 
 def summary(run: Run) -> dict[str, dict[str, Any]]:
@@ -192,7 +209,9 @@ def summary(run: Run) -> dict[str, dict[str, Any]]:
     tailor = run.results("tailor")
     for kind, key in (("softmax", "accuracy_before"), ("gauss", "accuracy_after")):
         if _num(tailor.get(key)) is not None and out.get(kind, {}).get("accuracy") is None:
-            out.setdefault(kind, dict.fromkeys(("accuracy", "confidence", "attack_rate", "attack_confidence")))
+            out.setdefault(
+                kind, dict.fromkeys(("accuracy", "confidence", "attack_rate", "attack_confidence"))
+            )
             out[kind]["accuracy"] = _num(tailor[key])
     return {k: out[k] for k in figures.model_order(list(out))}
 
@@ -296,24 +315,45 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
         test = {k: v for k, v in test.items() if k not in ("noise", "images", "image")}
         if test:
             p = figures.confidence_histograms(
-                test, out / figures.NAMES["confidence"], noise=noise or None, threshold=_threshold(run), force=force
+                test,
+                out / figures.NAMES["confidence"],
+                noise=noise or None,
+                threshold=_threshold(run),
+                force=force,
             )
-            add("confidence", "Confidence of the predicted class on test data and on noise images "
-                "(softmax probability vs Gauss confidence κ; cf. the paper's Figures 1 and 3).", p)
+            add(
+                "confidence",
+                "Confidence of the predicted class on test data and on noise images "
+                "(softmax probability vs Gauss confidence κ; cf. the paper's Figures 1 and 3).",
+                p,
+            )
         if "images" in arr and "labels" in arr:
             kappa = _image_kappa(arr, len(arr["images"]))
             if kappa is not None:
                 p = figures.prototypes_outliers(
-                    arr["images"], arr["labels"], kappa, out / figures.NAMES["prototypes"],
-                    classes=_classes(run), threshold=_threshold(run), force=force,
+                    arr["images"],
+                    arr["labels"],
+                    kappa,
+                    out / figures.NAMES["prototypes"],
+                    classes=_classes(run),
+                    threshold=_threshold(run),
+                    force=force,
                 )
-                add("prototypes", "Prototypes (top) and outliers (bottom) of each class by Gauss "
-                    "confidence κ, printed above each image (cf. the paper's Figure 3).", p)
+                add(
+                    "prototypes",
+                    "Prototypes (top) and outliers (bottom) of each class by Gauss "
+                    "confidence κ, printed above each image (cf. the paper's Figure 3).",
+                    p,
+                )
 
     fg = per_kind(run.docs.get("attack-fgsm"), "fgsm")
     if fg:
         p = figures.fgsm_curves(fg, out / figures.NAMES["fgsm"], force=force)
-        add("fgsm", "Accuracy and mean confidence under FGSM against the step size ε (cf. the paper's Figure 2).", p)
+        add(
+            "fgsm",
+            "Accuracy and mean confidence under FGSM against the step size ε (cf. the paper's Figure 2).",
+            p,
+        )
 
     op_doc = run.docs.get("attack-onepixel")
     if op_doc is not None:
@@ -322,10 +362,19 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
         before = _prefixed(arr, "conf_before", primary)
         after = _prefixed(arr, "conf_adv", primary)
         success = _prefixed(arr, "success", primary)
+        for kind, skipped in _prefixed(arr, "skipped", primary).items():  # skipped = misclassified already
+            if kind in success:
+                success[kind] = np.asarray(success[kind], bool) & ~np.asarray(skipped, bool)
         if before and after:
-            p = figures.onepixel_scatter(before, after, out / figures.NAMES["onepixel_scatter"], success=success, force=force)
-            add("onepixel", "Confidence of x against that of its successful one-pixel attack x̃; point "
-                "size grows with the square root of the count (cf. the paper's Figure 1).", p)
+            p = figures.onepixel_scatter(
+                before, after, out / figures.NAMES["onepixel_scatter"], success=success, force=force
+            )
+            add(
+                "onepixel",
+                "Confidence of x against that of its successful one-pixel attack x̃; point "
+                "size grows with the square root of the count (cf. the paper's Figure 1).",
+                p,
+            )
         for kind in figures.model_order(list(before)):
             x = _pick(arr, kind, "x")
             x_adv = _pick(arr, kind, "x_adv")
@@ -333,13 +382,24 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
                 continue
             name = Path(figures.NAMES["onepixel_examples"])
             p = figures.onepixel_examples(
-                x, x_adv, before[kind], after[kind], out / f"{name.stem}_{kind}{name.suffix}",
-                success=success.get(kind), pixel=_pick(arr, kind, "pixel"),
-                labels=_pick(arr, kind, "labels") if _pick(arr, kind, "labels") is not None else _pick(arr, kind, "y"),
-                pred_adv=_pick(arr, kind, "pred_adv"), classes=_classes(run),
-                title=f"{figures.label(kind)}: fooled one-pixel attacks, conf(x) → conf(x̃)", force=force,
+                x,
+                x_adv,
+                before[kind],
+                after[kind],
+                out / f"{name.stem}_{kind}{name.suffix}",
+                success=success.get(kind),
+                pixel=_pick(arr, kind, "pixel"),
+                labels=_pick(arr, kind, "labels", "label", "y"),
+                pred_adv=_pick(arr, kind, "pred_adv", "adv_labels"),
+                classes=_classes(run),
+                title=f"{figures.label(kind)}: fooled one-pixel attacks, conf(x) → conf(x̃)",
+                force=force,
             )
-            add("onepixel", f"Fooled one-pixel attacks on the {figures.label(kind)}, changed pixel circled.", p)
+            add(
+                "onepixel",
+                f"Fooled one-pixel attacks on the {figures.label(kind)}, changed pixel circled.",
+                p,
+            )
 
     history = run.results("tailor").get("history")
     if isinstance(history, list) and history:
@@ -348,9 +408,13 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
     return got
 
 
-def _pick(arr: Mapping[str, np.ndarray], kind: str, name: str) -> np.ndarray | None:
-    """``<kind>_<name>`` when the arrays are per model, else the shared ``<name>``."""
-    return arr.get(f"{kind}_{name}", arr.get(name))
+def _pick(arr: Mapping[str, np.ndarray], kind: str, *names: str) -> np.ndarray | None:
+    """The first of ``<kind>_<name>`` (per-model arrays) or the shared ``<name>`` that exists."""
+    for name in names:
+        for key in (f"{kind}_{name}", name):
+            if key in arr:
+                return arr[key]
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,15 +435,21 @@ def _outlier_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section |
     rows = []
     for kind in figures.model_order(list(ev)):
         m = ev[kind]
-        rows.append([
-            kind, dec(m.get("threshold"), 4), dec(m.get("recommended_threshold"), 4), pct(m.get("outlier_rate")),
-            pct(op.get(kind, {}).get("outlier_share")),
-        ])
+        rows.append(
+            [
+                kind,
+                dec(m.get("threshold"), 4),
+                dec(m.get("recommended_threshold"), 4),
+                pct(m.get("outlier_rate")),
+                pct(op.get(kind, {}).get("outlier_share")),
+            ]
+        )
     if rows:
         sec.add(
             "An input is an outlier when the confidence of its predicted class is below the threshold "
             "(1/c for Gauss confidences, as in the paper). The recommended threshold is the one evaluate "
-            "suggests from the data; the last column is the share of fooled one-pixel attacks flagged as outliers.",
+            "suggests from the data; the last column is the share of fooled one-pixel attacks flagged "
+            "as outliers.",
             Table(["model", "threshold", "recommended threshold", "outlier rate", "fooled flagged"], rows),
         )
     ood = [
@@ -394,14 +464,19 @@ def _outlier_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section |
             Table(["model", "OOD source", "AUROC", "FPR95"], ood),
         )
     t2 = [
-        [kind, *(dec(_get(m, f"theorem2.{s}"), 4) for s in ("mean", "median", "min", "p05"))]
+        [
+            kind,
+            str(_get(m, "theorem2.space") or MISSING),
+            *(dec(_get(m, f"theorem2.{s}"), 4) for s in ("mean", "median", "min", "p05")),
+        ]
         for kind, m in ((k, ev[k]) for k in figures.model_order(list(ev)))
         if isinstance(m.get("theorem2"), Mapping)
     ]
     if t2:
         sec.add(
-            "Theorem 2: lower bound on the input perturbation that can change a prediction, over the test set.",
-            Table(["model", "mean", "median", "min", "5th percentile"], t2),
+            "Theorem 2: lower bound on the perturbation that can change a prediction, over the test "
+            "set: in input space when a Lipschitz modulus was given, else the feature-space margin.",
+            Table(["model", "space", "mean", "median", "min", "5th percentile"], t2),
         )
     sec.add(*figs.get("confidence", []), *figs.get("prototypes", []))
     return sec if sec.has_content() else None
@@ -413,13 +488,21 @@ def _onepixel_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section 
     if op:
         keys = ("attacked", "skipped", "fooled", "rate", "mean_conf_fooled", "outlier_share")
         rows = [
-            [kind, *(pct(op[kind].get(k)) if k in ("rate", "outlier_share") else fmt(op[kind].get(k)) for k in keys)]
+            [
+                kind,
+                *(
+                    pct(op[kind].get(k)) if k in ("rate", "outlier_share") else fmt(op[kind].get(k))
+                    for k in keys
+                ),
+            ]
             for kind in figures.model_order(list(op))
         ]
         sec.add(
             "Differential evolution over one pixel's position and colour (Su et al.); the rate is the share "
             "of attacked (correctly classified) images whose prediction changed.",
-            Table(["model", "attacked", "skipped", "fooled", "rate", "conf in fooled", "fooled flagged"], rows),
+            Table(
+                ["model", "attacked", "skipped", "fooled", "rate", "conf in fooled", "fooled flagged"], rows
+            ),
         )
     sec.add(*figs.get("onepixel", []))
     return sec if sec.has_content() else None
@@ -435,17 +518,24 @@ def _fgsm_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section | No
         if isinstance(e, list) and len(e) > len(eps):
             eps = e
     if eps:
-        cols = ["ε"]
-        for k in kinds:
-            cols += [f"{k} accuracy", f"{k} conf"]
+        # (result key, column name, formatter); "confidence_wrong" only when a model reports it
+        fields = [("accuracy", "accuracy", pct), ("confidence", "conf", dec)]
+        if any(fg[k].get("confidence_wrong") for k in kinds):
+            fields.append(("confidence_wrong", "conf wrong", dec))
+        cols = ["ε", *(f"{k} {name}" for k in kinds for _, name, _ in fields)]
         rows = []
         for i, e in enumerate(eps):
             row = [fmt(e)]
             for k in kinds:
-                acc, conf = fg[k].get("accuracy") or [], fg[k].get("confidence") or []
-                row += [pct(acc[i]) if i < len(acc) else MISSING, dec(conf[i]) if i < len(conf) else MISSING]
+                for key, _, f in fields:
+                    vals = fg[k].get(key) or []
+                    row.append(f(vals[i]) if i < len(vals) else MISSING)
             rows.append(row)
-        sec.add(Table(cols, rows))
+        sec.add(
+            "Accuracy and mean confidence of the predicted class under FGSM with step size ε "
+            "(conf wrong: mean confidence of the misclassified inputs, as in the paper's Figure 2).",
+            Table(cols, rows),
+        )
     sec.add(*figs.get("fgsm", []))
     return sec if sec.has_content() else None
 
@@ -471,20 +561,25 @@ def _generic_section(command: str, run: Run) -> Section:
 def _provenance_section(run: Run) -> Section:
     rows = []
     for cmd, doc in run.docs.items():
-        model = doc.get("model") if isinstance(doc.get("model"), Mapping) else {}
-        data = doc.get("data") if isinstance(doc.get("data"), Mapping) else {}
+        model: Mapping[str, Any] = doc.get("model") or {}
+        data: Mapping[str, Any] = doc.get("data") or {}
         sha = str(model.get("sha256") or "")
-        rows.append([
-            cmd,
-            run.sources[cmd].name,
-            str(model.get("path") or model.get("arch") or MISSING) + (f" (sha256 {sha[:12]}…)" if sha else ""),
-            str(data.get("name") or data.get("path") or MISSING),
-            fmt(doc.get("seed")),
-            str(doc.get("device") or MISSING),
-            f"{sum(float(v) for v in (doc.get('timings') or {}).values() if _num(v) is not None):.1f} s",
-            f"kmtools {_get(doc, 'versions.kmtools')}, torch {_get(doc, 'versions.torch')}",
-        ])
-    sec = Section("Provenance").add(Table(["command", "file", "model", "data", "seed", "device", "time", "versions"], rows))
+        rows.append(
+            [
+                cmd,
+                run.sources[cmd].name,
+                str(model.get("path") or model.get("arch") or MISSING)
+                + (f" (sha256 {sha[:12]}…)" if sha else ""),
+                str(data.get("name") or data.get("path") or MISSING),
+                fmt(doc.get("seed")),
+                str(doc.get("device") or MISSING),
+                f"{sum(float(v) for v in (doc.get('timings') or {}).values() if _num(v) is not None):.2f} s",
+                f"kmtools {_get(doc, 'versions.kmtools')}, torch {_get(doc, 'versions.torch')}",
+            ]
+        )
+    sec = Section("Provenance").add(
+        Table(["command", "file", "model", "data", "seed", "device", "time", "versions"], rows)
+    )
     if run.replaced:
         sec.add("Replaced by a later result of the same command: " + ", ".join(str(p) for p in run.replaced))
     return sec
@@ -493,8 +588,14 @@ def _provenance_section(run: Run) -> Section:
 _OWN = ("evaluate", "attack-onepixel", "attack-fgsm", "tailor")
 
 
-def build(run: Run, fig_dir: str | Path, *, force: bool = False, gates: Sequence[GateResult] | None = None,
-          title: str | None = None) -> Report:
+def build(
+    run: Run,
+    fig_dir: str | Path,
+    *,
+    force: bool = False,
+    gates: Sequence[GateResult] | None = None,
+    title: str | None = None,
+) -> Report:
     """The report's document model; figures are drawn into ``fig_dir``."""
     figs = draw_figures(run, fig_dir, force=force)
     sections: list[Section] = []
@@ -502,14 +603,21 @@ def build(run: Run, fig_dir: str | Path, *, force: bool = False, gates: Sequence
         sections.append(_gates_section(gates))
     t1 = table1(run)
     if t1 is not None:
-        sections.append(Section("Softmax network vs Gauss network").add(
-            "In the layout of the paper's Table 1: test accuracy, mean confidence of the predicted class, "
-            "share of images misled by a one-pixel attack and the mean confidence in those misclassifications "
-            "(softmax confidences for the softmax network, Gauss confidences κ for the Gauss network).",
-            t1,
-        ))
-    for part in (_outlier_section(run, figs), _onepixel_section(run, figs), _fgsm_section(run, figs),
-                 _tailor_section(run, figs)):
+        sections.append(
+            Section("Softmax network vs Gauss network").add(
+                "In the layout of the paper's Table 1: test accuracy, mean confidence of the predicted "
+                "class, share of images misled by a one-pixel attack and the mean confidence in those "
+                "misclassifications (softmax confidences for the softmax network, Gauss confidences κ "
+                "for the Gauss network).",
+                t1,
+            )
+        )
+    for part in (
+        _outlier_section(run, figs),
+        _onepixel_section(run, figs),
+        _fgsm_section(run, figs),
+        _tailor_section(run, figs),
+    ):
         if part is not None:
             sections.append(part)
     for cmd in run.docs:

@@ -1,0 +1,310 @@
+"""``kmtools evaluate``: accuracy, confidence, outliers, OOD detection and Theorem 2, side by side."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmtools.data import load_dataset, subset
+from kmtools.data.registry import check_compatible
+from kmtools.errors import ConfigError, DataError
+from kmtools.evaluate import NOISE_KINDS, EvalResult
+from kmtools.evaluate import evaluate as run_evaluate
+from kmtools.io import check_writable, write_json, write_with
+from kmtools.models import KmModel
+from kmtools.report import gates
+from kmtools.report.schema import envelope
+from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
+from kmtools_cli._options import (
+    AmpOpt, ArchOpt, BatchOpt, DataOpt, DataRootOpt, DebugOpt, DeviceOpt, DownloadOpt, ForceOpt, FormatOpt,
+    GateOpt, HeadPathOpt, MeanOpt, ModelArg, NOpt, NormOpt, NumClassesOpt, QuietOpt, SeedOpt, SplitOpt, StdOpt,
+    TrustOpt, WorkersOpt,
+)
+from kmtools_cli._output import Output, fmt
+
+JSON_NAME = "evaluate.json"
+NPZ_NAME = "evaluate.npz"
+
+
+def _lipschitz_auto_available() -> bool:
+    try:
+        from kmtools.geometry.distance import lipschitz_upper_bound  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+_LIP_HELP = (
+    "Lipschitz modulus L_p of x -> f_p(x) for the Theorem 2 input-space bound: a number"
+    + (", or 'auto' (a layer-wise upper bound from kmtools.geometry)" if _lipschitz_auto_available() else "")
+    + ". Without it only the feature-space margin is reported."
+)
+
+CompareOpt = Annotated[Optional[Path], typer.Option("--compare", help="A second checkpoint (typically the Gauss network of MODEL), loaded with the same options and evaluated side by side.", show_default=False)]
+OodOpt = Annotated[str, typer.Option("--ood", help="Out-of-distribution inputs: uniform or gaussian noise (paper Fig. 3), a dataset (name or path, same input shape), or none.")]
+NNoiseOpt = Annotated[int, typer.Option("--n-noise", help="Number of noise images, or at most this many inputs of an OOD dataset.")]
+LipschitzOpt = Annotated[Optional[str], typer.Option("--lipschitz", help=_LIP_HELP, show_default=False)]
+PerClassOpt = Annotated[int, typer.Option("--per-class", help="Prototypes and outliers kept per class (paper Fig. 3) in evaluate.npz.")]
+OutDirOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help=f"Folder for {JSON_NAME} (result document) and {NPZ_NAME} (per-sample arrays).", show_default=False)]
+
+
+def _lipschitz(spec: str | None, model: KmModel) -> tuple[float | None, dict[str, Any] | None]:
+    """``(L_p, how)`` from ``--lipschitz``: None, a positive number, or ``auto``."""
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None, None
+    key = spec.strip().lower()
+    if key == "auto":
+        try:
+            from kmtools.geometry.distance import lipschitz_upper_bound
+        except ImportError as exc:
+            raise ConfigError("--lipschitz auto needs kmtools.geometry: give a number instead") from exc
+        if model.input_shape is None:
+            raise ConfigError("--lipschitz auto needs the model's input shape: give a number instead")
+        example = torch.rand((1, *model.input_shape), generator=torch.Generator().manual_seed(0))
+        est = lipschitz_upper_bound(model.cpu(), example)
+        value = float(est.value) if not isinstance(est.value, torch.Tensor) else float(est.value.max())
+        return value, {"method": est.method, "guaranteed": bool(est.guaranteed)}
+    try:
+        value = float(key)
+    except ValueError as exc:
+        raise ConfigError(f"--lipschitz must be a positive number{' or auto' if _lipschitz_auto_available() else ''}, not {spec!r}") from exc
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"--lipschitz must be a positive number, not {spec!r}")
+    return value, {"method": "given", "guaranteed": None}
+
+
+def _keys(primary: KmModel, other: KmModel | None) -> list[str]:
+    """Result keys of the models: their head kinds, or ``model``/``compare`` when equal."""
+    if other is None:
+        return [primary.head_kind]
+    if primary.head_kind == other.head_kind:
+        return ["model", "compare"]
+    return [primary.head_kind, other.head_kind]
+
+
+def _figure_key(keys: list[str]) -> str:
+    """Whose prototypes/outliers go to ``images``: the Gauss network when there is one (Fig. 3)."""
+    return "gauss" if "gauss" in keys else keys[0]
+
+
+def _arrays(evals: dict[str, EvalResult], fig_key: str) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    first = next(iter(evals.values()))
+    out["label"] = first.label
+    for key, res in evals.items():
+        arr = res.arrays()
+        for name in ("confidence", "label_confidence", "correct", "prediction", "margin", "input_bound",
+                     "noise_confidence", "noise_prediction"):
+            if name in arr:
+                out[f"{key}_{name}"] = arr[name]
+    fig = evals[fig_key]
+    for part in ("proto", "outlier"):
+        for what in ("index", "conf", "labels", "images"):
+            out[f"{part}_{what}"] = getattr(fig, f"{part}_{what}")
+    out["images"] = np.concatenate([fig.proto_images, fig.outlier_images])
+    out["labels"] = np.concatenate([fig.proto_labels, fig.outlier_labels])
+    out["images_confidence"] = np.concatenate([fig.proto_conf, fig.outlier_conf])
+    return out
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray], force: bool) -> None:
+    def writer(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:  # a file object, so numpy does not append '.npz' to the temp name
+            np.savez(fh, **arrays)
+
+    write_with(path, writer, force)
+
+
+_ROWS: list[tuple[str, str]] = [
+    ("head", "head_kind"),
+    ("inputs", "n"),
+    ("accuracy", "accuracy"),
+    ("mean confidence", "mean_confidence"),
+    ("outlier threshold", "threshold"),
+    ("outlier rate", "outlier_rate"),
+    ("recommended threshold (95% of correct above)", "recommended_threshold"),
+    ("OOD source", "ood.source"),
+    ("OOD inputs", "ood.n"),
+    ("OOD mean confidence", "ood.mean_ood_confidence"),
+    ("OOD flagged as outliers", "ood.ood_outlier_rate"),
+    ("OOD AUROC", "ood.auroc"),
+    ("OOD FPR at 95% TPR", "ood.fpr95"),
+    ("Thm 2 centroids", "theorem2.centroids"),
+    ("Thm 2 feature margin: mean", "theorem2.feature_margin.mean"),
+    ("Thm 2 feature margin: median", "theorem2.feature_margin.median"),
+    ("Thm 2 feature margin: p05", "theorem2.feature_margin.p05"),
+    ("Thm 2 feature margin: min", "theorem2.feature_margin.min"),
+    ("Thm 2 vacuous share", "theorem2.vacuous_share"),
+    ("Lipschitz modulus L_p", "theorem2.lipschitz"),
+    ("Thm 2 bound ‖Δ‖: mean", "theorem2.input_bound.mean"),
+    ("Thm 2 bound ‖Δ‖: median", "theorem2.input_bound.median"),
+    ("Thm 2 bound ‖Δ‖: p05", "theorem2.input_bound.p05"),
+    ("Thm 2 bound ‖Δ‖: min", "theorem2.input_bound.min"),
+    ("accuracy-reject AUC", "reject.auc"),
+]
+
+
+def _get(d: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def human_table(per_model: dict[str, dict[str, Any]], title: str) -> Table:
+    """Rows = metrics, columns = models; rows where every model has no value are dropped."""
+    t = Table(title=title, title_justify="left")
+    t.add_column("metric", style="bold")
+    for key in per_model:
+        t.add_column(key, justify="right")
+    for label, path in _ROWS:
+        vals = [_get(m, path) for m in per_model.values()]
+        if all(v is None for v in vals):
+            continue
+        t.add_row(label, *(fmt(v) for v in vals))
+    return t
+
+
+def evaluate(
+    model_path: ModelArg,
+    data: DataOpt = None,
+    compare: CompareOpt = None,
+    ood: OodOpt = "uniform",
+    n_noise: NNoiseOpt = 1000,
+    lipschitz: LipschitzOpt = None,
+    per_class: PerClassOpt = 2,
+    out_dir: OutDirOpt = None,
+    force: ForceOpt = False,
+    gate: GateOpt = None,
+    arch: ArchOpt = None,
+    head: HeadPathOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    norm: NormOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    data_root: DataRootOpt = None,
+    split: SplitOpt = "test",
+    n: NOpt = None,
+    download: DownloadOpt = False,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 256,
+    seed: SeedOpt = 0,
+    amp: AmpOpt = False,
+    workers: WorkersOpt = 0,
+    fmt_: FormatOpt = "human",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Accuracy, mean confidence, outliers, OOD detection and the Theorem 2 margin of MODEL.
+
+    Confidence is the softmax probability of the predicted class for a softmax network and
+    the Gauss confidence κ for a Gauss network. An input is an outlier when that confidence
+    is below the model's threshold (1/c unless the checkpoint sets one). OOD detection
+    scores noise images (uniform in [0,1], or N(0.5, 0.25²) clipped) or a second dataset
+    against the test inputs by the same confidence (AUROC, FPR at 95% TPR). With --compare,
+    both models are evaluated on the same inputs and reported side by side under their head
+    kinds, so gates like 'gauss.accuracy>=softmax.accuracy-0.003' work.
+
+    Example: kmtools evaluate model.pt --arch resnet18 --data cifar10 --compare gauss.safetensors --out runs/
+    """
+    out = Output(fmt_, quiet)
+    for g in gate or []:
+        gates.parse(g)  # a malformed gate fails before any work (exit 2)
+    if n_noise < 0:
+        raise ConfigError(f"--n-noise must be non-negative, got {n_noise}")
+    if per_class < 0:
+        raise ConfigError(f"--per-class must be non-negative, got {per_class}")
+    json_path = npz_path = None
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"--out {out_dir} is a file: give a folder")
+        json_path, npz_path = out_dir / JSON_NAME, out_dir / NPZ_NAME
+        for p in (json_path, npz_path):
+            check_writable(p, force)
+    timer = Timer()
+    dev = device_of(device)
+    opts: dict[str, Any] = dict(arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint,
+                                norm=norm, mean=mean, std=std)
+    with timer("load"):
+        model = open_model(model_path, **opts)
+        other = open_model(compare, **opts) if compare is not None else None
+    info = open_data(data, root=data_root, split=split, n=n, download=download, model=model)
+    if other is not None:
+        check_compatible(info, other.num_classes, other.input_shape)
+
+    ood_arg: Any = None
+    ood_key = ood.strip().lower()
+    if ood_key in NOISE_KINDS:
+        ood_arg = ood_key
+    elif ood_key not in ("none", "off", ""):
+        with timer("load"):
+            ood_info = load_dataset(ood, root=data_root, split=split, download=download)
+        want = tuple(model.input_shape or info.input_shape)
+        if tuple(ood_info.input_shape) != want:
+            raise DataError(
+                f"OOD dataset {ood_info.name} has inputs of shape {tuple(ood_info.input_shape)} "
+                f"but the model expects {want}"
+            )
+        ood_arg = subset(ood_info, min(n_noise, len(ood_info))) if n_noise > 0 else None
+
+    models = [model] + ([other] if other is not None else [])
+    paths = [model_path] + ([compare] if compare is not None else [])
+    keys = _keys(model, other)
+    evals: dict[str, EvalResult] = {}
+    lip_info: dict[str, dict[str, Any] | None] = {}
+    for key, m in zip(keys, models):
+        with timer("lipschitz"):
+            lp, how = _lipschitz(lipschitz, m)
+        lip_info[key] = how
+        with timer(f"evaluate_{key}"), out.progress(f"evaluate {key}", len(info)) as prog:
+            evals[key] = run_evaluate(
+                m, info.dataset, ood=ood_arg, n_noise=n_noise, batch_size=batch_size, device=dev,
+                seed=seed, amp=amp, progress=prog, lipschitz=lp, per_class=per_class, workers=workers,
+            )
+
+    per_model: dict[str, dict[str, Any]] = {}
+    for key, res in evals.items():
+        d = res.to_dict()
+        if d.get("ood") is not None and not isinstance(ood_arg, str):
+            d["ood"]["source"] = getattr(ood_arg, "name", ood)
+        if d.get("theorem2") is not None and lip_info.get(key):
+            d["theorem2"]["lipschitz_method"] = lip_info[key]["method"]  # type: ignore[index]
+            d["theorem2"]["lipschitz_guaranteed"] = lip_info[key]["guaranteed"]  # type: ignore[index]
+        per_model[key] = d
+    results: dict[str, Any] = dict(per_model[keys[0]])
+    if other is not None:
+        for key in keys:
+            results[key] = per_model[key]
+        results["models"] = {key: str(p) for key, p in zip(keys, paths)}
+
+    data_doc = {**info.to_dict(), "classes": info.classes}
+    extra: dict[str, Any] = {}
+    if other is not None and compare is not None:
+        extra["compare_model"] = describe_model(compare, other)
+    doc = envelope("evaluate", results, model=describe_model(model_path, model), data=data_doc,
+                   seed=seed, device=dev, timings=timer.timings, **extra)
+
+    if json_path is not None and npz_path is not None:
+        fig_key = _figure_key(keys)
+        _save_npz(npz_path, _arrays(evals, fig_key), force)
+        write_json(json_path, doc, force)
+        out.info(f"wrote {json_path} and {npz_path}")
+
+    def human(con: Console) -> None:
+        con.print(human_table(per_model, f"evaluate on {info.name} ({info.split}, {len(info)} inputs)"))
+
+    out.emit(doc, human)
+    out.gate(gate, doc)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate)

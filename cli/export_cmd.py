@@ -1,0 +1,130 @@
+"""``kmtools export``: write a model as kmtools safetensors, a torch.export program (.pt2)
+and ONNX, each checked against the eager model."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from kmtools_cli._common import Timer, describe_model, ints, open_model
+from kmtools_cli._options import (
+    ArchOpt,
+    DebugOpt,
+    ForceOpt,
+    FormatOpt,
+    HeadPathOpt,
+    MeanOpt,
+    ModelArg,
+    NormOpt,
+    NumClassesOpt,
+    QuietOpt,
+    SeedOpt,
+    StdOpt,
+    TrustOpt,
+)
+from kmtools_cli._output import Output, fmt, kv_table
+from rich.console import Console
+from rich.table import Table
+
+from kmtools.errors import ConfigError
+from kmtools.export import FORMATS, export, parse_formats
+from kmtools.report.schema import envelope
+
+OutDirOpt = Annotated[str | None, typer.Option(
+    "--out", "-o", help="Output folder (files model.safetensors, model.pt2, model.onnx), or a "
+    "NAME.onnx/.pt2/.safetensors path whose stem names every file.", show_default=False)]
+FormatsOpt = Annotated[str, typer.Option(
+    "--formats", help=f"Comma-separated formats to write: {', '.join(FORMATS)}.")]
+OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (17 or higher).")]
+CheckOpt = Annotated[bool, typer.Option(
+    "--check/--no-check", help="Reload every written file and compare it with the eager model "
+    "on random batches of 1 and 7 inputs (needs onnxruntime for ONNX).")]
+AtolOpt = Annotated[float, typer.Option("--atol", help="Largest absolute difference accepted by the check.")]
+InputShapeOpt = Annotated[str | None, typer.Option(
+    "--input-shape", help="Input shape without the batch, e.g. 3,32,32 (for models that do not know it).")]
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)  # pragma: no cover
+
+
+def export_model(
+    model_path: ModelArg,
+    out_dir: OutDirOpt = None,
+    formats: FormatsOpt = ",".join(FORMATS),
+    opset: OpsetOpt = 18,
+    check: CheckOpt = True,
+    atol: AtolOpt = 1e-4,
+    force: ForceOpt = False,
+    arch: ArchOpt = None,
+    head: HeadPathOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    norm: NormOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    input_shape: InputShapeOpt = None,
+    seed: SeedOpt = 0,
+    fmt_: FormatOpt = "human",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Export a model as self-contained files that run without kmtools.
+
+    kmtools: .safetensors with kmtools metadata (input of every other command);
+    pt2: a torch.export program, kmtools' TorchScript successor (torch.export.load(p).module());
+    onnx: an ONNX model for onnxruntime. The programs take pixel-space inputs named 'input'
+    with a dynamic batch dimension and return 'scores' (logits, or κ for a Gauss head) and
+    'confidences' (softmax, or κ). Each file is checked against the eager model before it is
+    moved into place; a failed check writes nothing.
+
+    Example: kmtools export gauss.safetensors --out exported/ --formats pt2,onnx
+    """
+    out = Output(fmt_, quiet)
+    if out_dir is None:
+        raise ConfigError("kmtools export needs --out DIR (or --out NAME.onnx)")
+    fmts = parse_formats(formats)
+    timer = Timer()
+    with timer("load"):
+        model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
+                           trust=trust_checkpoint, norm=norm, mean=mean, std=std, input_shape=input_shape)
+    if model.input_shape is None and input_shape is not None:
+        model.input_shape = tuple(ints(input_shape, "--input-shape") or ())
+    with timer("export"):
+        result = export(model, out_dir, formats=fmts, opset=opset, check=check, atol=atol, force=force,
+                        seed=seed, progress=out.info)
+    results = result.to_dict()
+    doc = envelope("export", results, model=describe_model(model_path, model), seed=seed, device="cpu",
+                   timings=timer.timings)
+
+    def human(con: Console) -> None:
+        t = Table(title=f"export of {model_path}", title_justify="left")
+        for col in ("format", "file", "size", "export s", "max |Δ| vs eager"):
+            t.add_column(col, justify="right" if col in ("size", "export s", "max |Δ| vs eager") else "left")
+        for name, f in result.files.items():
+            diff = "not checked" if f.max_abs_diff is None else f"{f.max_abs_diff:.2g}"
+            t.add_row(name, f.path, _size(f.bytes), f"{f.seconds:.2f}", diff)
+        con.print(t)
+        rows: list[tuple[str, object]] = [
+            ("head", result.head_kind),
+            ("classes", result.num_classes),
+            ("input", f"{result.input_name} (batch, {', '.join(map(str, result.input_shape))}), pixel space"),
+            ("outputs", ", ".join(result.output_names) + f" (batch, {result.num_classes})"),
+            ("outlier threshold", result.outlier_threshold),
+        ]
+        if result.opset is not None:
+            rows.append(("ONNX opset", result.opset))
+        if result.checked:
+            batches = ", ".join(map(str, result.check_batches))
+            rows.append(("check", f"batches {batches}; atol {fmt(result.atol)}; passed"))
+        con.print(kv_table("exported program", rows))
+
+    out.emit(doc, human)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_model)

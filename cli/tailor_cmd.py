@@ -1,0 +1,181 @@
+"""``kmtools tailor``: TailorNetwork (Algorithm 1) -> a Gauss network, exported with a summary."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmtools.errors import ConfigError
+from kmtools.features import extract
+from kmtools.io import write_json
+from kmtools.models import KmModel, require_split, save_model
+from kmtools.report.schema import envelope
+from kmtools.tailor import TailorConfig, init_distributed, tailor
+from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
+from kmtools_cli._options import (
+    AmpOpt, ArchOpt, BatchOpt, DataOpt, DataRootOpt, DebugOpt, DeviceOpt, ForceOpt, FormatOpt, GateOpt,
+    HeadPathOpt, MeanOpt, ModelArg, NOpt, NormOpt, NumClassesOpt, OutOpt, QuietOpt, SeedOpt, StdOpt, TrustOpt,
+)
+from kmtools_cli._output import Output, fmt as fmtv
+
+
+def _accuracy(model: KmModel, data: Any, batch: int, dev: torch.device, amp: bool) -> tuple[float, float]:
+    from kmtools.models import head_confidences
+
+    f = extract(model, data, batch_size=batch, device=dev, amp=amp)
+    conf = head_confidences(model.head, f.scores).max(1).values
+    return float((f.predictions == f.labels).double().mean()), float(conf.mean())
+
+
+def tailor_cmd(
+    model_path: ModelArg,
+    data: DataOpt = None,
+    out_dir: OutOpt = None,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Fine-tuning epochs.")] = 5,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 0.01,
+    optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
+    schedule: Annotated[str, typer.Option("--schedule", help="cosine, onecycle or constant.")] = "cosine",
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay.")] = 5e-4,
+    train_from: Annotated[str | None, typer.Option("--train-from", help="First backbone module to train (earlier ones stay frozen), e.g. layer3.")] = None,
+    init: Annotated[str, typer.Option("--init", help="Centroid init: means, equidistant (Theorem 1) or kmeans.")] = "means",
+    ce_weight: Annotated[float, typer.Option("--ce-weight", help="Weight λ of the cross-entropy on log κ (collapse/accuracy guard).")] = 1.0,
+    gamma: Annotated[str, typer.Option("--gamma", help="κ = exp(-γ‖f-C‖²): 'auto' (1/mean within-class sq. distance) or a number (1 = paper).")] = "auto",
+    centroid_update: Annotated[str, typer.Option("--centroid-update", help="epoch (class means of each epoch's features) or ema (also per batch).")] = "epoch",
+    augment: Annotated[str, typer.Option("--augment", help="auto (crop+flip on images >= 28 px), none, crop-flip.")] = "auto",
+    head_kind: Annotated[str, typer.Option("--head-kind", "--head-type", help="New head: gauss, rbf, rslvq or glvq.")] = "gauss",
+    prototypes_per_class: Annotated[int, typer.Option("--prototypes-per-class", help="Prototypes per class (rslvq/glvq).")] = 1,
+    temperature: Annotated[float, typer.Option("--temperature", help="Temperature T of the rbf head.")] = 1.0,
+    normaliser: Annotated[str, typer.Option("--normaliser", help="rbf responsibilities: softmax or entmax15.")] = "softmax",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/tailor-checkpoint.pt.")] = False,
+    export_formats: Annotated[str, typer.Option("--export", help="Also export: comma list of pt2, onnx ('' for none).")] = "pt2,onnx",
+    report: Annotated[bool, typer.Option("--report", help="Write OUT/report.html at the end.")] = False,
+    split_n: NOpt = None,
+    arch: ArchOpt = None,
+    head: HeadPathOpt = None,
+    num_classes: NumClassesOpt = None,
+    trust_checkpoint: TrustOpt = False,
+    norm: NormOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 128,
+    amp: AmpOpt = True,
+    seed: SeedOpt = 0,
+    force: ForceOpt = False,
+    gate: GateOpt = None,
+    fmt: FormatOpt = "human",
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Fine-tune a trained softmax network into a Gauss network (Algorithm 1, TailorNetwork).
+
+    Features move onto their class centroid C = f(X)Y(YᵀY)⁻¹ (re-estimated every epoch) while
+    a cross-entropy on the nearest-centroid logits keeps accuracy. Writes OUT/gauss.safetensors
+    (kmtools format), OUT/gauss.pt2 and OUT/gauss.onnx, OUT/tailor.json and a per-epoch
+    checkpoint for --resume. Runs under torchrun (DDP) with statistics summed across ranks.
+
+    Example: kmtools tailor model.pt --arch resnet18 --norm cifar10 --data cifar10 --epochs 5 --out runs/r18
+    """
+    out = Output(fmt, quiet)
+    timer = Timer()
+    dev = device_of(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(dev)
+    distributed = init_distributed(dev)
+    rank = torch.distributed.get_rank() if distributed else 0
+    out_dir = out_dir or Path(f"{model_path.stem}-gauss")
+    target = out_dir / "gauss.safetensors"
+    if target.exists() and not (force or resume):
+        raise ConfigError(f"{target} already exists: pass --force to overwrite it (or --resume)")
+    g_val: float | None = None
+    if gamma != "auto":
+        try:
+            g_val = float(gamma)
+        except ValueError as exc:
+            raise ConfigError(f"--gamma must be 'auto' or a number, not {gamma!r}") from exc
+    opts: dict[str, Any] = {}
+    if head_kind in ("rslvq", "glvq"):
+        opts["prototypes_per_class"] = prototypes_per_class
+    if head_kind == "rbf":
+        opts.update(temperature=temperature, normaliser=normaliser)
+    cfg = TailorConfig(
+        epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
+        batch_size=batch_size, train_from=train_from, init=init, ce_weight=ce_weight, gamma=g_val,
+        centroid_update=centroid_update, augment=augment, amp=amp, channels_last=amp, seed=seed,
+        head=head_kind, head_options=opts,
+    )
+    cfg.validate()
+    with timer("load"):
+        model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
+                           trust=trust_checkpoint, norm=norm, mean=mean, std=std)
+    require_split(model, "kmtools tailor")
+    if model.head_kind != "softmax":
+        raise ConfigError(f"{model_path} already has a {model.head_kind} head: tailor starts from a softmax network")
+    train = open_data(data, root=data_root, split="train", n=split_n, model=model)
+    test = open_data(data, root=data_root, split="test", model=model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with timer("evaluate_before"):
+        acc0, conf0 = _accuracy(model, test.dataset, max(batch_size, 256), dev, amp)
+    out.info(f"original: test accuracy {acc0:.4f}, mean softmax confidence {conf0:.3f}")
+    with timer("tailor"), out.progress("tailor", epochs) as prog:
+        res = tailor(model, train.dataset, cfg, device=dev, checkpoint=out_dir / "tailor-checkpoint.pt",
+                     resume=resume, progress=prog,
+                     log=out.info)
+    gm = res.model
+    with timer("evaluate_after"):
+        acc1, conf1 = _accuracy(gm, test.dataset, max(batch_size, 256), dev, amp)
+    results: dict[str, Any] = {
+        "softmax": {"accuracy": acc0, "mean_confidence": conf0},
+        "gauss" if head_kind == "gauss" else head_kind: {"accuracy": acc1, "mean_confidence": conf1,
+                                                         "threshold": gm.threshold},
+        "accuracy_change": acc1 - acc0,
+        "gamma": float(getattr(gm.head, "gamma", float("nan"))),
+        **res.to_dict(),
+        "files": {},
+    }
+    if rank == 0:
+        with timer("save"):
+            save_model(gm, target, force=True)
+            results["files"]["kmtools"] = str(target)
+            formats = [f for f in export_formats.replace(" ", "").split(",") if f]
+            if formats:
+                from kmtools.export import export
+
+                ex = export(gm, target, formats=tuple(formats), force=True)
+                results["export"] = ex.to_dict()
+        doc = envelope("tailor", results, model=describe_model(model_path, model), data=train.to_dict(),
+                       seed=seed, device=dev, timings=timer.timings)
+        write_json(out_dir / "tailor.json", doc, force=True)
+        if report:
+            from kmtools.report.collect import load_run
+            from kmtools.report.render import write_report
+
+            write_report(load_run([out_dir]), out_dir / "report.html", force=True)
+            results["files"]["report"] = str(out_dir / "report.html")
+
+        def human(con: Console) -> None:
+            t = Table(title=f"tailor: {model_path} -> {target}", title_justify="left")
+            t.add_column("")
+            t.add_column("softmax (original)")
+            t.add_column(f"{head_kind} network")
+            t.add_row("test accuracy", fmtv(acc0), fmtv(acc1))
+            t.add_row("mean confidence", fmtv(conf0), fmtv(conf1))
+            t.add_row("epochs", "", str(len(res.history)))
+            con.print(t)
+
+        out.emit(doc, human)
+        out.gate(gate, doc)
+    if distributed:
+        torch.distributed.destroy_process_group()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tailor")(tailor_cmd)

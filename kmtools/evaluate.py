@@ -1,0 +1,635 @@
+"""Evaluate a classifier the way "Softmax is k-means" does (Sec. 4-5, Theorem 2, Figs. 1-3).
+
+:func:`evaluate` streams a dataset through a :class:`~kmtools.models.KmModel` once (plus
+once through noise or a second dataset) and keeps only a few scalars per input, so it runs
+in bounded memory on any number of inputs. It reports:
+
+* **accuracy** and **mean confidence** of the predicted class: the softmax probability for a
+  softmax network, the Gauss confidence κ_k(x) = exp(-γ‖f_p(x) - C_k‖²) (Definition 1,
+  Eq. 4) for a Gauss network; any other head's own ``confidences`` rule (Table 1 columns
+  "accuracy" and "conf").
+* **outlier rate** at the model's threshold (``model.threshold``, 1/c by default): the share
+  of inputs whose predicted-class confidence is below it (Sec. 5: "a point is considered as
+  an outlier if the Gauss confidence of the predicted class is smaller than 1/c"). A
+  softmax confidence is never below 1/c, so a softmax network has outlier rate 0 there.
+* **recommended threshold**: the 5th percentile of the predicted-class confidence over the
+  correctly classified inputs, so that 95% of them stay above it.
+* **OOD detection** (Sec. 5.2 / Fig. 3: "traditional networks generally classify a noise
+  image with confidence higher than 0.9 ... a Gauss network reflects the outlier with
+  confidences close to zero"): in-distribution inputs are the positives, noise images (or a
+  second dataset) the negatives, the predicted-class confidence the score; AUROC and the
+  false-positive rate at 95% true-positive rate. Noise images have the model's input shape:
+  ``uniform`` draws every pixel from U[0, 1]; ``gaussian`` from N(0.5, 0.25²) clipped to
+  [0, 1]. Both are in pixel space (before the model's normalisation), seeded.
+* **Theorem 2 margin** per input (see :func:`theorem2_margin`), summarised by mean, median,
+  min and 5th percentile; divided by a Lipschitz modulus L_p it is a certified lower bound
+  on the size of an input perturbation that can change the prediction.
+* the **most prototypical and most outlying** input of each class (Fig. 3).
+
+Per-sample arrays are kept in the :class:`EvalResult` for figures and reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from kmtools.device import autocast
+from kmtools.device import resolve as resolve_device
+from kmtools.errors import ConfigError, DataError
+from kmtools.features import loader
+from kmtools.models.core import KmModel, head_confidences
+
+Progress = Callable[[int, int], None]
+
+NOISE_KINDS = ("uniform", "gaussian")
+GAUSSIAN_MEAN = 0.5
+GAUSSIAN_STD = 0.25
+TPR_LEVEL = 0.95
+RECOMMENDED_PERCENTILE = 5.0
+REJECT_RATES = (0.05, 0.1, 0.2)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def auroc(positive: Any, negative: Any) -> float:
+    """Area under the ROC curve with ``positive`` scoring higher (ties count 1/2).
+
+    The Mann-Whitney U statistic with mid-ranks for ties, divided by P·N; equal to
+    ``sklearn.metrics.roc_auc_score`` with the positives labelled 1.
+    """
+    pos = np.asarray(positive, dtype=np.float64).ravel()
+    neg = np.asarray(negative, dtype=np.float64).ravel()
+    if pos.size == 0 or neg.size == 0:
+        raise DataError("AUROC needs at least one positive and one negative score")
+    scores = np.concatenate([pos, neg])
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # 1-based rank of the last member of each group of ties
+    ranks = (ends - (counts - 1) / 2.0)[inverse]
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
+def fpr_at_tpr(positive: Any, negative: Any, tpr: float = TPR_LEVEL) -> float:
+    """False-positive rate at the highest threshold whose true-positive rate is ≥ ``tpr``.
+
+    An input is called positive when its score is ≥ t. t is the ⌈tpr·P⌉-th largest positive
+    score (the largest t keeping at least ``tpr`` of the positives); the result is the share
+    of negatives scoring ≥ t, i.e. ``fpr[argmax(tpr_curve >= tpr)]`` on sklearn's
+    ``roc_curve(..., drop_intermediate=False)``.
+    """
+    pos = np.asarray(positive, dtype=np.float64).ravel()
+    neg = np.asarray(negative, dtype=np.float64).ravel()
+    if pos.size == 0 or neg.size == 0:
+        raise DataError("FPR at a TPR needs at least one positive and one negative score")
+    if not 0.0 < tpr <= 1.0:
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
+    k = min(max(math.ceil(tpr * pos.size - 1e-9), 1), pos.size)
+    t = np.sort(pos)[::-1][k - 1]
+    return float((neg >= t).mean())
+
+
+def summary(values: Any) -> dict[str, float] | None:
+    """``{mean, median, min, p05, max}`` of the finite values (None when there are none)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None
+    return {
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "min": float(v.min()),
+        "p05": float(np.percentile(v, 5)),
+        "max": float(v.max()),
+    }
+
+
+def recommended_threshold(confidence: Any, correct: Any, percentile: float = RECOMMENDED_PERCENTILE) -> float | None:
+    """The ``percentile``-th percentile (numpy's linear interpolation) of the confidence of
+    the correctly classified inputs: 95% of them lie at or above it for the default 5.
+    None when no input is classified correctly."""
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    ok = np.asarray(correct, dtype=bool).ravel()
+    if not ok.any():
+        return None
+    return float(np.percentile(conf[ok], percentile))
+
+
+# --------------------------------------------------------------------------- Theorem 2
+
+
+def theorem2_margin(features: torch.Tensor, centroids: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+    """Feature-space margin of Theorem 2, per input: max(0, min_{l≠k} ‖C_l − C_k‖/2 − ‖f(x) − C_k‖).
+
+    Derivation (paper, Theorem 2 and its proof). Let k be the predicted class of x, i.e. the
+    nearest centroid of f(x) = f_p(x), and let x̃ = x + Δ be predicted as l ≠ k. By the
+    triangle inequality and the Lipschitz continuity of f with modulus L_p (Eq. 3),
+
+        ‖f(x̃) − C_k‖ ≤ ‖f(x̃) − f(x)‖ + ‖f(x) − C_k‖ ≤ L_p‖Δ‖ + ‖f(x) − C_k‖,
+
+    and again by the triangle inequality ‖C_l − C_k‖ ≤ ‖f(x̃) − C_l‖ + ‖f(x̃) − C_k‖. The
+    theorem keeps the unknown ‖f(x̃) − C_l‖ in its bound. Since x̃ is assigned to l, f(x̃) is
+    at least as close to C_l as to C_k, so its worst case is ‖f(x̃) − C_l‖ ≤ ‖f(x̃) − C_k‖;
+    hence ‖C_l − C_k‖ ≤ 2‖f(x̃) − C_k‖ ≤ 2(L_p‖Δ‖ + ‖f(x) − C_k‖), i.e.
+
+        ‖Δ‖ ≥ (‖C_l − C_k‖/2 − ‖f(x) − C_k‖) / L_p ≥ (min_{l≠k} ‖C_l − C_k‖/2 − ‖f(x) − C_k‖) / L_p,
+
+    which holds for every l, so for any Δ that changes the prediction. The bound is
+    vacuous (0) when f(x) is farther from its centroid than half the distance to the
+    nearest other centroid. This function returns the numerator (L_p = 1); divide by L_p
+    for the input-space bound.
+
+    Args:
+        features: (N, d) features f(x) in the space of ``centroids``.
+        centroids: (c, d), c ≥ 2.
+        predictions: (N,) the predicted class k of each input (its nearest centroid).
+    """
+    if centroids.dim() != 2 or centroids.shape[0] < 2:
+        raise ConfigError("Theorem 2 needs at least two centroids (shape (c, d), c >= 2)")
+    f = features.detach().double()
+    c = centroids.detach().double().to(f.device)
+    dc = torch.cdist(c, c)
+    dc.fill_diagonal_(math.inf)
+    half_gap = dc.min(dim=1).values / 2.0  # (c,)
+    k = predictions.to(f.device).long()
+    own = (f - c[k]).norm(dim=1)
+    return (half_gap[k] - own).clamp_min(0.0)
+
+
+def _theorem2_space(model: KmModel) -> tuple[str, torch.Tensor, bool] | None:
+    """(description, centroids, augmented) for the model's head, or None when Theorem 2 does
+    not apply (a head without class centroids)."""
+    head = model.head
+    if model.head_kind == "gauss" and isinstance(getattr(head, "centroids", None), torch.Tensor):
+        return "gauss", head.centroids.detach().double().cpu(), False
+    if isinstance(head, nn.Linear) and model.head_path is not None:
+        from kmtools.centroids import equidistant
+
+        eq = equidistant(head)
+        return "equidistant", eq.centroids.double(), True
+    return None
+
+
+# --------------------------------------------------------------------------- noise
+
+
+def noise_batches(
+    kind: str, n: int, shape: Sequence[int], *, seed: int = 0, batch_size: int = 256
+) -> Iterator[torch.Tensor]:
+    """``n`` seeded noise images of ``shape`` in batches (CPU, float32, values in [0, 1]).
+
+    ``uniform``: every value from U[0, 1]; ``gaussian``: from N(0.5, 0.25²), clipped to
+    [0, 1]. The same seed gives the same images whatever the batch size.
+    """
+    if kind not in NOISE_KINDS:
+        raise ConfigError(f"noise must be one of {', '.join(NOISE_KINDS)}, not {kind!r}")
+    if n < 0:
+        raise ConfigError(f"the number of noise images must be non-negative, got {n}")
+    g = torch.Generator().manual_seed(int(seed))
+    shape = tuple(int(s) for s in shape)
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        if kind == "uniform":
+            yield torch.rand((m, *shape), generator=g)
+        else:
+            yield (torch.randn((m, *shape), generator=g) * GAUSSIAN_STD + GAUSSIAN_MEAN).clamp_(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- result
+
+
+def _empty(dtype: Any) -> np.ndarray:
+    return np.zeros(0, dtype=dtype)
+
+
+@dataclass
+class EvalResult:
+    """Per-sample scalars of one evaluation and the metrics derived from them.
+
+    Arrays (length N = number of evaluated inputs unless noted): ``confidence`` (confidence
+    of the predicted class), ``label_confidence`` (confidence of the true class),
+    ``prediction``, ``label``, ``correct``, ``margin`` (Theorem 2 feature margin, or None),
+    ``noise_confidence`` / ``noise_prediction`` (over the OOD inputs, or None). Prototypes and
+    outliers (paper Fig. 3): per class with at least one input, the ``per_class`` inputs of
+    highest and lowest confidence in their true class, with dataset index, confidence, label
+    and image (``proto_*``, ``outlier_*``; prototypes highest first, outliers lowest first).
+    """
+
+    head_kind: str
+    num_classes: int
+    threshold: float
+    confidence: np.ndarray
+    label_confidence: np.ndarray
+    prediction: np.ndarray
+    label: np.ndarray
+    margin: np.ndarray | None = None
+    theorem2_centroids: str | None = None
+    lipschitz: float | None = None
+    ood_source: str | None = None
+    noise_confidence: np.ndarray | None = None
+    noise_prediction: np.ndarray | None = None
+    proto_index: np.ndarray = field(default_factory=lambda: _empty(np.int64))
+    proto_conf: np.ndarray = field(default_factory=lambda: _empty(np.float32))
+    proto_labels: np.ndarray = field(default_factory=lambda: _empty(np.int64))
+    proto_images: np.ndarray = field(default_factory=lambda: _empty(np.float32))
+    outlier_index: np.ndarray = field(default_factory=lambda: _empty(np.int64))
+    outlier_conf: np.ndarray = field(default_factory=lambda: _empty(np.float32))
+    outlier_labels: np.ndarray = field(default_factory=lambda: _empty(np.int64))
+    outlier_images: np.ndarray = field(default_factory=lambda: _empty(np.float32))
+
+    # ---- scalar metrics
+
+    @property
+    def n(self) -> int:
+        return int(self.label.size)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return np.asarray(self.prediction == self.label)
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def mean_confidence(self) -> float:
+        return float(self.confidence.astype(np.float64).mean())
+
+    @property
+    def outlier_rate(self) -> float:
+        return float((self.confidence < self.threshold).mean())
+
+    @property
+    def recommended_threshold(self) -> float | None:
+        return recommended_threshold(self.confidence, self.correct)
+
+    @property
+    def auroc(self) -> float | None:
+        if self.noise_confidence is None or self.noise_confidence.size == 0:
+            return None
+        return auroc(self.confidence, self.noise_confidence)
+
+    @property
+    def fpr95(self) -> float | None:
+        if self.noise_confidence is None or self.noise_confidence.size == 0:
+            return None
+        return fpr_at_tpr(self.confidence, self.noise_confidence, TPR_LEVEL)
+
+    @property
+    def input_bound(self) -> np.ndarray | None:
+        """Theorem 2 lower bound on ‖Δ‖ in input space: margin / L_p (None without L_p)."""
+        if self.margin is None or self.lipschitz is None:
+            return None
+        return self.margin / float(self.lipschitz)
+
+    # ---- serialisation
+
+    def _ood_dict(self) -> dict[str, Any] | None:
+        if self.noise_confidence is None or self.noise_confidence.size == 0:
+            return None
+        nc = self.noise_confidence.astype(np.float64)
+        return {
+            "source": self.ood_source,
+            "n": int(nc.size),
+            "auroc": self.auroc,
+            "fpr95": self.fpr95,
+            "mean_ood_confidence": float(nc.mean()),
+            "ood_outlier_rate": float((nc < self.threshold).mean()),
+        }
+
+    def _theorem2_dict(self) -> dict[str, Any] | None:
+        if self.margin is None:
+            return None
+        feat = summary(self.margin)
+        inp = summary(self.input_bound) if self.input_bound is not None else None
+        main = inp if inp is not None else feat
+        out: dict[str, Any] = {
+            "centroids": self.theorem2_centroids,
+            "space": "input" if inp is not None else "feature",
+            "lipschitz": self.lipschitz,
+        }
+        for key in ("mean", "median", "min", "p05"):
+            out[key] = main[key] if main else None
+        out["vacuous_share"] = float((self.margin <= 0).mean()) if self.margin.size else None
+        out["feature_margin"] = feat
+        out["input_bound"] = inp
+        return out
+
+    def reject_curve(self) -> Any:
+        """The accuracy-reject curve of the confidence (kmtools.heads.reject), or None when
+        that module is not available."""
+        try:
+            from kmtools.heads.reject import accuracy_reject_curve
+        except ImportError:  # pragma: no cover - depends on the optional heads module
+            return None
+        return accuracy_reject_curve(torch.from_numpy(self.confidence.astype(np.float64)),
+                                     torch.from_numpy(self.correct))
+
+    def _reject_dict(self) -> dict[str, Any] | None:
+        curve = self.reject_curve()
+        if curve is None or self.n == 0:
+            return None
+        out: dict[str, Any] = {"auc": float(curve.auc)}
+        for rate in REJECT_RATES:
+            thr, acc = curve.at_reject_rate(rate)
+            tag = f"{round(rate * 100):02d}"
+            out[f"acc_at_reject_{tag}"] = float(acc)
+            out[f"thr_at_reject_{tag}"] = float(thr)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Scalar metrics, JSON-friendly (nested objects: ``ood``, ``theorem2``, ``reject``)."""
+        ok = self.correct
+        conf = self.confidence.astype(np.float64)
+        return {
+            "head_kind": self.head_kind,
+            "n": self.n,
+            "num_classes": self.num_classes,
+            "accuracy": self.accuracy,
+            "mean_confidence": self.mean_confidence,
+            "mean_confidence_correct": float(conf[ok].mean()) if ok.any() else None,
+            "mean_confidence_wrong": float(conf[~ok].mean()) if (~ok).any() else None,
+            "threshold": float(self.threshold),
+            "outlier_rate": self.outlier_rate,
+            "recommended_threshold": self.recommended_threshold,
+            "ood": self._ood_dict(),
+            "theorem2": self._theorem2_dict(),
+            "reject": self._reject_dict(),
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Per-sample arrays and the Fig. 3 prototypes/outliers, for ``np.savez``."""
+        out: dict[str, np.ndarray] = {
+            "confidence": self.confidence,
+            "label_confidence": self.label_confidence,
+            "correct": self.correct,
+            "prediction": self.prediction,
+            "label": self.label,
+        }
+        if self.margin is not None:
+            out["margin"] = self.margin
+            if self.input_bound is not None:
+                out["input_bound"] = self.input_bound
+        if self.noise_confidence is not None:
+            out["noise_confidence"] = self.noise_confidence
+        if self.noise_prediction is not None:
+            out["noise_prediction"] = self.noise_prediction
+        for part in ("proto", "outlier"):
+            for what in ("index", "conf", "labels", "images"):
+                out[f"{part}_{what}"] = getattr(self, f"{part}_{what}")
+        return out
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class _Extremes:
+    """Running top-k (prototypes) and bottom-k (outliers) per class, with their images.
+
+    Holds at most 2·k images per class; every stored image is a copy, never a view of a
+    batch (which would keep the whole batch alive)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+        self.top: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.bottom: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _merge(self, store: dict[int, Any], cls: int, conf: torch.Tensor, idx: torch.Tensor,
+               rows: torch.Tensor, x: torch.Tensor, descending: bool) -> None:
+        """Merge the class's candidates of this batch (``conf``, dataset ``idx``, batch ``rows``)
+        into ``store``; only the (at most k) winners' images are copied out of ``x``."""
+        order = torch.sort(conf, descending=descending, stable=True).indices[: self.k]
+        conf, idx = conf[order], idx[order]
+        imgs = x[rows[order].to(x.device)].detach().float().cpu().clone()
+        if cls in store:
+            oc, oi, ox = store[cls]
+            conf, idx, imgs = torch.cat([oc, conf]), torch.cat([oi, idx]), torch.cat([ox, imgs])
+            keep = torch.sort(conf, descending=descending, stable=True).indices[: self.k]
+            conf, idx, imgs = conf[keep], idx[keep], imgs[keep]
+        store[cls] = (conf, idx, imgs)
+
+    def update(self, conf: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> None:
+        """``conf``, ``labels``, ``idx``: (B,) on the CPU; ``x``: the batch (any device)."""
+        if self.k <= 0:
+            return
+        for cls in labels.unique().tolist():
+            rows = (labels == cls).nonzero().flatten()
+            self._merge(self.top, int(cls), conf[rows], idx[rows], rows, x, True)
+            self._merge(self.bottom, int(cls), conf[rows], idx[rows], rows, x, False)
+
+    def arrays(self, store: dict[int, Any], shape: Sequence[int]) -> tuple[np.ndarray, ...]:
+        classes = sorted(store)
+        if not classes:
+            return (_empty(np.int64), _empty(np.float32), _empty(np.int64),
+                    np.zeros((0, *shape), dtype=np.float32))
+        conf = torch.cat([store[c][0] for c in classes]).float().numpy()
+        idx = torch.cat([store[c][1] for c in classes]).long().numpy()
+        labels = np.concatenate([np.full(len(store[c][0]), c, dtype=np.int64) for c in classes])
+        imgs = torch.cat([store[c][2] for c in classes]).numpy()
+        return idx, conf, labels, imgs
+
+
+def _as_dataset(data: Any) -> tuple[Dataset[Any], str | None, tuple[int, ...] | None]:
+    """``(dataset, name, input_shape)`` of a Dataset or a kmtools DataInfo."""
+    inner = getattr(data, "dataset", None)
+    if inner is not None and hasattr(data, "input_shape"):
+        return inner, str(getattr(data, "name", "dataset")), tuple(data.input_shape)
+    return data, None, None
+
+
+def _predict(head: nn.Module, f: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """The predicted class: argmax of the head's smooth decision scores where it has them
+    (``decision_scores``, else ``log_kappa`` for a Gauss head: the nearest centroid even when
+    every κ underflows to 0), else argmax of the scores."""
+    for name in ("decision_scores", "log_kappa"):
+        fn = getattr(head, name, None)
+        if callable(fn):
+            out: torch.Tensor = fn(f)
+            return out.argmax(1)
+    return scores.argmax(1)
+
+
+@torch.no_grad()
+def _forward(model: KmModel, x: torch.Tensor, device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features float32, confidences (n, c) float32, predictions) for one batch. The backbone
+    may run under bf16 autocast; the head always runs in float32."""
+    with autocast(device, amp):
+        f = model.features(x)
+    f = f.float()
+    scores = model.head(f).float()
+    conf = head_confidences(model.head, scores).float()
+    return f, conf, _predict(model.head, f, scores)
+
+
+def evaluate(
+    model: KmModel,
+    data: Dataset[Any] | Any,
+    *,
+    ood: Dataset[Any] | Any | str | None = None,
+    n_noise: int = 1000,
+    batch_size: int = 256,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    amp: bool = False,
+    progress: Progress | None = None,
+    lipschitz: float | None = None,
+    per_class: int = 1,
+    workers: int = 0,
+) -> EvalResult:
+    """Evaluate ``model`` on ``data`` (and OOD inputs) in one streaming pass.
+
+    Args:
+        model: any KmModel (softmax, Gauss or another head with a ``confidences`` rule).
+        data: a Dataset of ``(x, y)`` in pixel space, or a kmtools ``DataInfo``.
+        ood: ``"uniform"`` / ``"gaussian"`` for ``n_noise`` noise images of the model's input
+            shape (see :func:`noise_batches`), a second Dataset/DataInfo (all its inputs are
+            used; labels ignored), or None for no OOD evaluation.
+        n_noise: number of noise images.
+        batch_size, device, amp, workers: as for :func:`kmtools.features.extract`.
+        seed: seed of the noise images.
+        progress: ``progress(done, total)`` over in-distribution plus OOD inputs.
+        lipschitz: a Lipschitz modulus L_p of x ↦ f_p(x) (pixel space, normalisation
+            included); with it the Theorem 2 margin is also reported as an input-space bound.
+        per_class: prototypes and outliers kept per class (paper Fig. 3).
+
+    Theorem 2 is evaluated with the Gauss head's centroids C for a Gauss network, and with
+    the equidistant centroids Z of Theorem 1 (bias-augmented features [f(x), 1], which have
+    the same Lipschitz modulus as f) for a softmax network; other heads get no margin.
+
+    Only per-input scalars and at most 2·``per_class`` images per class are kept; inputs
+    are never accumulated.
+    """
+    if batch_size <= 0:
+        raise ConfigError(f"batch size must be positive, got {batch_size}")
+    if lipschitz is not None and not (math.isfinite(float(lipschitz)) and float(lipschitz) > 0):
+        raise ConfigError(f"the Lipschitz modulus must be a positive number, got {lipschitz}")
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    dataset, _, data_shape = _as_dataset(data)
+    total_in = len(dataset)  # type: ignore[arg-type]
+    if total_in == 0:
+        raise DataError("the dataset is empty: nothing to evaluate")
+
+    ood_ds: Dataset[Any] | None = None
+    ood_source: str | None = None
+    n_ood = 0
+    if isinstance(ood, str):
+        key = ood.strip().lower()
+        if key not in NOISE_KINDS:
+            raise ConfigError(f"ood must be {' or '.join(NOISE_KINDS)}, a Dataset, or None; got {ood!r}")
+        ood_source, n_ood = key, int(n_noise)
+        if n_ood < 0:
+            raise ConfigError(f"n_noise must be non-negative, got {n_noise}")
+    elif ood is not None:
+        ood_ds, ood_name, _ = _as_dataset(ood)
+        ood_source = ood_name or "dataset"
+        n_ood = len(ood_ds)  # type: ignore[arg-type]
+
+    model = model.to(dev).eval()
+    c = model.num_classes
+    space = _theorem2_space(model) if c >= 2 else None
+    cents = space[1].to(dev) if space is not None else None
+    total = total_in + n_ood
+
+    confs: list[np.ndarray] = []
+    lconfs: list[np.ndarray] = []
+    preds: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    margins: list[np.ndarray] = []
+    extremes = _Extremes(per_class)
+    shape: tuple[int, ...] | None = model.input_shape or data_shape
+    done = 0
+    for x, y in loader(dataset, batch_size, dev, workers):
+        x = x.to(dev, non_blocking=True)
+        y = torch.as_tensor(y).long()
+        if shape is None:
+            shape = tuple(x.shape[1:])
+        f, conf, pred = _forward(model, x, dev, amp)
+        if not bool(torch.isfinite(f).all()):
+            raise DataError("features contain NaN/Inf: check the input data and normalisation (--mean/--std)")
+        yd = y.to(dev)
+        if int(y.min()) < 0 or int(y.max()) >= conf.shape[1]:
+            raise DataError(f"labels must lie in 0..{conf.shape[1] - 1}, found {int(y.min())}..{int(y.max())}")
+        pc = conf.gather(1, pred[:, None]).squeeze(1)
+        lc = conf.gather(1, yd[:, None]).squeeze(1)
+        confs.append(pc.cpu().numpy())
+        lconfs.append(lc.cpu().numpy())
+        preds.append(pred.cpu().numpy())
+        labels.append(y.numpy())
+        if space is not None and cents is not None:
+            fs = torch.cat([f, torch.ones(len(f), 1, device=f.device)], 1) if space[2] else f
+            margins.append(theorem2_margin(fs, cents, pred).cpu().numpy())
+        idx = torch.arange(done, done + len(y))
+        extremes.update(lc.cpu(), y, idx, x)
+        done += len(y)
+        if progress:
+            progress(done, total)
+
+    noise_conf: np.ndarray | None = None
+    noise_pred: np.ndarray | None = None
+    if ood_source is not None:
+        batches: Any
+        if ood_ds is None:
+            if shape is None:  # pragma: no cover - shape is known after one batch
+                raise ConfigError("cannot make noise images: the model's input shape is unknown")
+            batches = noise_batches(ood_source, n_ood, shape, seed=seed, batch_size=batch_size)
+        else:
+            batches = (b[0] for b in loader(ood_ds, batch_size, dev, workers))
+        nc, npd = [], []
+        for xb in batches:
+            xb = xb.to(dev, non_blocking=True)
+            if shape is not None and tuple(xb.shape[1:]) != tuple(shape):
+                raise DataError(
+                    f"OOD inputs have shape {tuple(xb.shape[1:])} but the model expects {tuple(shape)}"
+                )
+            _, conf, pred = _forward(model, xb, dev, amp)
+            nc.append(conf.gather(1, pred[:, None]).squeeze(1).cpu().numpy())
+            npd.append(pred.cpu().numpy())
+            done += len(xb)
+            if progress:
+                progress(done, total)
+        noise_conf = np.concatenate(nc).astype(np.float32) if nc else _empty(np.float32)
+        noise_pred = np.concatenate(npd).astype(np.int64) if npd else _empty(np.int64)
+
+    img_shape = tuple(shape or ())
+    p_idx, p_conf, p_lab, p_img = extremes.arrays(extremes.top, img_shape)
+    o_idx, o_conf, o_lab, o_img = extremes.arrays(extremes.bottom, img_shape)
+    return EvalResult(
+        head_kind=model.head_kind,
+        num_classes=c,
+        threshold=float(model.threshold),
+        confidence=np.concatenate(confs).astype(np.float32),
+        label_confidence=np.concatenate(lconfs).astype(np.float32),
+        prediction=np.concatenate(preds).astype(np.int64),
+        label=np.concatenate(labels).astype(np.int64),
+        margin=np.concatenate(margins).astype(np.float64) if margins else None,
+        theorem2_centroids=space[0] if space is not None else None,
+        lipschitz=float(lipschitz) if lipschitz is not None else None,
+        ood_source=ood_source,
+        noise_confidence=noise_conf,
+        noise_prediction=noise_pred,
+        proto_index=p_idx, proto_conf=p_conf, proto_labels=p_lab, proto_images=p_img,
+        outlier_index=o_idx, outlier_conf=o_conf, outlier_labels=o_lab, outlier_images=o_img,
+    )
+
+
+__all__ = [
+    "GAUSSIAN_MEAN",
+    "GAUSSIAN_STD",
+    "NOISE_KINDS",
+    "EvalResult",
+    "auroc",
+    "evaluate",
+    "fpr_at_tpr",
+    "noise_batches",
+    "recommended_threshold",
+    "summary",
+    "theorem2_margin",
+]

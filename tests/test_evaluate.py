@@ -1,0 +1,347 @@
+"""kmtools.evaluate: κ and outliers by hand, thresholds, AUROC/FPR95 vs sklearn, Theorem 2
+against exact Voronoi distances, noise images, streaming in bounded memory."""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+
+from kmtools.centroids import equidistant
+from kmtools.errors import ConfigError, DataError
+from kmtools.evaluate import (
+    EvalResult,
+    auroc,
+    evaluate,
+    fpr_at_tpr,
+    noise_batches,
+    recommended_threshold,
+    theorem2_margin,
+)
+from kmtools.models import GaussHead, KmModel
+
+C3 = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+
+
+def gauss_2d(centroids: torch.Tensor = C3, scale: float = 1.0, threshold: float | None = None) -> KmModel:
+    """f(x) = scale·x on 2-D inputs, Gauss head with the given centroids (γ = 1)."""
+    backbone: nn.Module = nn.Identity() if scale == 1.0 else _Scale(scale)
+    return KmModel(backbone, GaussHead(centroids), input_shape=(2,), outlier_threshold=threshold).eval()
+
+
+class _Scale(nn.Module):
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        self.s = s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.s * x
+
+
+# --------------------------------------------------------------------------- κ, outliers, prototypes
+
+
+def test_kappa_outliers_and_prototypes_by_hand() -> None:
+    x = torch.tensor([[0.1, 0.0], [3.0, 0.5], [1.0, 1.0], [20.0, 10.0], [0.0, 2.0], [-0.5, 0.0]])
+    y = torch.tensor([0, 1, 2, 1, 2, 0])
+    res = evaluate(gauss_2d(), TensorDataset(x, y), batch_size=4, per_class=1)
+    # nearest centroids by hand: (0,0); (3,0); (1,1) is at distance² 2, 5, 5 -> class 0; (20,10)
+    # -> (3,0) with d² = 389 (κ underflows to 0 but the prediction is still the nearest centroid);
+    # (0,2) -> (0,3) with d² = 1; (-0.5,0) -> (0,0) with d² = 0.25
+    d2 = [0.01, 0.25, 2.0, 389.0, 1.0, 0.25]
+    assert res.prediction.tolist() == [0, 1, 0, 1, 2, 0]
+    np.testing.assert_allclose(res.confidence, np.exp(-np.array(d2)), rtol=1e-6, atol=1e-30)
+    assert res.correct.tolist() == [True, True, False, True, True, True]
+    assert res.accuracy == pytest.approx(5 / 6)
+    assert res.mean_confidence == pytest.approx(np.exp(-np.array(d2)).mean(), rel=1e-6)
+    # threshold 1/c = 1/3: exp(-2) = 0.135, exp(-389) = 0 and exp(-1) = 0.368 -> 2 of 6 below
+    assert res.threshold == pytest.approx(1 / 3)
+    assert res.outlier_rate == pytest.approx(2 / 6)
+    # confidence of the true class: (1,1) labelled 2 has κ_2 = exp(-5)
+    assert res.label_confidence[2] == pytest.approx(math.exp(-5.0), rel=1e-6)
+    # prototypes/outliers by confidence of the true class, per class
+    assert dict(zip(res.proto_labels.tolist(), res.proto_index.tolist())) == {0: 0, 1: 1, 2: 4}
+    assert dict(zip(res.outlier_labels.tolist(), res.outlier_index.tolist())) == {0: 5, 1: 3, 2: 2}
+    np.testing.assert_allclose(res.proto_images[res.proto_labels == 2][0], [0.0, 2.0])
+    # a custom threshold from the model
+    res2 = evaluate(gauss_2d(threshold=0.5), TensorDataset(x, y))
+    assert res2.threshold == 0.5
+    assert res2.outlier_rate == pytest.approx(3 / 6)  # exp(-1) < 0.5 too
+
+
+def test_softmax_confidence_is_max_probability() -> None:
+    torch.manual_seed(0)
+    head = nn.Linear(2, 3)
+    model = KmModel(nn.Identity(), head, input_shape=(2,), head_path="fc").eval()
+    x = torch.randn(50, 2) * 3
+    y = torch.randint(0, 3, (50,))
+    res = evaluate(model, TensorDataset(x, y), batch_size=16)
+    p = torch.softmax(head(x), 1).detach()
+    np.testing.assert_allclose(res.confidence, p.max(1).values.numpy(), rtol=1e-5)
+    assert res.prediction.tolist() == p.argmax(1).tolist()
+    assert res.outlier_rate == 0.0  # a softmax maximum is never below 1/c
+    assert res.head_kind == "softmax" and res.theorem2_centroids == "equidistant"
+
+
+def test_recommended_threshold_is_5th_percentile() -> None:
+    conf = np.arange(1, 101) / 100.0
+    ok = np.ones(100, dtype=bool)
+    t = recommended_threshold(conf, ok)
+    assert t == pytest.approx(0.0595)  # numpy's linear interpolation: 0.05 + 0.95 * 0.01
+    assert (conf[ok] >= t).mean() == pytest.approx(0.95)
+    rng = np.random.default_rng(1)
+    conf = rng.random(1000)
+    ok = rng.random(1000) < 0.8
+    t = recommended_threshold(conf, ok)
+    assert t == pytest.approx(np.percentile(conf[ok], 5))
+    assert 0.94 <= (conf[ok] >= t).mean() <= 0.96
+    assert recommended_threshold(conf, np.zeros(1000, dtype=bool)) is None
+    # through evaluate
+    res = evaluate(gauss_2d(), TensorDataset(torch.randn(300, 2) * 1.5, torch.randint(0, 3, (300,))))
+    assert res.recommended_threshold == pytest.approx(np.percentile(res.confidence[res.correct], 5))
+
+
+# --------------------------------------------------------------------------- OOD metrics
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auroc_and_fpr95_match_sklearn(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    npos, nneg = rng.integers(1, 300, size=2)
+    pos = rng.normal(1.0, 1.0, npos)
+    neg = rng.normal(0.0, 1.0, nneg)
+    if seed % 2:  # many ties
+        pos, neg = np.round(pos, 1), np.round(neg, 1)
+    scores = np.concatenate([pos, neg])
+    truth = np.concatenate([np.ones(npos), np.zeros(nneg)])
+    assert auroc(pos, neg) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+    fpr, tpr, _ = roc_curve(truth, scores, drop_intermediate=False)
+    assert fpr_at_tpr(pos, neg, 0.95) == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-12)
+    assert fpr_at_tpr(pos, neg, 0.5) == pytest.approx(fpr[np.argmax(tpr >= 0.5)], abs=1e-12)
+
+
+def test_auroc_edge_cases() -> None:
+    assert auroc([1, 2, 3], [0, 0]) == 1.0
+    assert auroc([0.5, 0.5], [0.5]) == 0.5
+    assert fpr_at_tpr([1, 2, 3], [0, 0]) == 0.0
+    with pytest.raises(DataError):
+        auroc([], [1.0])
+
+
+def test_noise_images() -> None:
+    u = torch.cat(list(noise_batches("uniform", 500, (1, 8, 8), seed=3, batch_size=128)))
+    assert u.shape == (500, 1, 8, 8) and float(u.min()) >= 0 and float(u.max()) <= 1
+    assert float(u.mean()) == pytest.approx(0.5, abs=0.01)
+    g = torch.cat(list(noise_batches("gaussian", 2000, (1, 8, 8), seed=3, batch_size=256)))
+    assert float(g.min()) == 0.0 and float(g.max()) == 1.0  # clipped to [0, 1]
+    assert float(g.mean()) == pytest.approx(0.5, abs=0.01)
+    clipped = float(((g == 0) | (g == 1)).float().mean())
+    assert clipped == pytest.approx(0.0455, abs=0.005)  # P(|N(0,1)| > 2)
+    g2 = torch.cat(list(noise_batches("gaussian", 2000, (1, 8, 8), seed=3, batch_size=2000)))
+    assert torch.equal(g, g2)  # batch size does not change the images
+    with pytest.raises(ConfigError):
+        next(noise_batches("salt", 1, (2,)))
+
+
+def test_ood_noise_and_dataset() -> None:
+    x = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]]).repeat(10, 1)
+    y = torch.tensor([0, 1, 2]).repeat(10)
+    data = TensorDataset(x, y)
+    far = TensorDataset(torch.full((7, 2), 50.0), torch.zeros(7, dtype=torch.long))
+    res = evaluate(gauss_2d(), data, ood=far)
+    assert res.ood_source == "dataset" and res.noise_confidence is not None
+    assert res.noise_confidence.shape == (7,)
+    assert res.auroc == 1.0 and res.fpr95 == 0.0
+    d = res.to_dict()["ood"]
+    assert d["n"] == 7 and d["ood_outlier_rate"] == 1.0
+    res = evaluate(gauss_2d(), data, ood="uniform", n_noise=40, seed=1)
+    assert res.ood_source == "uniform" and res.noise_confidence is not None
+    assert res.noise_confidence.shape == (40,)
+    again = evaluate(gauss_2d(), data, ood="uniform", n_noise=40, seed=1, batch_size=7)
+    np.testing.assert_array_equal(res.noise_confidence, again.noise_confidence)
+    with pytest.raises(ConfigError):
+        evaluate(gauss_2d(), data, ood="cifar10")
+
+
+# --------------------------------------------------------------------------- Theorem 2
+
+
+def _exact_distance_to_other_cells(f: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Exact distance from each f to the nearest point assigned to another centroid.
+
+    The Voronoi cell of k is ∩_l {z : ‖z − C_k‖ ≤ ‖z − C_l‖}; the distance from an interior
+    point to its complement is the minimum over l of the distance to the bisector of C_k, C_l:
+    (‖f − C_l‖² − ‖f − C_k‖²) / (2‖C_l − C_k‖)."""
+    f, c = f.double(), c.double()
+    d2 = torch.cdist(f, c).pow(2)
+    k = d2.argmin(1)
+    gap = torch.cdist(c, c)[k]  # (n, c)
+    dist = (d2 - d2.gather(1, k[:, None])) / (2 * gap)
+    dist[torch.arange(len(f)), k] = math.inf
+    return dist.min(1).values
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_theorem2_margin_is_a_lower_bound_voronoi(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(4, 2, generator=g) * 3
+    x = torch.cat([torch.randn(400, 2, generator=g) * 4, c])  # the centroids themselves too
+    y = torch.cdist(x, c).argmin(1)
+    res = evaluate(gauss_2d(c), TensorDataset(x, y), lipschitz=1.0)
+    assert res.margin is not None and res.theorem2_centroids == "gauss"
+    exact = _exact_distance_to_other_cells(x, c).numpy()
+    assert (res.margin <= exact + 1e-9).all()
+    assert (res.margin > 0).mean() > 0.1  # not vacuous
+    # at a centroid the bound is tight: half the distance to the nearest other centroid
+    np.testing.assert_allclose(res.margin[-4:], exact[-4:], rtol=1e-9)
+    # the formula itself
+    np.testing.assert_allclose(res.margin, theorem2_margin(x, c, torch.from_numpy(res.prediction)).numpy())
+    # brute force: perturbations shorter than the bound never change the nearest centroid
+    d = torch.randn(400, 64, 2, generator=g, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True) * (torch.from_numpy(res.margin[:400])[:, None, None] * 0.999)
+    moved = x[:400, None, :].double() + d
+    pred = torch.cdist(moved.reshape(-1, 2), c.double()).argmin(1).reshape(400, 64)
+    assert (pred == torch.from_numpy(res.prediction[:400])[:, None]).all()
+
+
+def test_theorem2_input_bound_uses_lipschitz() -> None:
+    g = torch.Generator().manual_seed(5)
+    c = torch.randn(3, 2, generator=g) * 3
+    x = torch.randn(300, 2, generator=g) * 2
+    y = torch.zeros(300, dtype=torch.long)
+    res = evaluate(gauss_2d(c, scale=2.0), TensorDataset(x, y), lipschitz=2.0)  # f = 2x has L_p = 2
+    assert res.input_bound is not None and res.margin is not None
+    np.testing.assert_allclose(res.input_bound, res.margin / 2.0)
+    # true input-space distance to another class = feature distance / 2
+    exact_in = _exact_distance_to_other_cells(2 * x, c).numpy() / 2
+    assert (res.input_bound <= exact_in + 1e-9).all()
+    t2 = res.to_dict()["theorem2"]
+    assert t2["space"] == "input" and t2["lipschitz"] == 2.0
+    assert t2["median"] == pytest.approx(float(np.median(res.input_bound)))
+    assert t2["feature_margin"]["p05"] == pytest.approx(float(np.percentile(res.margin, 5)))
+    with pytest.raises(ConfigError):
+        evaluate(gauss_2d(c), TensorDataset(x, y), lipschitz=-1.0)
+
+
+def test_theorem2_softmax_equidistant_is_a_lower_bound() -> None:
+    torch.manual_seed(2)
+    head = nn.Linear(2, 4)
+    model = KmModel(nn.Identity(), head, input_shape=(2,), head_path="fc").eval()
+    eq = equidistant(head)
+    # points spread around the (feature part of the) equidistant centroids
+    x = torch.cat([torch.randn(500, 2) * 3, eq.centroids[:, :2].float()])
+    y = torch.zeros(len(x), dtype=torch.long)
+    res = evaluate(model, TensorDataset(x, y))
+    assert res.margin is not None and res.theorem2_centroids == "equidistant"
+    # exact distance of f to the softmax decision boundary: min_l (s_k - s_l) / ‖W_k - W_l‖
+    with torch.no_grad():
+        s = head(x).double()
+    w = head.weight.detach().double()
+    k = s.argmax(1)
+    gaps = (s.gather(1, k[:, None]) - s) / (w[k][:, None, :] - w[None, :, :]).norm(dim=-1).clamp_min(1e-300)
+    gaps[torch.arange(len(x)), k] = math.inf
+    exact = gaps.min(1).values.numpy()
+    assert (res.margin <= exact + 1e-7).all()
+
+
+# --------------------------------------------------------------------------- result and streaming
+
+
+def test_result_serialises() -> None:
+    x = torch.randn(60, 2) * 2
+    y = torch.cdist(x, C3).argmin(1)
+    res = evaluate(gauss_2d(), TensorDataset(x, y), ood="gaussian", n_noise=30, lipschitz=1.0, per_class=2)
+    d = res.to_dict()
+    json.dumps(d, allow_nan=False)
+    for key in ("accuracy", "mean_confidence", "outlier_rate", "threshold", "recommended_threshold"):
+        assert isinstance(d[key], float)
+    assert d["head_kind"] == "gauss" and d["n"] == 60
+    assert set(d["ood"]) >= {"source", "auroc", "fpr95"}
+    assert set(d["theorem2"]) >= {"mean", "median", "min", "p05", "feature_margin", "input_bound"}
+    try:
+        import kmtools.heads.reject  # noqa: F401
+    except ImportError:
+        assert d["reject"] is None
+    else:
+        assert 0.0 <= d["reject"]["auc"] <= 1.0
+    arr = res.arrays()
+    for key in ("confidence", "correct", "prediction", "label", "noise_confidence", "margin"):
+        assert isinstance(arr[key], np.ndarray)
+    assert arr["noise_confidence"].shape == (30,)
+    assert arr["proto_images"].shape == (6, 2) and arr["outlier_labels"].shape == (6,)
+    assert isinstance(res, EvalResult)
+
+
+def test_empty_dataset_is_an_error() -> None:
+    with pytest.raises(DataError):
+        evaluate(gauss_2d(), TensorDataset(torch.zeros(0, 2), torch.zeros(0, dtype=torch.long)))
+
+
+class _OnTheFly(Dataset[tuple[torch.Tensor, int]]):
+    """10,000 images of 3x32x32 (123 MB as float32) generated per item, never stored."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        g = torch.Generator().manual_seed(i)
+        return torch.rand(3, 32, 32, generator=g), i % 4
+
+
+def _rss() -> int | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _Probe(nn.Module):
+    """Backbone that remembers weak references to its input batches and samples the RSS."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3 * 32 * 32, 3)
+        self.refs: list[weakref.ref[torch.Tensor]] = []
+        self.rss: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.refs.append(weakref.ref(x))
+        r = _rss()
+        if r is not None:
+            self.rss.append(r)
+        return self.lin(x.flatten(1))
+
+
+def test_streaming_10k_inputs_in_bounded_memory() -> None:
+    n = 10_000
+    torch.manual_seed(0)
+    probe = _Probe()
+    c = torch.randn(4, 3)
+    model = KmModel(probe, GaussHead(c), input_shape=(3, 32, 32)).eval()
+    gc.collect()
+    before = _rss()
+    res = evaluate(model, _OnTheFly(n), ood="uniform", n_noise=100, batch_size=500, per_class=1)
+    assert res.n == n and res.confidence.shape == (n,) and res.margin is not None
+    assert res.noise_confidence is not None and res.noise_confidence.shape == (100,)
+    assert res.proto_images.shape == (4, 3, 32, 32)
+    assert len(probe.refs) == n // 500 + 1
+    gc.collect()
+    alive = [r for r in probe.refs if r() is not None]
+    assert not alive, f"{len(alive)} input batches are still referenced after evaluate()"
+    if before is not None and probe.rss:
+        dataset_bytes = n * 3 * 32 * 32 * 4
+        growth = max(probe.rss) - before
+        assert growth < dataset_bytes / 3, f"RSS grew by {growth / 2**20:.0f} MiB during evaluate"
