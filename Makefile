@@ -25,6 +25,7 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check kmtools cli tests benchmarks
+	mkdir -p build/mypy && ln -sfn ../../cli build/mypy/kmtools_cli  # mypy sees cli/ as kmtools_cli
 	$(BIN)/mypy
 	$(MAKE) audit
 

@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kmtools.device import resolve  # noqa: E402
-from kmtools.explain.deep import DeepNeonExplainer, deep_integrated_gradients  # noqa: E402
-from kmtools.models import zoo  # noqa: E402
-from kmtools.models.core import KmModel, Normalize, split  # noqa: E402
+from kmtools.device import resolve
+from kmtools.explain.deep import DeepNeonExplainer, deep_integrated_gradients
+from kmtools.models import zoo
+from kmtools.models.core import KmModel, Normalize, split
 
 
 def timeit(fn: Callable[[], object], device: torch.device, reps: int) -> float:
@@ -61,7 +61,7 @@ def main() -> None:
     shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else zoo.default_input_shape(args.arch)
     net = zoo.create(args.arch, in_channels=shape[0]).eval()
     x = torch.rand(args.batch, *shape)
-    backbone, head, path = split(net, x[:2])
+    backbone, head, _ = split(net, x[:2])
     model = KmModel(backbone, head, Normalize([0.5] * shape[0], [0.25] * shape[0])).to(dev).eval()
     x = x.to(dev)
     with torch.no_grad():
@@ -92,9 +92,11 @@ def main() -> None:
           f"({threads} CPU threads), median of {args.reps} runs")
     print("| step | seconds | images/s | × forward |")
     print("|---|---|---|---|")
-    for name, t in (("forward (model(x))", t_fwd), ("NEON (LRP-γ, zennit)", t_neon), (f"IG-{args.ig_steps}", t_ig)):
+    rows = (("forward (model(x))", t_fwd), ("NEON (LRP-γ, zennit)", t_neon), (f"IG-{args.ig_steps}", t_ig))
+    for name, t in rows:
         print(f"| {name} | {t:.4f} | {args.batch / t:,.0f} | {t / t_fwd:.2f} |")
-    print(f"\nNEON / forward = {t_neon / t_fwd:.2f} (target ≤ 3); IG-{args.ig_steps} / NEON = {t_ig / t_neon:.1f}; "
+    print(f"\nNEON / forward = {t_neon / t_fwd:.2f} (target ≤ 3); "
+          f"IG-{args.ig_steps} / NEON = {t_ig / t_neon:.1f}; "
           f"explainer set-up (copy + canonizers + hooks, once) {t_setup:.3f} s")
 
 

@@ -18,9 +18,11 @@ Fairness (see docs/attack.md):
   best1bin with dithered F ∈ [0.5, 1) and uniform colour initialisation (torchattacks).
 
 Examples:
-    python benchmarks/onepixel.py                          # CPU: SmallCNN on digits, ~1-2 min
-    python benchmarks/onepixel.py --arch resnet18 --device cuda -n 40 --popsize 400 --steps 100
-    python benchmarks/onepixel.py --model model.safetensors --data cifar10 -n 40
+    python benchmarks/onepixel.py --quick                  # CPU smoke run: SmallCNN on digits, < 1 min
+    python benchmarks/onepixel.py                          # Su et al.'s budget (pop 400, 100 generations)
+    python benchmarks/train_cifar.py --data /tmp/cifar10 --epochs 25 --out r18.safetensors
+    python benchmarks/onepixel.py --model r18.safetensors --data /tmp/cifar10 -n 40 --device cuda
+    python benchmarks/onepixel.py --arch resnet18 --device cuda -n 40   # random weights: speed only
 """
 
 from __future__ import annotations
@@ -75,24 +77,41 @@ def _random_model(arch: str, seed: int, n: int) -> tuple[KmModel, torch.Tensor, 
 
 def _load(args: argparse.Namespace) -> tuple[KmModel, torch.Tensor, torch.Tensor, str]:
     if args.model:
-        from kmtools.data import load_dataset
+        from kmtools.data import load_dataset, subset
         from kmtools.features import as_tensors
 
         model = load_model(args.model, arch=args.arch if args.arch != "smallcnn" else None)
         info = load_dataset(args.data, root=args.data_root, split="test")
+        # a seeded random sample (ImageFolder test sets are sorted by class)
+        info = subset(info, min(len(info), 10 * args.n), seed=args.seed, shuffle=True)
         t = as_tensors(info.dataset)
         if t is None:
-            xs, ys = zip(*(info.dataset[i] for i in range(min(len(info), 20 * args.n)))), None
-            x = torch.stack(list(xs[0]))
-            y = torch.as_tensor(list(xs[1]))
+            items = [info.dataset[i] for i in range(len(info))]
+            x = torch.stack([torch.as_tensor(it[0]).float() for it in items])
+            y = torch.as_tensor([int(it[1]) for it in items])
         else:
-            x, y = t
-        return model, x, y, f"{args.model} on {args.data}"
+            x, y = t[0].float(), torch.as_tensor(t[1]).long()
+        return model, x, y, f"{args.model} on {args.data} (random test sample, seed {args.seed})"
     if args.arch == "smallcnn":
         m, x, y = _digits_model(args.size, args.epochs, args.seed)
         return m, x, y, f"SmallCNN (width 8) trained {args.epochs} epochs on digits {args.size}x{args.size}"
     m, x, y = _random_model(args.arch, args.seed, args.n)
     return m, x, y, f"{args.arch} with random weights on random images (speed only)"
+
+
+def _machine(dev: torch.device) -> str:
+    import os
+    import platform
+
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads of {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
 def _forward_throughput(model: KmModel, x: torch.Tensor, batch: int, dev: torch.device, amp: bool) -> float:
@@ -114,23 +133,33 @@ def _forward_throughput(model: KmModel, x: torch.Tensor, batch: int, dev: torch.
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="small settings for a CPU smoke run (< 1 min): -n 8, --popsize 60, --steps 10, "
+                    "--epochs 4 unless given")
     ap.add_argument("--model", help="kmtools checkpoint (or a state dict with --arch); needs --data")
-    ap.add_argument("--arch", default="smallcnn", help="smallcnn (trained on digits in-script) or resnet18/vgg16 "
-                    "(random weights) when --model is not given; the architecture of a state dict otherwise")
-    ap.add_argument("--data", default="cifar10", help="dataset for --model")
-    ap.add_argument("--data-root", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("-n", type=int, default=12, help="images attacked (correctly classified ones)")
-    ap.add_argument("--pixels", type=int, default=1)
-    ap.add_argument("--popsize", type=int, default=100, help="torchattacks' popsize (see the note on fairness)")
-    ap.add_argument("--steps", type=int, default=20, help="generations")
-    ap.add_argument("--size", type=int, default=16, help="digits upsampled to size x size (smallcnn)")
-    ap.add_argument("--epochs", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--batch-size", type=int, default=None, help="kmtools images per step")
-    ap.add_argument("--no-amp", action="store_true")
-    ap.add_argument("--skip-torchattacks", action="store_true")
+    ap.add_argument("--arch", default="smallcnn",
+                    help="without --model: smallcnn (trained on digits in-script) or resnet18/vgg16 "
+                    "(random weights, random images: speed only); with --model: a state dict's architecture")
+    ap.add_argument("--data", default="cifar10", help="dataset of --model (name or ImageFolder path)")
+    ap.add_argument("--data-root", default=None, help="folder holding --data")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("-n", type=int, default=None, help="images attacked, correctly classified ones (default 40)")
+    ap.add_argument("--pixels", type=int, default=1, help="pixels changed per candidate")
+    ap.add_argument("--popsize", type=int, default=None,
+                    help="torchattacks' popsize (default 400, Su et al.; see the note on fairness)")
+    ap.add_argument("--steps", type=int, default=None, help="generations (default 100, Su et al.)")
+    ap.add_argument("--size", type=int, default=16, help="smallcnn: digits upsampled to size x size")
+    ap.add_argument("--epochs", type=int, default=None, help="smallcnn: training epochs (default 8)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the model, the image sample and the attack")
+    ap.add_argument("--batch-size", type=int, default=None, help="kmtools: images evolved together")
+    ap.add_argument("--no-amp", action="store_true", help="kmtools: no bf16 autocast on CUDA")
+    ap.add_argument("--skip-torchattacks", action="store_true", help="time kmtools only")
     args = ap.parse_args(argv)
+    quick = {"n": 8, "popsize": 60, "steps": 10, "epochs": 4}
+    real = {"n": 40, "popsize": 400, "steps": 100, "epochs": 8}
+    for k, v in (quick if args.quick else real).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
 
     dev = resolve(args.device)
     torch.manual_seed(args.seed)
@@ -150,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     dims = args.pixels * (2 + ch)
     pop = max(1, args.popsize // dims) * dims  # torchattacks' effective population
     amp = not args.no_amp
+    print(f"machine: {_machine(dev)}")
     print(f"model: {what} (setup {prep_s:.1f} s); device {dev}; {n} correctly classified images "
           f"{tuple(x.shape[1:])}; pixels {args.pixels}, population {pop} (torchattacks popsize "
           f"{args.popsize} -> {max(1, args.popsize // dims)} x {dims} parameters), {args.steps} generations",
@@ -188,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             ta_pred = class_confidences(model, adv).argmax(1).cpu()
         ta_rate = float((ta_pred != y).float().mean())
 
-    rows = [("kmtools onepixel", km_s, km_rate, evals / km_s)]
+    rows: list[tuple[str, float, float, float | None]] = [("kmtools onepixel", km_s, km_rate, evals / km_s)]
     if ta_s is not None and ta_rate is not None:
         rows.append(("torchattacks OnePixel", ta_s, ta_rate, None))
     print()

@@ -28,7 +28,7 @@ class Output:
         self.fmt = fmt
         self.quiet = quiet
         self.out = Console(soft_wrap=True)
-        self.err = Console(stderr=True)
+        self.err = Console(stderr=True, soft_wrap=True)
 
     @property
     def json(self) -> bool:

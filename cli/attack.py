@@ -1,11 +1,24 @@
-"""``kmtools attack onepixel|fgsm|deepfool``: attack rates and confidences, side by side."""
+"""``kmtools attack onepixel|fgsm|deepfool``: attack rates and confidences, side by side.
+
+Every command follows one flow: load the model (and ``--compare``), the first ``-n`` inputs
+of ``--data``, take this rank's shard of them (``torchrun``), attack what is not yet in
+the run folder's per-image records, append each finished batch of records to
+``OUT/attack-<name>.jsonl`` at once, and build the summary, arrays and figures from the
+records (so a run resumed with ``--resume`` reports exactly what one run would).
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import numpy as np
 import torch
@@ -38,18 +51,12 @@ from kmtools_cli._output import Output, fmt
 from rich.console import Console
 from rich.table import Table
 
-from kmtools.attacks import (
-    DeepFoolResult,
-    FGSMResult,
-    OnePixelResult,
-    deepfool,
-    fgsm_sweep,
-    onepixel,
-    parse_eps,
-)
+from kmtools.attacks import FGSMResult, OnePixelResult, deepfool, fgsm, fgsm_sweep, onepixel, parse_eps
+from kmtools.attacks.deepfool import DeepFoolResult
+from kmtools.attacks.onepixel import class_confidences
 from kmtools.data import DataInfo
 from kmtools.data.registry import check_compatible
-from kmtools.errors import ConfigError
+from kmtools.errors import ConfigError, DataError, KmtoolsError, OutputExistsError
 from kmtools.features import as_tensors
 from kmtools.io import check_writable, write_json, write_text, write_with
 from kmtools.models import KmModel
@@ -77,9 +84,18 @@ OutDirOpt = Annotated[
     typer.Option(
         "--out",
         "-o",
-        help="Folder for attack-<name>.json (result document), .jsonl (one record per input), "
-        ".npz (arrays) and figures/attack-<name>_<model>.png.",
+        help="Folder for attack-<name>.jsonl (one record per input, appended as inputs finish), "
+        "attack-<name>.json (result document), .npz (arrays), .run.json (settings, for --resume) "
+        "and figures/attack-<name>_<model>.png.",
         show_default=False,
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue an interrupted run in --out: inputs already in attack-<name>.jsonl are not "
+        "attacked again (the options must be the same).",
     ),
 ]
 AmpFlag = Annotated[
@@ -109,24 +125,6 @@ def _tensors(info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
-def _paths(out_dir: Path | None, name: str, keys: Sequence[str], force: bool) -> dict[str, Path]:
-    if out_dir is None:
-        return {}
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file: give a folder")
-    stem = f"attack-{name}"
-    paths = {
-        "json": out_dir / f"{stem}.json",
-        "jsonl": out_dir / f"{stem}.jsonl",
-        "npz": out_dir / f"{stem}.npz",
-    }
-    for k in keys:
-        paths[f"png_{k}"] = out_dir / "figures" / f"{stem}_{k}.png"
-    for p in paths.values():
-        check_writable(p, force)
-    return paths
-
-
 def _save_npz(path: Path, arrays: dict[str, np.ndarray], force: bool) -> None:
     def writer(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object, so numpy does not append '.npz'
@@ -139,8 +137,218 @@ def _jsonl(records: Sequence[dict[str, Any]]) -> str:
     return "".join(json.dumps(r) + "\n" for r in records)
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised ``torch.distributed`` group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ------------------------------------------------------------------------- interruption
+class Interrupted(KmtoolsError):
+    """SIGINT/SIGTERM during an attack: the records so far are on disk; exit 128 + signal."""
+
+    def __init__(self, signum: int, msg: str) -> None:
+        super().__init__(msg)
+        self.signum = signum
+        self.exit_code = 128 + int(signum)
+
+
+@contextmanager
+def _signals() -> Iterator[list[int]]:
+    """Record SIGINT/SIGTERM in a list checked between batches (main thread only); a second
+    signal stops at once (KeyboardInterrupt)."""
+    got: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if got:
+            raise KeyboardInterrupt
+        got.append(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield got
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _resume_hint() -> str:
+    argv = list(sys.argv[1:])
+    if "attack" in argv and Path(sys.argv[0]).name in ("kmtools", "__main__.py", "main.py"):
+        if "--resume" not in argv:
+            argv.append("--resume")
+        return "resume with: " + shlex.join(["kmtools", *argv])
+    return "resume with the same command plus --resume"
+
+
+# ---------------------------------------------------------------------------- the journal
+class _Journal:
+    """Per-input records of one attack command, kept in memory and, with ``--out``, appended
+    to ``attack-<name>.jsonl`` batch by batch (one file per rank under ``torchrun``:
+    ``attack-<name>.rank<R>.jsonl``, merged at the end). ``--resume`` reads them all back;
+    ``attack-<name>.run.json`` holds the settings, which a resumed run must match."""
+
+    def __init__(
+        self,
+        out_dir: Path | None,
+        name: str,
+        settings: dict[str, Any],
+        *,
+        resume: bool,
+        force: bool,
+        rank: int,
+        world: int,
+        out: Output,
+    ) -> None:
+        self.dir, self.name, self.rank, self.world = out_dir, name, rank, world
+        self.records: dict[str, dict[int, dict[str, Any]]] = {}
+        self.new: dict[str, int] = {}
+        self.reused = 0
+        self.fh: IO[str] | None = None
+        self.part: Path | None = None
+        if out_dir is None:
+            if resume:
+                raise ConfigError("--resume needs --out DIR: the folder of the interrupted run")
+            return
+        if out_dir.exists() and not out_dir.is_dir():
+            raise ConfigError(f"--out {out_dir} is a file: give a folder")
+        stem = f"attack-{name}"
+        self.final = out_dir / f"{stem}.jsonl"
+        self.run_file = out_dir / f"{stem}.run.json"
+        self.part = self.final if world == 1 else out_dir / f"{stem}.rank{rank}.jsonl"
+        parts = [self.final, *sorted(out_dir.glob(f"{stem}.rank*.jsonl"))]
+        settings = json.loads(json.dumps(settings))
+        if resume:
+            if self.run_file.exists():
+                old = json.loads(self.run_file.read_text(encoding="utf-8"))
+                diff = [k for k in sorted(set(settings) | set(old)) if old.get(k) != settings.get(k)]
+                if diff:
+                    shown = "; ".join(f"{k}: {old.get(k)!r} there, {settings.get(k)!r} now" for k in diff[:4])
+                    raise ConfigError(
+                        f"--resume: {out_dir} holds a run with other settings ({shown}): "
+                        "repeat the interrupted command's options, or use another --out"
+                    )
+            elif any(p.exists() for p in parts):
+                raise ConfigError(
+                    f"--resume: {self.run_file} is missing, so the records in {out_dir} cannot be "
+                    "checked against these options: start over with --force"
+                )
+            for p in parts:
+                self._read(p, out)
+            self.reused = sum(len(v) for v in self.records.values())
+        else:
+            existing = [p for p in [*parts, self.run_file] if p.exists()]
+            if existing and not force:
+                raise OutputExistsError(
+                    f"{existing[0]} already exists: pass --resume to continue that run or --force to start over"
+                )
+            if force:
+                stale = [self.part]
+                if rank == 0:
+                    stale += [p for p in parts if p != self.part and not (world > 1 and _is_rank_file(p, world))]
+                for p in stale:
+                    p.unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if world > 1:  # every rank has checked the folder before rank 0 writes into it
+            import torch.distributed as dist
+
+            dist.barrier()
+        if rank == 0:
+            write_json(self.run_file, settings, force=True)
+        self.fh = open(self.part, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        if self.part.exists() and self.part.stat().st_size:
+            with open(self.part, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":  # a line cut by a hard kill: end it (the reader skips it)
+                    self.fh.write("\n")
+
+    def _read(self, path: Path, out: Output) -> None:
+        if not path.exists():
+            return
+        bad = 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                key, idx = str(rec.pop("model")), int(rec["index"])
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            self.records.setdefault(key, {}).setdefault(idx, rec)
+        if bad:
+            out.warn(f"{path}: skipped {bad} unreadable line(s) (cut by a hard kill); they are redone")
+
+    def done(self, key: str) -> set[int]:
+        return set(self.records.get(key, {}))
+
+    def add(self, key: str, records: Sequence[dict[str, Any]], attacked: int | None = None) -> None:
+        """Keep ``records`` and append them to the rank's file (flushed and synced at once);
+        ``attacked`` (default all) of them count as inputs attacked in this run."""
+        store = self.records.setdefault(key, {})
+        for r in records:
+            store[int(r["index"])] = r
+        self.new[key] = self.new.get(key, 0) + (len(records) if attacked is None else attacked)
+        if self.fh is not None and records:
+            self.fh.write(_jsonl([{"model": key, **r} for r in records]))
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+            self.fh = None
+
+    def gather(self) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, int]]:
+        """All ranks' records and counts of newly attacked inputs (every rank gets them)."""
+        if self.world == 1:
+            return self.records, dict(self.new)
+        import torch.distributed as dist
+
+        got: list[Any] = [None] * self.world
+        dist.all_gather_object(got, (self.records, self.new))
+        recs: dict[str, dict[int, dict[str, Any]]] = {}
+        new: dict[str, int] = {}
+        for r, nw in got:
+            for k, v in r.items():
+                recs.setdefault(k, {}).update(v)
+            for k, c in nw.items():
+                new[k] = new.get(k, 0) + c
+        return recs, new
+
+    def finish(self, ordered: dict[str, list[dict[str, Any]]]) -> None:
+        """Rank 0: rewrite ``attack-<name>.jsonl`` in model and input order (one canonical
+        file, whatever the ranks and interruptions) and remove the rank files."""
+        self.close()
+        if self.dir is None:
+            return
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if self.rank != 0:
+            return
+        lines = [{"model": k, **r} for k, recs in ordered.items() for r in recs]
+        write_text(self.final, _jsonl(lines), force=True)
+        for p in self.dir.glob(f"attack-{self.name}.rank*.jsonl"):
+            p.unlink(missing_ok=True)
+
+
+def _is_rank_file(p: Path, world: int) -> bool:
+    """``attack-x.rank<R>.jsonl`` with R < world: a live rank's own file (it removes it itself)."""
+    tag = p.name.rsplit(".rank", 1)[-1].removesuffix(".jsonl")
+    return tag.isdigit() and int(tag) < world
+
+
+# --------------------------------------------------------------------------------- set-up
 class _Setup:
-    """What every attack command loads: models, keys, inputs, device, timer, output."""
+    """What every attack command loads: models, keys, inputs, device, shard, timer, journal."""
 
     def __init__(
         self,
@@ -155,9 +363,23 @@ class _Setup:
         download: bool,
         device: str,
     ) -> None:
+        from kmtools.tailor import init_distributed
+
         self.timer = Timer()
         self.out = out
-        self.dev = device_of(device)
+        dev = device_of(device)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
+            dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(dev)
+        self.dev = dev
+        self.started_dist = False
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            self.started_dist = init_distributed(dev)
+        self.rank, self.world = _world()
+        if self.rank:
+            out.quiet = True
         with self.timer("load"):
             self.model = open_model(model_path, **opts)
             self.other = open_model(compare, **opts) if compare is not None else None
@@ -170,10 +392,86 @@ class _Setup:
         self.models = [self.model] + ([self.other] if self.other is not None else [])
         self.paths = [model_path] + ([compare] if compare is not None else [])
         self.model_path, self.compare = model_path, compare
+        self.shard = list(range(len(self.y)))[self.rank :: self.world]
+        self.journal: _Journal | None = None
 
     @property
     def classes(self) -> list[str]:
         return list(self.info.classes or self.model.classes)
+
+    def settings(self, name: str, **opts: Any) -> dict[str, Any]:
+        """What a resumed run must repeat: attack options, models, data, seed."""
+        models = {}
+        for key, path, m in zip(self.keys, self.paths, self.models, strict=True):
+            d = describe_model(path, m) or {}
+            models[key] = d.get("sha256") or str(path)
+        return {
+            "command": f"attack {name}",
+            "models": models,
+            "data": {"name": self.info.name, "split": self.info.split, "n": len(self.y)},
+            **opts,
+        }
+
+    def open_journal(
+        self, out_dir: Path | None, name: str, settings: dict[str, Any], resume: bool, force: bool
+    ) -> _Journal:
+        self.journal = _Journal(
+            out_dir, name, settings, resume=resume, force=force, rank=self.rank, world=self.world, out=self.out
+        )
+        return self.journal
+
+    def run(self, name: str, attack: Callable[[str, KmModel, list[int], Callable[[], None]], None]) -> None:
+        """``attack(key, model, todo, check)`` for every model on this rank's inputs not yet
+        recorded; ``check()`` (call it between batches) turns a SIGINT/SIGTERM into
+        :class:`Interrupted` naming the partial results and how to resume."""
+        j = self.journal
+        assert j is not None
+        with _signals() as got:
+
+            def check() -> None:
+                if not got:
+                    return
+                j.close()
+                done = sum(len(v) for v in j.records.values())
+                total = len(self.shard) * len(self.models)
+                sig = "SIGTERM" if got[0] == signal.SIGTERM else "SIGINT"
+                where = (
+                    f"{done} of {total} records are in {j.part}; {_resume_hint()}"
+                    if j.part is not None
+                    else f"{done} of {total} inputs were done but not saved: use --out DIR to keep "
+                    "partial results (and --resume to continue)"
+                )
+                raise Interrupted(got[0], f"interrupted by {sig} during attack {name}: {where}")
+
+            for key, m in zip(self.keys, self.models, strict=True):
+                seen = j.done(key)
+                todo = [i for i in self.shard if i not in seen]
+                if todo:
+                    with self.timer(f"attack_{key}"):
+                        attack(key, m, todo, check)
+                check()
+
+    def collect(self) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+        """Every model's records (all ranks) in input order, and the newly attacked counts."""
+        assert self.journal is not None
+        recs, new = self.journal.gather()
+        ordered: dict[str, list[dict[str, Any]]] = {}
+        for key in self.keys:
+            got = recs.get(key, {})
+            missing = [i for i in range(len(self.y)) if i not in got]
+            if missing:
+                raise DataError(f"attack records for {key} miss inputs {missing[:5]}: re-run with --resume")
+            ordered[key] = [got[i] for i in range(len(self.y))]
+        self.journal.finish(ordered)
+        return ordered, new
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+        if self.started_dist:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
     def results(self, name: str, summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
         first = self.keys[0]
@@ -184,11 +482,18 @@ class _Setup:
             res["models"] = {key: str(p) for key, p in zip(self.keys, self.paths, strict=False)}
         return res
 
-    def doc(self, command: str, results: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    def doc(self, command: str, results: dict[str, Any], seed: int | None, new: dict[str, int]) -> dict[str, Any]:
         extra: dict[str, Any] = {}
         if self.other is not None and self.compare is not None:
             extra["compare_model"] = describe_model(self.compare, self.other)
         data_doc = {**self.info.to_dict(), "classes": self.info.classes}
+        j = self.journal
+        extra["run"] = {
+            "world_size": self.world,
+            "resumed": bool(j is not None and j.reused),
+            "records_reused": j.reused if j is not None else 0,
+            "attacked_this_run": {k: new.get(k, 0) for k in self.keys},
+        }
         return envelope(
             command,
             results,
@@ -201,6 +506,27 @@ class _Setup:
         )
 
 
+def _out_paths(out_dir: Path | None, name: str, keys: Sequence[str], force: bool) -> dict[str, Path]:
+    """The result files besides the records; ``force`` (or --resume) lets them be replaced."""
+    if out_dir is None:
+        return {}
+    stem = f"attack-{name}"
+    paths = {"json": out_dir / f"{stem}.json", "npz": out_dir / f"{stem}.npz"}
+    for k in keys:
+        paths[f"png_{k}"] = out_dir / "figures" / f"{stem}_{k}.png"
+    for p in paths.values():
+        check_writable(p, force)
+    return paths
+
+
+def _progress_with_check(
+    prog: Callable[..., None], check: Callable[[], None], offset: int = 0
+) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        prog(done + offset, total + offset)
+        check()
+
+    return update
 def _image_grid(
     x: torch.Tensor,
     x_adv: torch.Tensor,
@@ -309,6 +635,28 @@ def _check_gates(gate: list[str] | None) -> None:
         gates.parse(g)  # a malformed gate fails before any work (exit 2)
 
 
+
+def _table1(title: str, names: Sequence[str], d: dict[str, dict[str, Any]], keys: Sequence[str]) -> Table:
+    """The paper's Table 1 columns, one row per model: prediction (accuracy, mean confidence)
+    and one-pixel attack (rate, mean confidence of the fooled predictions), plus the share of
+    the fooled predictions flagged as outliers."""
+    t = Table(title=title, title_justify="left")
+    for i, col in enumerate(("network", "head", "accuracy", "conf", "attack rate", "attack conf", "outliers")):
+        t.add_column(col, justify="left" if i < 2 else "right", style="bold" if i == 0 else None)
+    for name, k in zip(names, keys, strict=True):
+        s = d[k]
+        t.add_row(
+            name,
+            str(s["head_kind"]),
+            _pct(s["accuracy"]),
+            fmt(s["mean_confidence"]),
+            _pct(s["rate"]),
+            fmt(s["mean_conf_fooled"]),
+            _pct(s["outlier_share"]),
+        )
+    return t
+
+
 # ---------------------------------------------------------------------------------- onepixel
 @app.command("onepixel")
 def attack_onepixel(
@@ -338,6 +686,7 @@ def attack_onepixel(
     ] = None,
     compare: CompareOpt = None,
     out_dir: OutDirOpt = None,
+    resume: ResumeOpt = False,
     force: ForceOpt = False,
     gate: GateOpt = None,
     arch: ArchOpt = None,
@@ -391,6 +740,7 @@ def attack_onepixel(
     model already gets wrong are skipped and counted. Reported per model (Table 1 of the
     Gauss-network paper): accuracy, mean confidence, attack rate = fooled / attacked, mean
     confidence of the fooled predictions and the share of them flagged as outliers.
+    Under torchrun the inputs are split across ranks.
 
     Example: kmtools attack onepixel model.pt --arch resnet18 --data cifar10 -n 500
     --compare gauss.safetensors --out runs/ --gate "onepixel.rate<=0.2"
@@ -404,6 +754,30 @@ def attack_onepixel(
         arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std
     )
     s = _Setup(out, model_path, compare, opts, data, data_root, split, n, download, device)
+    try:
+        _onepixel(s, out, pixels, popsize, steps, target, tol, out_dir, resume, force, gate,
+                  batch_size, chunk, amp, seed)  # fmt: skip
+    finally:
+        s.close()
+
+
+def _onepixel(
+    s: _Setup,
+    out: Output,
+    pixels: int,
+    popsize: int,
+    steps: int,
+    target: str | None,
+    tol: float | None,
+    out_dir: Path | None,
+    resume: bool,
+    force: bool,
+    gate: list[str] | None,
+    batch_size: int | None,
+    chunk: int | None,
+    amp: bool,
+    seed: int,
+) -> None:
     if s.x.dim() != 4:
         raise ConfigError(
             f"the one-pixel attack needs images (C, H, W); {s.info.name} has inputs of shape "
@@ -421,34 +795,62 @@ def attack_onepixel(
                     f"--target {target!r} is neither a class index nor a class name "
                     f"({', '.join(s.classes[:12])})"
                 ) from exc
-    paths = _paths(out_dir, "onepixel", s.keys, force)
+    settings = s.settings(
+        "onepixel", pixels=pixels, popsize=popsize, steps=steps, target=tgt, tol=tol, seed=seed
+    )
+    j = s.open_journal(out_dir, "onepixel", settings, resume, force)
+    paths = _out_paths(out_dir, "onepixel", s.keys, force or resume)
+    if s.dev.type == "cuda":  # candidate images are built channels-last on CUDA
+        for m in s.models:
+            m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    run_settings: dict[str, dict[str, Any]] = {}
 
-    res: dict[str, OnePixelResult] = {}
-    for key, m in zip(s.keys, s.models, strict=False):
-        with s.timer(f"attack_{key}"), out.progress(f"one-pixel {key}", len(s.y)) as prog:
-            res[key] = onepixel(
+    def attack(key: str, m: KmModel, todo: list[int], check: Callable[[], None]) -> None:
+        idx = torch.tensor(todo, dtype=torch.long)
+        with s.out.progress(f"one-pixel {key}", len(todo)) as prog:
+            r = onepixel(
                 m,
-                s.x,
-                s.y,
+                s.x[idx],
+                s.y[idx],
                 pixels=pixels,
                 popsize=popsize,
                 maxiter=steps,
                 target=tgt,
                 tol=tol,
                 seed=seed,
+                index=idx,
                 batch_size=batch_size,
                 chunk=chunk,
                 amp=amp,
                 device=s.dev,
-                progress=prog,
+                progress=_progress_with_check(prog, check),
+                callback=lambda part: j.add(key, part.records(), attacked=part.attacked),
             )
+        run_settings[key] = r.settings
+
+    s.run("onepixel", attack)
+    ordered, new = s.collect()
+    res: dict[str, OnePixelResult] = {}
+    for key, m in zip(s.keys, s.models, strict=True):
+        res[key] = OnePixelResult.from_records(
+            ordered[key],
+            s.x,
+            pixels=pixels,
+            popsize=popsize,
+            maxiter=steps,
+            threshold=m.threshold,
+            head_kind=m.head_kind,
+            seed=seed,
+            settings={"F": 0.5, "tol": tol, **run_settings.get(key, {})},
+        )
     summaries = {k: r.to_dict() for k, r in res.items()}
     results = s.results("onepixel", summaries)
-    doc = s.doc("attack onepixel", results, seed)
+    doc = s.doc("attack onepixel", results, seed, new)
+    if s.rank:
+        return
 
     if paths:
         arrays: dict[str, np.ndarray] = {"x": s.x.numpy().astype(np.float32), "labels": s.y.numpy()}
-        recs: list[dict[str, Any]] = []
         for key, r in res.items():
             arrays |= {
                 f"{key}_x_adv": r.x_adv.cpu().numpy().astype(np.float32),
@@ -460,9 +862,7 @@ def attack_onepixel(
                 f"{key}_pred_adv": r.adv_labels.numpy(),
                 f"{key}_outlier": r.outlier.numpy(),
             }
-            recs += [{"model": key, **rec} for rec in r.records()]
-        _save_npz(paths["npz"], arrays, force)
-        write_text(paths["jsonl"], _jsonl(recs), force)
+        _save_npz(paths["npz"], arrays, True)
         for key, r in res.items():
             hit = (r.success & ~r.skipped).nonzero().flatten()
             ok = hit[torch.argsort(-r.conf_adv[hit], stable=True)].tolist()
@@ -477,14 +877,15 @@ def attack_onepixel(
                 s.classes,
                 f"{key}: fooled one-pixel attacks, label conf(x) → prediction conf(x̃)",
                 paths[f"png_{key}"],
-                force,
+                True,
             )
-        write_json(paths["json"], doc, force)
-        out.info(f"wrote {paths['json']}, {paths['jsonl'].name}, {paths['npz'].name} and figures/")
+        write_json(paths["json"], doc, True)
+        out.info(f"wrote {paths['json']}, {j.final.name}, {paths['npz'].name} and figures/")
 
     def human(con: Console) -> None:
         d = summaries
-        tp = {k: r.throughput() for k, r in res.items()}
+        wall = {k: s.timer.timings.get(f"attack_{k}", 0.0) for k in res}
+        speed = [new.get(k, 0) / wall[k] if wall[k] > 0 and new.get(k) else None for k in res]
         rows: list[tuple[str, list[Any]]] = [
             ("head", [d[k]["head_kind"] for k in res]),
             ("accuracy (clean)", [_pct(d[k]["accuracy"]) for k in res]),
@@ -495,24 +896,41 @@ def attack_onepixel(
             ("attack rate", [_pct(d[k]["rate"]) for k in res]),
             ("mean confidence of fooled", [d[k]["mean_conf_fooled"] for k in res]),
             ("fooled flagged as outliers", [_pct(d[k]["outlier_share"]) for k in res]),
+            ("outlier threshold", [d[k]["outlier_threshold"] for k in res]),
             ("mean generations", [d[k]["generations_mean"] for k in res]),
-            ("seconds per image", [(tp[k]["seconds"] or 0.0) / max(d[k]["attacked"], 1) for k in res]),
+            ("images per second (this run)", speed),
         ]
         how = f"{pixels} pixel{'s' if pixels > 1 else ''}, population {popsize}, "
         how += f"≤{steps} generations, seed {seed}"
         if tgt is not None:
             how += f", target {s.classes[tgt] if tgt < len(s.classes) else tgt}"
+        if j.reused:
+            how += f"; {j.reused} records resumed"
         con.print(
             _metric_table(
                 f"one-pixel attack on {len(s.y)} {s.info.name} {s.info.split} inputs ({how})", list(res), rows
             )
         )
+        if s.other is not None:
+            names = [p.name for p in s.paths]
+            con.print(_table1("Table 1 layout (Gauss-network paper)", names, d, list(res)))
 
     out.emit(doc, human)
     out.gate(gate, doc)
 
 
 # -------------------------------------------------------------------------------------- fgsm
+def _blocks(todo: Sequence[int], size: int) -> Iterator[torch.Tensor]:
+    size = max(1, int(size))
+    for s in range(0, len(todo), size):
+        yield torch.tensor(todo[s : s + size], dtype=torch.long)
+
+
+def _reindex(records: list[dict[str, Any]], idx: torch.Tensor) -> list[dict[str, Any]]:
+    """Records of a block: their ``index`` becomes the input's position in the data."""
+    return [{**r, "index": int(idx[int(r["index"])])} for r in records]
+
+
 @app.command("fgsm")
 def attack_fgsm(
     model_path: ModelArg,
@@ -525,6 +943,7 @@ def attack_fgsm(
     ] = True,
     compare: CompareOpt = None,
     out_dir: OutDirOpt = None,
+    resume: ResumeOpt = False,
     force: ForceOpt = False,
     gate: GateOpt = None,
     arch: ArchOpt = None,
@@ -550,7 +969,8 @@ def attack_fgsm(
     x̃ = clip(x + ε·sign(∇ₓ CE)) in pixel space, before the model's normalisation. The loss is
     the cross-entropy of the logits (softmax network) or of log κ (Gauss network). Reported
     per ε: accuracy, mean confidence of the predicted class, mean confidence of the wrong
-    predictions, share of correct inputs fooled, share below the outlier threshold.
+    predictions, share of correct inputs fooled, share below the outlier threshold (of all
+    inputs and of the fooled ones). FGSM is deterministic: --seed is only recorded.
 
     Example: kmtools attack fgsm model.pt --arch smallcnn --data mnist --eps 0,0.05,0.1,0.2
     --compare gauss.safetensors --gate "fgsm.min_accuracy>=0.3"
@@ -562,37 +982,73 @@ def attack_fgsm(
         arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std
     )
     s = _Setup(out, model_path, compare, opts, data, data_root, split, n, download, device)
-    paths = _paths(out_dir, "fgsm", s.keys, force)
+    try:
+        _fgsm(s, out, eps_l, clip, out_dir, resume, force, gate, batch_size, seed)
+    finally:
+        s.close()
+
+
+def _fgsm(
+    s: _Setup,
+    out: Output,
+    eps_l: list[float],
+    clip: bool,
+    out_dir: Path | None,
+    resume: bool,
+    force: bool,
+    gate: list[str] | None,
+    batch_size: int,
+    seed: int,
+) -> None:
+    j = s.open_journal(out_dir, "fgsm", s.settings("fgsm", eps=eps_l, clip=clip), resume, force)
+    paths = _out_paths(out_dir, "fgsm", s.keys, force or resume)
     rng = (0.0, 1.0) if clip else None
-    res: dict[str, FGSMResult] = {}
-    for key, m in zip(s.keys, s.models, strict=False):
-        with s.timer(f"attack_{key}"), out.progress(f"FGSM {key}", len(s.y)) as prog:
-            res[key] = fgsm_sweep(
-                m, s.x, s.y, eps_l, clip=rng, batch_size=batch_size, device=s.dev, progress=prog
-            )
+
+    def attack(key: str, m: KmModel, todo: list[int], check: Callable[[], None]) -> None:
+        with s.out.progress(f"FGSM {key}", len(todo)) as prog:
+            done = 0
+            for idx in _blocks(todo, batch_size):
+                r = fgsm_sweep(m, s.x[idx], s.y[idx], eps_l, clip=rng, batch_size=batch_size, device=s.dev)
+                j.add(key, _reindex(r.records(), idx))
+                done += len(idx)
+                prog(done, len(todo))
+                check()
+
+    s.run("fgsm", attack)
+    ordered, new = s.collect()
+    res = {
+        key: FGSMResult.from_records(
+            ordered[key],
+            threshold=m.threshold,
+            head_kind=m.head_kind,
+            clip=rng,
+            settings={"batch_size": batch_size, "device": str(s.dev)},
+        )
+        for key, m in zip(s.keys, s.models, strict=True)
+    }
     summaries = {k: r.to_dict() for k, r in res.items()}
     results = s.results("fgsm", summaries)
-    doc = s.doc("attack fgsm", results, seed)
+    doc = s.doc("attack fgsm", results, seed, new)
+    if s.rank:
+        return
 
     if paths:
-        from kmtools.attacks import fgsm as fgsm_one
-
         arrays: dict[str, np.ndarray] = {"labels": s.y.numpy(), "eps": np.asarray(eps_l)}
-        recs: list[dict[str, Any]] = []
         e_max = max(eps_l)
+        i_max = eps_l.index(e_max)
         for key, r in res.items():
-            arrays |= {f"{key}_preds": r.preds.numpy(), f"{key}_confs": r.confs.numpy()}
-            recs += [{"model": key, **rec} for rec in r.records()]
-        _save_npz(paths["npz"], arrays, force)
-        write_text(paths["jsonl"], _jsonl(recs), force)
-        for key, m in zip(s.keys, s.models, strict=False):
+            arrays |= {
+                f"{key}_preds": r.preds.numpy(),
+                f"{key}_confs": r.confs.numpy(),
+                f"{key}_clean_preds": r.clean_preds.numpy(),
+            }
+        _save_npz(paths["npz"], arrays, True)
+        for key, m in zip(s.keys, s.models, strict=True):
             r = res[key]
-            k = min(8, len(s.y))
-            i_max = eps_l.index(e_max)
-            fooled = ((r.preds[0] == s.y) & (r.preds[i_max] != s.y)).nonzero().flatten().tolist()[:k]
+            fooled = ((r.clean_preds == s.y) & (r.preds[i_max] != s.y)).nonzero().flatten().tolist()[:8]
             if fooled:
                 xs = s.x[fooled].to(s.dev)
-                xa = fgsm_one(m, xs, s.y[fooled].to(s.dev), e_max, clip=rng).cpu()
+                xa = fgsm(m, xs, s.y[fooled].to(s.dev), e_max, clip=rng).detach().cpu()
             else:
                 xs, xa = s.x[:0], s.x[:0]
             _image_grid(
@@ -600,32 +1056,34 @@ def attack_fgsm(
                 xa,
                 s.y[fooled],
                 r.preds[i_max][fooled],
-                r.confs[0][fooled],
+                r.clean_confs[fooled],
                 r.confs[i_max][fooled],
                 list(range(len(fooled))),
                 s.classes,
-                f"{key}: FGSM ε = {e_max:g}, label conf → prediction conf",
+                f"{key}: FGSM ε = {e_max:g}, clean prediction conf → prediction conf",
                 paths[f"png_{key}"],
-                force,
+                True,
                 diff=True,
             )
-        write_json(paths["json"], doc, force)
-        out.info(f"wrote {paths['json']}, {paths['jsonl'].name}, {paths['npz'].name} and figures/")
+        write_json(paths["json"], doc, True)
+        out.info(f"wrote {paths['json']}, {j.final.name}, {paths['npz'].name} and figures/")
 
     def human(con: Console) -> None:
+        # the paper's Figure 2: accuracy and the confidence of the wrong predictions against ε
         cols = ["ε"]
         for key in res:
-            cols += [f"{key} accuracy", f"{key} conf", f"{key} conf wrong"]
+            cols += [f"{key}\naccuracy", f"{key}\nconf wrong", f"{key}\noutliers"]
         rows = []
         for i, e in enumerate(eps_l):
             row: list[Any] = [f"{e:g}"]
             for r in res.values():
-                row += [_pct(r.accuracy[i]), r.conf_mean[i], r.conf_wrong_mean[i]]
+                row += [_pct(r.accuracy[i]), r.conf_wrong_mean[i], _pct(r.outlier_share_fooled[i])]
             rows.append(row)
         con.print(
             _table(
                 f"FGSM on {len(s.y)} {s.info.name} {s.info.split} inputs"
-                f"{' (clipped to [0, 1])' if clip else ''}",
+                f"{' (clipped to [0, 1])' if clip else ''}; outliers: share of the fooled inputs "
+                "flagged as outliers",
                 cols,
                 rows,
             )
@@ -659,6 +1117,7 @@ def attack_deepfool(
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp iterates to [0, 1] (images).")] = True,
     compare: CompareOpt = None,
     out_dir: OutDirOpt = None,
+    resume: ResumeOpt = False,
     force: ForceOpt = False,
     gate: GateOpt = None,
     arch: ArchOpt = None,
@@ -682,8 +1141,10 @@ def attack_deepfool(
     """DeepFool (Moosavi-Dezfooli et al. 2016): the minimal perturbation r(x) changing the prediction.
 
     Batched over inputs, L2 or L∞, in pixel space. Reports per model the norms of r(x)
-    (mean, median, min, max) of the inputs whose label flipped, and the mean number of
-    steps. For a Gauss network DeepFool works on log κ (the nearest-centroid logits).
+    (mean, median, min, max) of the inputs whose label flipped, the mean number of steps,
+    and the confidence of the new predictions with the share of them below the outlier
+    threshold. For a Gauss network DeepFool works on log κ (the nearest-centroid logits).
+    DeepFool is deterministic: --seed is only recorded.
 
     Example: kmtools attack deepfool model.pt --arch resnet18 --data cifar10 -n 500 --lp l2
     --compare gauss.safetensors
@@ -693,94 +1154,134 @@ def attack_deepfool(
     opts: dict[str, Any] = dict(
         arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std
     )
+    lp_n = lp.lower().replace("∞", "inf")
+    lp_n = "linf" if lp_n in ("inf", "l_inf", "linfinity") else lp_n
+    if lp_n not in ("l2", "linf"):
+        raise ConfigError(f"--lp must be l2 or linf, got {lp!r}")
     s = _Setup(out, model_path, compare, opts, data, data_root, split, n, download, device)
-    paths = _paths(out_dir, "deepfool", s.keys, force)
+    try:
+        _deepfool(s, out, lp_n, overshoot, max_iter, candidates, clip, out_dir, resume, force, gate,
+                  batch_size, seed)  # fmt: skip
+    finally:
+        s.close()
+
+
+def _deepfool(
+    s: _Setup,
+    out: Output,
+    lp: str,
+    overshoot: float,
+    max_iter: int,
+    candidates: int,
+    clip: bool,
+    out_dir: Path | None,
+    resume: bool,
+    force: bool,
+    gate: list[str] | None,
+    batch_size: int,
+    seed: int,
+) -> None:
+    settings = s.settings(
+        "deepfool", lp=lp, overshoot=overshoot, max_iter=max_iter, candidates=candidates, clip=clip
+    )
+    j = s.open_journal(out_dir, "deepfool", settings, resume, force)
+    paths = _out_paths(out_dir, "deepfool", s.keys, force or resume)
     rng = (0.0, 1.0) if clip else None
-    res: dict[str, DeepFoolResult] = {}
-    for key, m in zip(s.keys, s.models, strict=False):
-        with s.timer(f"attack_{key}"), out.progress(f"DeepFool {key}", len(s.y)) as prog:
-            res[key] = deepfool(
-                m,
-                s.x,
-                candidates=candidates or None,
-                overshoot=overshoot,
-                max_iter=max_iter,
-                norm=lp,
-                clip=rng,
-                batch_size=batch_size,
-                device=s.dev,
-                progress=prog,
-            )
+    kw: dict[str, Any] = dict(
+        candidates=candidates or None, overshoot=overshoot, max_iter=max_iter, norm=lp, clip=rng, device=s.dev
+    )
+
+    def attack(key: str, m: KmModel, todo: list[int], check: Callable[[], None]) -> None:
+        with s.out.progress(f"DeepFool {key}", len(todo)) as prog:
+            done = 0
+            for idx in _blocks(todo, batch_size):
+                r = deepfool(m, s.x[idx], **kw)
+                j.add(key, _reindex(r.records(), idx))
+                done += len(idx)
+                prog(done, len(todo))
+                check()
+
+    s.run("deepfool", attack)
+    ordered, new = s.collect()
     summaries: dict[str, dict[str, Any]] = {}
-    for key, r in res.items():
-        d = r.to_dict()
-        d["accuracy"] = float((r.labels.cpu() == s.y).float().mean()) if len(s.y) else None
+    for key, m in zip(s.keys, s.models, strict=True):
+        recs = ordered[key]
+        d = DeepFoolResult.summarize(recs, lp, overshoot, m.threshold)
+        pred = torch.tensor([r["label"] for r in recs])
+        d["accuracy"] = float((pred == s.y).float().mean()) if len(s.y) else None
         summaries[key] = d
     results = s.results("deepfool", summaries)
-    doc = s.doc("attack deepfool", results, seed)
+    doc = s.doc("attack deepfool", results, seed, new)
+    if s.rank:
+        return
 
     if paths:
-        arrays: dict[str, np.ndarray] = {"x": s.x.numpy().astype(np.float32), "labels": s.y.numpy()}
-        recs: list[dict[str, Any]] = []
-        for key, r in res.items():
+        arrays: dict[str, np.ndarray] = {"labels": s.y.numpy()}
+        for key in s.keys:
+            recs = ordered[key]
             arrays |= {
-                f"{key}_x_adv": r.x_adv.cpu().numpy().astype(np.float32),
-                f"{key}_norms": r.norms.cpu().numpy(),
-                f"{key}_pred": r.labels.cpu().numpy(),
-                f"{key}_pred_adv": r.adv_labels.cpu().numpy(),
-                f"{key}_iterations": r.iterations.cpu().numpy(),
-                f"{key}_converged": r.converged.cpu().numpy(),
+                f"{key}_norms": np.asarray([r["norm"] for r in recs], dtype=np.float32),
+                f"{key}_pred": np.asarray([r["label"] for r in recs]),
+                f"{key}_pred_adv": np.asarray([r["adv_label"] for r in recs]),
+                f"{key}_iterations": np.asarray([r["iterations"] for r in recs]),
+                f"{key}_converged": np.asarray([r["converged"] for r in recs], dtype=bool),
+                f"{key}_conf_adv": np.asarray([r["conf_adv"] for r in recs], dtype=np.float32),
             }
-            recs += [{"model": key, **rec} for rec in r.records()]
-        _save_npz(paths["npz"], arrays, force)
-        write_text(paths["jsonl"], _jsonl(recs), force)
+        _save_npz(paths["npz"], arrays, True)
         if s.x.dim() == 4:
-            from kmtools.attacks import class_confidences
-
-            for key, m in zip(s.keys, s.models, strict=False):
-                r = res[key]
-                conv = (r.converged & (r.iterations > 0)).cpu()
-                flip = conv.nonzero().flatten()
-                idx = flip[torch.argsort(r.norms.cpu()[flip], stable=True)].tolist()[:8]
-                xs, xa = s.x[idx], r.x_adv.cpu()[idx]
-                cb = class_confidences(m, xs.to(s.dev)).cpu() if idx else torch.zeros(0, 1)
-                ca = class_confidences(m, xa.to(s.dev)).cpu() if idx else torch.zeros(0, 1)
+            for key, m in zip(s.keys, s.models, strict=True):
+                recs = ordered[key]
+                flip = [i for i, r in enumerate(recs) if r["converged"] and r["iterations"] > 0]
+                idx = sorted(flip, key=lambda i: (recs[i]["norm"], i))[:8]
+                xs = s.x[idx]
+                if idx:  # the shown examples are recomputed (DeepFool is deterministic)
+                    r8 = deepfool(m, xs, **kw)
+                    xa = r8.x_adv.cpu()
+                    cb = class_confidences(m, xs.to(s.dev)).amax(1).cpu()
+                    ca = r8.conf_adv.cpu()
+                    lab, adv = r8.labels.cpu(), r8.adv_labels.cpu()
+                else:
+                    xa, cb, ca = xs, torch.zeros(0), torch.zeros(0)
+                    lab = adv = torch.zeros(0, dtype=torch.long)
                 _image_grid(
                     xs,
                     xa,
-                    r.labels.cpu()[idx],
-                    r.adv_labels.cpu()[idx],
-                    cb.amax(1),
-                    ca.amax(1),
+                    lab,
+                    adv,
+                    cb,
+                    ca,
                     list(range(len(idx))),
                     s.classes,
                     f"{key}: DeepFool ({lp}), smallest r(x); prediction conf → new prediction conf",
                     paths[f"png_{key}"],
-                    force,
+                    True,
                     diff=True,
                 )
-        write_json(paths["json"], doc, force)
+        write_json(paths["json"], doc, True)
         out.info(
-            f"wrote {paths['json']}, {paths['jsonl'].name}, {paths['npz'].name}"
+            f"wrote {paths['json']}, {j.final.name}, {paths['npz'].name}"
             f"{' and figures/' if s.x.dim() == 4 else ''}"
         )
 
     def human(con: Console) -> None:
         d = summaries
         rows: list[tuple[str, list[Any]]] = [
-            ("head", [s.models[s.keys.index(k)].head_kind for k in res]),
-            ("inputs", [d[k]["images"] for k in res]),
-            ("prediction flipped", [d[k]["converged"] for k in res]),
-            (f"‖r‖ mean ({lp})", [d[k]["norm_mean"] for k in res]),
-            ("‖r‖ median", [d[k]["norm_median"] for k in res]),
-            ("‖r‖ min", [d[k]["norm_min"] for k in res]),
-            ("‖r‖ max", [d[k]["norm_max"] for k in res]),
-            ("mean steps", [d[k]["iterations_mean"] for k in res]),
+            ("head", [s.models[s.keys.index(k)].head_kind for k in d]),
+            ("inputs", [d[k]["images"] for k in d]),
+            ("accuracy (clean)", [_pct(d[k]["accuracy"]) for k in d]),
+            ("prediction flipped", [d[k]["flipped"] for k in d]),
+            (f"‖r‖ mean ({lp})", [d[k]["norm_mean"] for k in d]),
+            ("‖r‖ median", [d[k]["norm_median"] for k in d]),
+            ("‖r‖ min", [d[k]["norm_min"] for k in d]),
+            ("‖r‖ max", [d[k]["norm_max"] for k in d]),
+            ("mean steps", [d[k]["iterations_mean"] for k in d]),
+            ("mean confidence at x + r", [d[k]["mean_conf_adv"] for k in d]),
+            ("flagged as outliers", [_pct(d[k]["outlier_share"]) for k in d]),
         ]
         con.print(
             _metric_table(
                 f"DeepFool on {len(s.y)} {s.info.name} {s.info.split} inputs (overshoot {overshoot:g})",
-                list(res),
+                list(d),
                 rows,
             )
         )

@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import torch
 import typer
+from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
+from kmtools_cli._options import (
+    ArchOpt,
+    BatchOpt,
+    DataOpt,
+    DataRootOpt,
+    DebugOpt,
+    DeviceOpt,
+    ForceOpt,
+    FormatOpt,
+    HeadPathOpt,
+    MeanOpt,
+    ModelArg,
+    NOpt,
+    NormOpt,
+    NumClassesOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    SplitOpt,
+    StdOpt,
+    TrustOpt,
+)
+from kmtools_cli._output import Output, kv_table
 from rich.console import Console
 
 from kmtools.centroids import augment, class_means, equidistant, kmeans, nearest, spread, theorem1_agreement
@@ -15,12 +38,6 @@ from kmtools.features import extract
 from kmtools.io import write_with
 from kmtools.models import require_split
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    ArchOpt, BatchOpt, DataOpt, DataRootOpt, DebugOpt, DeviceOpt, ForceOpt, FormatOpt, HeadPathOpt, MeanOpt,
-    ModelArg, NOpt, NormOpt, NumClassesOpt, OutOpt, QuietOpt, SeedOpt, SplitOpt, StdOpt, TrustOpt,
-)
-from kmtools_cli._output import Output, kv_table
 
 METHODS = ("equidistant", "means", "kmeans")
 

@@ -4,33 +4,54 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 import typer
+from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
+from kmtools_cli._options import (
+    AmpOpt,
+    ArchOpt,
+    BatchOpt,
+    DataOpt,
+    DataRootOpt,
+    DebugOpt,
+    DeviceOpt,
+    DownloadOpt,
+    ForceOpt,
+    FormatOpt,
+    GateOpt,
+    HeadPathOpt,
+    MeanOpt,
+    ModelArg,
+    NOpt,
+    NormOpt,
+    NumClassesOpt,
+    QuietOpt,
+    SeedOpt,
+    SplitOpt,
+    StdOpt,
+    TrustOpt,
+    WorkersOpt,
+)
+from kmtools_cli._output import Output, fmt
 from rich.console import Console
 from rich.table import Table
 
-from kmtools.data import load_dataset, subset
+from kmtools.data import DataInfo, load_dataset, subset
 from kmtools.data.registry import check_compatible
-from kmtools.errors import ConfigError, DataError
+from kmtools.errors import ConfigError, DataError, OutputExistsError
 from kmtools.evaluate import NOISE_KINDS, EvalResult
 from kmtools.evaluate import evaluate as run_evaluate
-from kmtools.io import check_writable, write_json, write_with
+from kmtools.io import write_json, write_with
 from kmtools.models import KmModel
 from kmtools.report import gates
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    AmpOpt, ArchOpt, BatchOpt, DataOpt, DataRootOpt, DebugOpt, DeviceOpt, DownloadOpt, ForceOpt, FormatOpt,
-    GateOpt, HeadPathOpt, MeanOpt, ModelArg, NOpt, NormOpt, NumClassesOpt, QuietOpt, SeedOpt, SplitOpt, StdOpt,
-    TrustOpt, WorkersOpt,
-)
-from kmtools_cli._output import Output, fmt
 
 JSON_NAME = "evaluate.json"
 NPZ_NAME = "evaluate.npz"
+_NO_OOD = ("none", "off", "")
 
 
 def _lipschitz_auto_available() -> bool:
@@ -47,12 +68,23 @@ _LIP_HELP = (
     + ". Without it only the feature-space margin is reported."
 )
 
-CompareOpt = Annotated[Optional[Path], typer.Option("--compare", help="A second checkpoint (typically the Gauss network of MODEL), loaded with the same options and evaluated side by side.", show_default=False)]
-OodOpt = Annotated[str, typer.Option("--ood", help="Out-of-distribution inputs: uniform or gaussian noise (paper Fig. 3), a dataset (name or path, same input shape), or none.")]
-NNoiseOpt = Annotated[int, typer.Option("--n-noise", help="Number of noise images, or at most this many inputs of an OOD dataset.")]
-LipschitzOpt = Annotated[Optional[str], typer.Option("--lipschitz", help=_LIP_HELP, show_default=False)]
-PerClassOpt = Annotated[int, typer.Option("--per-class", help="Prototypes and outliers kept per class (paper Fig. 3) in evaluate.npz.")]
-OutDirOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help=f"Folder for {JSON_NAME} (result document) and {NPZ_NAME} (per-sample arrays).", show_default=False)]
+CompareOpt = Annotated[Path | None, typer.Option(
+    "--compare", show_default=False,
+    help="A second checkpoint (typically the Gauss network of MODEL), loaded with the same options "
+    "and evaluated side by side on the same inputs.")]
+OodOpt = Annotated[list[str] | None, typer.Option(
+    "--ood", show_default=False,
+    help="Out-of-distribution inputs: uniform or gaussian noise images (paper Fig. 3), a dataset "
+    "(name or path, same input shape), or none. Repeatable; default uniform.")]
+NNoiseOpt = Annotated[int, typer.Option(
+    "--n-noise", help="Number of noise images, and at most this many inputs of an OOD dataset.")]
+LipschitzOpt = Annotated[str | None, typer.Option("--lipschitz", help=_LIP_HELP, show_default=False)]
+PerClassOpt = Annotated[int, typer.Option(
+    "--per-class", help=f"Prototypes and outliers kept per class (paper Fig. 3) in {NPZ_NAME}.")]
+OutDirOpt = Annotated[Path | None, typer.Option(
+    "--out", "-o", show_default=False,
+    help=f"Folder for {JSON_NAME} (the result document) and {NPZ_NAME} (per-input arrays), "
+    "which `kmtools report` reads.")]
 
 
 def _lipschitz(spec: str | None, model: KmModel) -> tuple[float | None, dict[str, Any] | None]:
@@ -74,7 +106,8 @@ def _lipschitz(spec: str | None, model: KmModel) -> tuple[float | None, dict[str
     try:
         value = float(key)
     except ValueError as exc:
-        raise ConfigError(f"--lipschitz must be a positive number{' or auto' if _lipschitz_auto_available() else ''}, not {spec!r}") from exc
+        auto = " or auto" if _lipschitz_auto_available() else ""
+        raise ConfigError(f"--lipschitz must be a positive number{auto}, not {spec!r}") from exc
     if not (math.isfinite(value) and value > 0):
         raise ConfigError(f"--lipschitz must be a positive number, not {spec!r}")
     return value, {"method": "given", "guaranteed": None}
@@ -94,16 +127,23 @@ def _figure_key(keys: list[str]) -> str:
     return "gauss" if "gauss" in keys else keys[0]
 
 
+_PER_MODEL_ARRAYS = ("confidence", "label_confidence", "correct", "prediction", "margin", "input_bound",
+                     "noise_confidence", "noise_prediction", "reject_rate", "reject_accuracy",
+                     "reject_threshold")
+
+
 def _arrays(evals: dict[str, EvalResult], fig_key: str) -> dict[str, np.ndarray]:
+    """The arrays of ``evaluate.npz``: ``label``; ``<key>_<name>`` per model (``key`` its head
+    kind, or model/compare); ``<key>_ood_<source>_confidence`` per OOD source; the Fig. 3
+    prototypes/outliers of ``fig_key``'s model (``images``, ``labels``, ``images_confidence``)."""
     out: dict[str, np.ndarray] = {}
     first = next(iter(evals.values()))
     out["label"] = first.label
     for key, res in evals.items():
         arr = res.arrays()
-        for name in ("confidence", "label_confidence", "correct", "prediction", "margin", "input_bound",
-                     "noise_confidence", "noise_prediction"):
-            if name in arr:
-                out[f"{key}_{name}"] = arr[name]
+        for name, value in arr.items():
+            if name in _PER_MODEL_ARRAYS or name.startswith("ood_"):
+                out[f"{key}_{name}"] = value
     fig = evals[fig_key]
     for part in ("proto", "outlier"):
         for what in ("index", "conf", "labels", "images"):
@@ -115,9 +155,11 @@ def _arrays(evals: dict[str, EvalResult], fig_key: str) -> dict[str, np.ndarray]
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray], force: bool) -> None:
+    named: dict[str, Any] = dict(arrays)
+
     def writer(tmp: Path) -> None:
         with open(tmp, "wb") as fh:  # a file object, so numpy does not append '.npz' to the temp name
-            np.savez(fh, **arrays)
+            np.savez(fh, **named)
 
     write_with(path, writer, force)
 
@@ -127,15 +169,12 @@ _ROWS: list[tuple[str, str]] = [
     ("inputs", "n"),
     ("accuracy", "accuracy"),
     ("mean confidence", "mean_confidence"),
+    ("mean confidence, correct", "mean_confidence_correct"),
+    ("mean confidence, wrong", "mean_confidence_wrong"),
     ("outlier threshold", "threshold"),
     ("outlier rate", "outlier_rate"),
     ("recommended threshold (95% of correct above)", "recommended_threshold"),
-    ("OOD source", "ood.source"),
-    ("OOD inputs", "ood.n"),
-    ("OOD mean confidence", "ood.mean_ood_confidence"),
-    ("OOD flagged as outliers", "ood.ood_outlier_rate"),
-    ("OOD AUROC", "ood.auroc"),
-    ("OOD FPR at 95% TPR", "ood.fpr95"),
+    ("OOD:", ""),
     ("Thm 2 centroids", "theorem2.centroids"),
     ("Thm 2 feature margin: mean", "theorem2.feature_margin.mean"),
     ("Thm 2 feature margin: median", "theorem2.feature_margin.median"),
@@ -148,6 +187,14 @@ _ROWS: list[tuple[str, str]] = [
     ("Thm 2 bound ‖Δ‖: p05", "theorem2.input_bound.p05"),
     ("Thm 2 bound ‖Δ‖: min", "theorem2.input_bound.min"),
     ("accuracy-reject AUC", "reject.auc"),
+    ("accuracy rejecting 10%", "reject.acc_at_reject_10"),
+]
+_OOD_ROWS: list[tuple[str, str]] = [
+    ("inputs", "n"),
+    ("mean confidence", "mean_ood_confidence"),
+    ("flagged as outliers", "ood_outlier_rate"),
+    ("AUROC", "auroc"),
+    ("FPR at 95% TPR", "fpr95"),
 ]
 
 
@@ -160,12 +207,23 @@ def _get(d: Any, path: str) -> Any:
 
 
 def human_table(per_model: dict[str, dict[str, Any]], title: str) -> Table:
-    """Rows = metrics, columns = models; rows where every model has no value are dropped."""
+    """Rows = metrics, columns = models; rows where every model has no value are dropped.
+    OOD rows come once per source (``OOD uniform: AUROC`` …)."""
     t = Table(title=title, title_justify="left")
     t.add_column("metric", style="bold")
     for key in per_model:
         t.add_column(key, justify="right")
+    sources: list[str] = []
+    for m in per_model.values():
+        sources += [s for s in (m.get("ood_by_source") or {}) if s not in sources]
     for label, path in _ROWS:
+        if label == "OOD:":
+            for src in sources:
+                for sub, key in _OOD_ROWS:
+                    vals = [_get(m, f"ood_by_source.{src}.{key}") if src in (m.get("ood_by_source") or {})
+                            else None for m in per_model.values()]
+                    t.add_row(f"OOD {src}: {sub}", *(fmt(v) for v in vals))
+            continue
         vals = [_get(m, path) for m in per_model.values()]
         if all(v is None for v in vals):
             continue
@@ -173,11 +231,36 @@ def human_table(per_model: dict[str, dict[str, Any]], title: str) -> Table:
     return t
 
 
+def _ood_args(specs: list[str] | None, *, n_noise: int, model: KmModel, info: DataInfo,
+              root: Path | None, split: str, download: bool) -> list[Any]:
+    """``--ood`` values -> what :func:`kmtools.evaluate.evaluate` takes: noise kinds as
+    strings, datasets as DataInfo (the first ``n_noise`` inputs, same input shape)."""
+    values = [s.strip() for s in (specs if specs else ["uniform"])]
+    if any(v.lower() in _NO_OOD for v in values):
+        if len(values) > 1:
+            raise ConfigError("--ood none cannot be combined with other --ood values")
+        return []
+    out: list[Any] = []
+    want = tuple(model.input_shape or info.input_shape)
+    for v in values:
+        if v.lower() in NOISE_KINDS:
+            out.append(v.lower())
+            continue
+        ood_info = load_dataset(v, root=root, split=split, download=download)
+        if tuple(ood_info.input_shape) != want:
+            raise DataError(
+                f"OOD dataset {ood_info.name} has inputs of shape {tuple(ood_info.input_shape)} "
+                f"but the model expects {want}: give a dataset of the same shape, or noise"
+            )
+        out.append(subset(ood_info, min(n_noise, len(ood_info))))
+    return out
+
+
 def evaluate(
     model_path: ModelArg,
     data: DataOpt = None,
     compare: CompareOpt = None,
-    ood: OodOpt = "uniform",
+    ood: OodOpt = None,
     n_noise: NNoiseOpt = 1000,
     lipschitz: LipschitzOpt = None,
     per_class: PerClassOpt = 2,
@@ -208,10 +291,11 @@ def evaluate(
 
     Confidence is the softmax probability of the predicted class for a softmax network and
     the Gauss confidence κ for a Gauss network. An input is an outlier when that confidence
-    is below the model's threshold (1/c unless the checkpoint sets one). OOD detection
-    scores noise images (uniform in [0,1], or N(0.5, 0.25²) clipped) or a second dataset
-    against the test inputs by the same confidence (AUROC, FPR at 95% TPR). With --compare,
-    both models are evaluated on the same inputs and reported side by side under their head
+    is below the model's threshold (1/c unless the checkpoint sets one); the recommended
+    threshold keeps 95% of the correctly classified inputs above it. OOD detection scores
+    noise images (uniform in [0,1], or N(0.5, 0.25²) clipped) or a second dataset against
+    the test inputs by the same confidence (AUROC, FPR at 95% TPR). With --compare, both
+    models are evaluated on the same inputs and reported side by side under their head
     kinds, so gates like 'gauss.accuracy>=softmax.accuracy-0.003' work.
 
     Example: kmtools evaluate model.pt --arch resnet18 --data cifar10 --compare gauss.safetensors --out runs/
@@ -228,8 +312,9 @@ def evaluate(
         if out_dir.exists() and not out_dir.is_dir():
             raise ConfigError(f"--out {out_dir} is a file: give a folder")
         json_path, npz_path = out_dir / JSON_NAME, out_dir / NPZ_NAME
-        for p in (json_path, npz_path):
-            check_writable(p, force)
+        existing = [str(p) for p in (json_path, npz_path) if p.exists()]
+        if existing and not force:
+            raise OutputExistsError(f"{', '.join(existing)} already exist(s): pass --force to overwrite")
     timer = Timer()
     dev = device_of(device)
     opts: dict[str, Any] = dict(arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint,
@@ -237,54 +322,41 @@ def evaluate(
     with timer("load"):
         model = open_model(model_path, **opts)
         other = open_model(compare, **opts) if compare is not None else None
-    info = open_data(data, root=data_root, split=split, n=n, download=download, model=model)
-    if other is not None:
-        check_compatible(info, other.num_classes, other.input_shape)
-
-    ood_arg: Any = None
-    ood_key = ood.strip().lower()
-    if ood_key in NOISE_KINDS:
-        ood_arg = ood_key
-    elif ood_key not in ("none", "off", ""):
-        with timer("load"):
-            ood_info = load_dataset(ood, root=data_root, split=split, download=download)
-        want = tuple(model.input_shape or info.input_shape)
-        if tuple(ood_info.input_shape) != want:
-            raise DataError(
-                f"OOD dataset {ood_info.name} has inputs of shape {tuple(ood_info.input_shape)} "
-                f"but the model expects {want}"
-            )
-        ood_arg = subset(ood_info, min(n_noise, len(ood_info))) if n_noise > 0 else None
+        info = open_data(data, root=data_root, split=split, n=n, download=download, model=model)
+        if other is not None:
+            check_compatible(info, other.num_classes, other.input_shape)
+        ood_args = _ood_args(ood, n_noise=n_noise, model=model, info=info, root=data_root, split=split,
+                             download=download)
 
     models = [model] + ([other] if other is not None else [])
     paths = [model_path] + ([compare] if compare is not None else [])
     keys = _keys(model, other)
     evals: dict[str, EvalResult] = {}
     lip_info: dict[str, dict[str, Any] | None] = {}
-    for key, m in zip(keys, models):
+    for key, m in zip(keys, models, strict=True):
         with timer("lipschitz"):
             lp, how = _lipschitz(lipschitz, m)
         lip_info[key] = how
-        with timer(f"evaluate_{key}"), out.progress(f"evaluate {key}", len(info)) as prog:
+        total = len(info) + sum(len(a) if not isinstance(a, str) else n_noise for a in ood_args)
+        with timer(f"evaluate_{key}"), out.progress(f"evaluate {key}", total) as prog:
             evals[key] = run_evaluate(
-                m, info.dataset, ood=ood_arg, n_noise=n_noise, batch_size=batch_size, device=dev,
+                m, info.dataset, ood=ood_args, n_noise=n_noise, batch_size=batch_size, device=dev,
                 seed=seed, amp=amp, progress=prog, lipschitz=lp, per_class=per_class, workers=workers,
             )
 
     per_model: dict[str, dict[str, Any]] = {}
     for key, res in evals.items():
         d = res.to_dict()
-        if d.get("ood") is not None and not isinstance(ood_arg, str):
-            d["ood"]["source"] = getattr(ood_arg, "name", ood)
-        if d.get("theorem2") is not None and lip_info.get(key):
-            d["theorem2"]["lipschitz_method"] = lip_info[key]["method"]  # type: ignore[index]
-            d["theorem2"]["lipschitz_guaranteed"] = lip_info[key]["guaranteed"]  # type: ignore[index]
+        how = lip_info.get(key)
+        if d.get("theorem2") is not None and how:
+            d["theorem2"]["lipschitz_method"] = how["method"]
+            d["theorem2"]["lipschitz_guaranteed"] = how["guaranteed"]
         per_model[key] = d
     results: dict[str, Any] = dict(per_model[keys[0]])
     if other is not None:
         for key in keys:
             results[key] = per_model[key]
-        results["models"] = {key: str(p) for key, p in zip(keys, paths)}
+        results["models"] = {key: str(p) for key, p in zip(keys, paths, strict=True)}
 
     data_doc = {**info.to_dict(), "classes": info.classes}
     extra: dict[str, Any] = {}
@@ -294,8 +366,7 @@ def evaluate(
                    seed=seed, device=dev, timings=timer.timings, **extra)
 
     if json_path is not None and npz_path is not None:
-        fig_key = _figure_key(keys)
-        _save_npz(npz_path, _arrays(evals, fig_key), force)
+        _save_npz(npz_path, _arrays(evals, _figure_key(keys)), force)
         write_json(json_path, doc, force)
         out.info(f"wrote {json_path} and {npz_path}")
 

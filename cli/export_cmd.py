@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import torch
 import typer
-from kmtools_cli._common import Timer, describe_model, ints, open_model
+from kmtools_cli._common import Timer, describe_model, ints, open_data, open_model
 from kmtools_cli._options import (
     ArchOpt,
+    DataRootOpt,
     DebugOpt,
     ForceOpt,
     FormatOpt,
@@ -19,6 +21,7 @@ from kmtools_cli._options import (
     NumClassesOpt,
     QuietOpt,
     SeedOpt,
+    SplitOpt,
     StdOpt,
     TrustOpt,
 )
@@ -40,6 +43,12 @@ CheckOpt = Annotated[bool, typer.Option(
     "--check/--no-check", help="Reload every written file and compare it with the eager model "
     "on random batches of 1 and 7 inputs (needs onnxruntime for ONNX).")]
 AtolOpt = Annotated[float, typer.Option("--atol", help="Largest absolute difference accepted by the check.")]
+CHECK_DATA_INPUTS = 8
+DataExampleOpt = Annotated[str | None, typer.Option(
+    "--data", "-d", show_default=False,
+    help=f"Trace and check on the first {CHECK_DATA_INPUTS} inputs of this dataset (and random inputs in "
+    "their value range) instead of random inputs alone: a Gauss network's κ is ~0 on many random "
+    "inputs, which makes a check on them alone weak.")]
 InputShapeOpt = Annotated[str | None, typer.Option(
     "--input-shape", help="Input shape without the batch, e.g. 3,32,32 (for models that do not know it).")]
 
@@ -68,6 +77,9 @@ def export_model(
     mean: MeanOpt = None,
     std: StdOpt = None,
     input_shape: InputShapeOpt = None,
+    data: DataExampleOpt = None,
+    data_root: DataRootOpt = None,
+    split: SplitOpt = "test",
     seed: SeedOpt = 0,
     fmt_: FormatOpt = "human",
     quiet: QuietOpt = False,
@@ -77,12 +89,13 @@ def export_model(
 
     kmtools: .safetensors with kmtools metadata (input of every other command);
     pt2: a torch.export program, kmtools' TorchScript successor (torch.export.load(p).module());
-    onnx: an ONNX model for onnxruntime. The programs take pixel-space inputs named 'input'
-    with a dynamic batch dimension and return 'scores' (logits, or κ for a Gauss head) and
-    'confidences' (softmax, or κ). Each file is checked against the eager model before it is
-    moved into place; a failed check writes nothing.
+    onnx: an ONNX model (opset >= 17) for onnxruntime. 'torchscript' is accepted as a name for
+    pt2. The programs take pixel-space inputs named 'input' with a dynamic batch dimension and
+    return 'scores' (logits, or κ for a Gauss head) and 'confidences' (softmax, or κ). Each
+    file is reloaded and compared with the eager model (max abs diff in the results) before it
+    is moved into place; a failed check writes nothing.
 
-    Example: kmtools export gauss.safetensors --out exported/ --formats pt2,onnx
+    Example: kmtools export gauss.safetensors --out exported/ --formats kmtools,torchscript,onnx --data digits
     """
     out = Output(fmt_, quiet)
     if out_dir is None:
@@ -94,17 +107,25 @@ def export_model(
                            trust=trust_checkpoint, norm=norm, mean=mean, std=std, input_shape=input_shape)
     if model.input_shape is None and input_shape is not None:
         model.input_shape = tuple(ints(input_shape, "--input-shape") or ())
+    example = None
+    data_doc = None
+    if data is not None:
+        with timer("load"):
+            info = open_data(data, root=data_root, split=split, n=CHECK_DATA_INPUTS, model=model)
+            example = torch.stack([torch.as_tensor(info.dataset[i][0]) for i in range(len(info))])
+        data_doc = info.to_dict()
     with timer("export"):
-        result = export(model, out_dir, formats=fmts, opset=opset, check=check, atol=atol, force=force,
-                        seed=seed, progress=out.info)
+        result = export(model, out_dir, formats=fmts, opset=opset, example=example, check=check, atol=atol,
+                        force=force, seed=seed, progress=out.info)
     results = result.to_dict()
-    doc = envelope("export", results, model=describe_model(model_path, model), seed=seed, device="cpu",
-                   timings=timer.timings)
+    doc = envelope("export", results, model=describe_model(model_path, model), data=data_doc, seed=seed,
+                   device="cpu", timings=timer.timings)
 
     def human(con: Console) -> None:
         t = Table(title=f"export of {model_path}", title_justify="left")
         for col in ("format", "file", "size", "export s", "max |Δ| vs eager"):
-            t.add_column(col, justify="right" if col in ("size", "export s", "max |Δ| vs eager") else "left")
+            t.add_column(col, justify="left" if col in ("format", "file") else "right",
+                         overflow="fold" if col == "file" else "ellipsis")
         for name, f in result.files.items():
             diff = "not checked" if f.max_abs_diff is None else f"{f.max_abs_diff:.2g}"
             t.add_row(name, f.path, _size(f.bytes), f"{f.seconds:.2f}", diff)

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
+from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
+from kmtools_cli._options import (
+    ArchOpt,
+    BatchOpt,
+    DataOpt,
+    DataRootOpt,
+    DebugOpt,
+    DeviceOpt,
+    FormatOpt,
+    HeadPathOpt,
+    MeanOpt,
+    ModelArg,
+    NOpt,
+    NormOpt,
+    NumClassesOpt,
+    QuietOpt,
+    SplitOpt,
+    StdOpt,
+    TrustOpt,
+)
+from kmtools_cli._output import Output, kv_table
 from rich.console import Console
 
 from kmtools.centroids import theorem1_agreement
 from kmtools.data import subset
 from kmtools.features import extract
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    ArchOpt, BatchOpt, DataOpt, DataRootOpt, DebugOpt, DeviceOpt, FormatOpt, HeadPathOpt, MeanOpt,
-    ModelArg, NOpt, NormOpt, NumClassesOpt, QuietOpt, SplitOpt, StdOpt, TrustOpt,
-)
-from kmtools_cli._output import Output, kv_table
 
 
 def inspect(

@@ -7,8 +7,8 @@ import sys
 import traceback
 from typing import Annotated, Any
 
-import click
 import typer
+from typer._click.exceptions import ClickException  # typer vendors click
 from typer.core import TyperGroup
 
 import kmtools
@@ -18,21 +18,37 @@ from kmtools.errors import KmtoolsError
 class _Group(TyperGroup):
     """Root group: a KmtoolsError becomes ``error: <message>`` on stderr and its exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer.Context; typer vendors its own click
         try:
             return super().invoke(ctx)
         except KmtoolsError as exc:
-            if os.environ.get("KMTOOLS_DEBUG") or "--debug" in sys.argv:
+            if _debug():
                 traceback.print_exc()
             msg = " ".join(str(exc).split())
-            click.echo(f"error: {msg}", err=True)
+            typer.echo(f"error: {msg}", err=True)
             raise SystemExit(exc.exit_code) from None
         except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
+            typer.echo("error: interrupted", err=True)
             raise SystemExit(130) from None
         except MemoryError:
-            click.echo("error: out of memory: try a smaller --batch-size or -n", err=True)
+            typer.echo("error: out of memory: try a smaller --batch-size or -n", err=True)
             raise SystemExit(1) from None
+        except (typer.Exit, typer.Abort, ClickException):
+            raise
+        except Exception as exc:  # a bug in kmtools, not the user's mistake: a failed run, exit 1
+            if "out of memory" in str(exc).lower():
+                typer.echo("error: the device ran out of memory: pass a smaller --batch-size", err=True)
+                raise SystemExit(1) from None
+            if _debug():
+                traceback.print_exc()
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            typer.echo(f"error: internal error ({type(exc).__name__}: {first}); rerun with --debug "
+                       "for the traceback and report it", err=True)
+            raise SystemExit(1) from None
+
+
+def _debug() -> bool:
+    return bool(os.environ.get("KMTOOLS_DEBUG")) or "--debug" in sys.argv
 
 
 app = typer.Typer(
@@ -61,12 +77,18 @@ def _root(
     """kmtools: Gauss networks, attacks, NEON explanations and boundary geometry for your checkpoint."""
 
 
-def _register() -> None:
-    from kmtools_cli import centroids_cmd, inspect_cmd, tailor_cmd
+#: Command modules in ``cli/``, each with ``register(app)``; the order is the order in ``--help``.
+COMMAND_MODULES = (
+    "inspect_cmd", "centroids_cmd", "tailor_cmd", "evaluate_cmd", "export_cmd", "attack", "explain_cmd",
+    "geometry_cmd", "report", "demo_cmd",
+)
 
-    inspect_cmd.register(app)
-    centroids_cmd.register(app)
-    tailor_cmd.register(app)
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"kmtools_cli.{name}").register(app)
 
 
 _register()

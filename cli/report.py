@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, GateOpt, QuietOpt
+from kmtools_cli._output import Output
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kmtools.errors import GateError
@@ -14,8 +17,6 @@ from kmtools.report import gates
 from kmtools.report.collect import load_run
 from kmtools.report.render import summary, write_report
 from kmtools.report.schema import envelope
-from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, GateOpt, QuietOpt
-from kmtools_cli._output import Output
 
 RunArgs = Annotated[
     list[Path],
@@ -50,6 +51,8 @@ def report(
     """
     out = Output(fmt, quiet)
     run = load_run(paths)
+    for skipped, why in run.skipped:
+        out.info(f"skipped {skipped}: {why}")
     doc = run.gate_doc()
     outcome = gates.check(gate or [], doc)  # a malformed gate stops here, before any drawing
     out.info(f"drawing figures and writing {out_path} …")
@@ -73,10 +76,11 @@ def report(
 
 
 def check(
-    paths: Annotated[
-        list[Path], typer.Argument(help="Result JSON files and/or run directories.", show_default=False)
-    ],
+    paths: Annotated[list[Path], typer.Argument(help="Result JSON files and/or run directories.", show_default=False)],
     gate: GateOpt = None,
+    list_paths: Annotated[
+        bool, typer.Option("--paths", help="List the paths gates can use on these results, and exit.")
+    ] = False,
     fmt: FormatOpt = "human",
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -85,16 +89,28 @@ def check(
 
     A gate is PATH OP EXPR with OP one of < <= > >= == != and EXPR a number, a path or
     arithmetic of those; paths are dotted keys into the results. Several files or run
-    directories are merged (docs/ci.md). A bad expression or unknown path is a usage error
-    (exit 2) that lists the valid paths.
+    directories are merged: each command's results also sit under its name
+    (attack_onepixel.gauss.onepixel.rate). A list element is path[i] (fgsm.accuracy[-1]). A bad
+    expression or unknown path is a usage error (exit 2) that lists the valid paths; --paths
+    lists them. Grammar and paths of every command: docs/gates.md.
 
     Example: kmtools check runs/evaluate.json --gate 'gauss.accuracy>=softmax.accuracy-0.003'
     """
-    if not gate:
-        raise GateError("kmtools check needs at least one --gate EXPR, e.g. --gate 'accuracy>=0.9'")
     out = Output(fmt, quiet)
+    if not gate and not list_paths:
+        raise GateError(
+            "kmtools check needs at least one --gate EXPR, e.g. --gate 'accuracy>=0.9' (--paths lists them)"
+        )
     doc = load_run(paths).gate_doc()
-    outcome = gates.check(gate, doc)
+    if list_paths:
+        valid = gates.valid_paths(doc)
+
+        def show(con: Console) -> None:
+            con.print("\n".join(valid), highlight=False, markup=False)
+
+        out.emit(envelope("check", {"paths": valid}), show)
+        return
+    outcome = gates.check(gate or [], doc)
     failed = [g for g in outcome if not g.passed]
     results = {"passed": not failed, "gates": [g.to_dict() for g in outcome]}
 
@@ -105,7 +121,7 @@ def check(
         for g in outcome:
             t.add_row(
                 "[green]pass[/]" if g.passed else "[bold red]FAIL[/]",
-                g.expr,
+                escape(g.expr),
                 f"{g.value:.6g}",
                 f"{g.bound:.6g}",
             )

@@ -8,6 +8,32 @@ from typing import Annotated, Any
 
 import torch
 import typer
+from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
+from kmtools_cli._options import (
+    AmpOpt,
+    ArchOpt,
+    BatchOpt,
+    DataOpt,
+    DataRootOpt,
+    DebugOpt,
+    DeviceOpt,
+    ForceOpt,
+    FormatOpt,
+    GateOpt,
+    HeadPathOpt,
+    MeanOpt,
+    ModelArg,
+    NOpt,
+    NormOpt,
+    NumClassesOpt,
+    OutOpt,
+    QuietOpt,
+    SeedOpt,
+    StdOpt,
+    TrustOpt,
+)
+from kmtools_cli._output import Output
+from kmtools_cli._output import fmt as fmtv
 from rich.console import Console
 from rich.table import Table
 
@@ -17,12 +43,6 @@ from kmtools.io import write_json
 from kmtools.models import KmModel, require_split, save_model
 from kmtools.report.schema import envelope
 from kmtools.tailor import TailorConfig, init_distributed, tailor
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    AmpOpt, ArchOpt, BatchOpt, DataOpt, DataRootOpt, DebugOpt, DeviceOpt, ForceOpt, FormatOpt, GateOpt,
-    HeadPathOpt, MeanOpt, ModelArg, NOpt, NormOpt, NumClassesOpt, OutOpt, QuietOpt, SeedOpt, StdOpt, TrustOpt,
-)
-from kmtools_cli._output import Output, fmt as fmtv
 
 
 def _accuracy(model: KmModel, data: Any, batch: int, dev: torch.device, amp: bool) -> tuple[float, float]:

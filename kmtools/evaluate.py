@@ -32,6 +32,7 @@ Per-sample arrays are kept in the :class:`EvalResult` for figures and reports.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,11 @@ GAUSSIAN_STD = 0.25
 TPR_LEVEL = 0.95
 RECOMMENDED_PERCENTILE = 5.0
 REJECT_RATES = (0.05, 0.1, 0.2)
+REJECT_CURVE_POINTS = 201
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.\-]", "-", name) or "ood"
 
 
 # --------------------------------------------------------------------------- metrics
@@ -112,7 +118,9 @@ def summary(values: Any) -> dict[str, float] | None:
     }
 
 
-def recommended_threshold(confidence: Any, correct: Any, percentile: float = RECOMMENDED_PERCENTILE) -> float | None:
+def recommended_threshold(
+    confidence: Any, correct: Any, percentile: float = RECOMMENDED_PERCENTILE
+) -> float | None:
     """The ``percentile``-th percentile (numpy's linear interpolation) of the confidence of
     the correctly classified inputs: 95% of them lie at or above it for the default 5.
     None when no input is classified correctly."""
@@ -126,7 +134,9 @@ def recommended_threshold(confidence: Any, correct: Any, percentile: float = REC
 # --------------------------------------------------------------------------- Theorem 2
 
 
-def theorem2_margin(features: torch.Tensor, centroids: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+def theorem2_margin(
+    features: torch.Tensor, centroids: torch.Tensor, predictions: torch.Tensor
+) -> torch.Tensor:
     """Feature-space margin of Theorem 2, per input: max(0, min_{l≠k} ‖C_l − C_k‖/2 − ‖f(x) − C_k‖).
 
     Derivation (paper, Theorem 2 and its proof). Let k be the predicted class of x, i.e. the
@@ -168,8 +178,9 @@ def _theorem2_space(model: KmModel) -> tuple[str, torch.Tensor, bool] | None:
     """(description, centroids, augmented) for the model's head, or None when Theorem 2 does
     not apply (a head without class centroids)."""
     head = model.head
-    if model.head_kind == "gauss" and isinstance(getattr(head, "centroids", None), torch.Tensor):
-        return "gauss", head.centroids.detach().double().cpu(), False
+    cents = getattr(head, "centroids", None)
+    if model.head_kind == "gauss" and isinstance(cents, torch.Tensor):
+        return "gauss", cents.detach().double().cpu(), False
     if isinstance(head, nn.Linear) and model.head_path is not None:
         from kmtools.centroids import equidistant
 
@@ -216,8 +227,11 @@ class EvalResult:
 
     Arrays (length N = number of evaluated inputs unless noted): ``confidence`` (confidence
     of the predicted class), ``label_confidence`` (confidence of the true class),
-    ``prediction``, ``label``, ``correct``, ``margin`` (Theorem 2 feature margin, or None),
-    ``noise_confidence`` / ``noise_prediction`` (over the OOD inputs, or None). Prototypes and
+    ``prediction``, ``label``, ``correct``, ``margin`` (Theorem 2 feature margin, or None).
+    ``ood_confidence`` / ``ood_prediction`` map each OOD source (``uniform``, ``gaussian``
+    or a dataset name), in the order given, to the predicted-class confidence and the
+    prediction on its inputs; ``ood_source``, ``noise_confidence`` and ``noise_prediction``
+    are those of the first source (None without OOD inputs). Prototypes and
     outliers (paper Fig. 3): per class with at least one input, the ``per_class`` inputs of
     highest and lowest confidence in their true class, with dataset index, confidence, label
     and image (``proto_*``, ``outlier_*``; prototypes highest first, outliers lowest first).
@@ -233,9 +247,8 @@ class EvalResult:
     margin: np.ndarray | None = None
     theorem2_centroids: str | None = None
     lipschitz: float | None = None
-    ood_source: str | None = None
-    noise_confidence: np.ndarray | None = None
-    noise_prediction: np.ndarray | None = None
+    ood_confidence: dict[str, np.ndarray] = field(default_factory=dict)
+    ood_prediction: dict[str, np.ndarray] = field(default_factory=dict)
     proto_index: np.ndarray = field(default_factory=lambda: _empty(np.int64))
     proto_conf: np.ndarray = field(default_factory=lambda: _empty(np.float32))
     proto_labels: np.ndarray = field(default_factory=lambda: _empty(np.int64))
@@ -272,16 +285,45 @@ class EvalResult:
         return recommended_threshold(self.confidence, self.correct)
 
     @property
-    def auroc(self) -> float | None:
-        if self.noise_confidence is None or self.noise_confidence.size == 0:
+    def ood_source(self) -> str | None:
+        return next(iter(self.ood_confidence), None)
+
+    @property
+    def noise_confidence(self) -> np.ndarray | None:
+        src = self.ood_source
+        return self.ood_confidence[src] if src is not None else None
+
+    @property
+    def noise_prediction(self) -> np.ndarray | None:
+        src = self.ood_source
+        return self.ood_prediction.get(src) if src is not None else None
+
+    def ood_metrics(self, source: str | None = None) -> dict[str, Any] | None:
+        """AUROC, FPR at 95% TPR, mean confidence and outlier share of one OOD source (the
+        first by default); None when it has no inputs. In-distribution inputs are the
+        positives, the predicted-class confidence the score."""
+        src = source if source is not None else self.ood_source
+        if src is None or src not in self.ood_confidence or self.ood_confidence[src].size == 0:
             return None
-        return auroc(self.confidence, self.noise_confidence)
+        nc = self.ood_confidence[src].astype(np.float64)
+        return {
+            "source": src,
+            "n": int(nc.size),
+            "auroc": auroc(self.confidence, nc),
+            "fpr95": fpr_at_tpr(self.confidence, nc, TPR_LEVEL),
+            "mean_ood_confidence": float(nc.mean()),
+            "ood_outlier_rate": float((nc < self.threshold).mean()),
+        }
+
+    @property
+    def auroc(self) -> float | None:
+        m = self.ood_metrics()
+        return m["auroc"] if m else None
 
     @property
     def fpr95(self) -> float | None:
-        if self.noise_confidence is None or self.noise_confidence.size == 0:
-            return None
-        return fpr_at_tpr(self.confidence, self.noise_confidence, TPR_LEVEL)
+        m = self.ood_metrics()
+        return m["fpr95"] if m else None
 
     @property
     def input_bound(self) -> np.ndarray | None:
@@ -292,18 +334,9 @@ class EvalResult:
 
     # ---- serialisation
 
-    def _ood_dict(self) -> dict[str, Any] | None:
-        if self.noise_confidence is None or self.noise_confidence.size == 0:
-            return None
-        nc = self.noise_confidence.astype(np.float64)
-        return {
-            "source": self.ood_source,
-            "n": int(nc.size),
-            "auroc": self.auroc,
-            "fpr95": self.fpr95,
-            "mean_ood_confidence": float(nc.mean()),
-            "ood_outlier_rate": float((nc < self.threshold).mean()),
-        }
+    def _ood_by_source(self) -> dict[str, Any] | None:
+        out = {src: self.ood_metrics(src) for src in self.ood_confidence}
+        return out or None
 
     def _theorem2_dict(self) -> dict[str, Any] | None:
         if self.margin is None:
@@ -323,19 +356,23 @@ class EvalResult:
         out["input_bound"] = inp
         return out
 
-    def reject_curve(self) -> Any:
-        """The accuracy-reject curve of the confidence (kmtools.heads.reject), or None when
-        that module is not available."""
+    def reject_curve(self, max_points: int | None = None) -> Any:
+        """The accuracy-reject curve of the predicted-class confidence
+        (:func:`kmtools.heads.reject.accuracy_reject_curve`: accuracy on the accepted inputs
+        against the share rejected, rejecting ``confidence < θ`` for every θ), or None when
+        that module is not available or there are no inputs."""
         try:
             from kmtools.heads.reject import accuracy_reject_curve
-        except ImportError:  # pragma: no cover - depends on the optional heads module
+        except ImportError:  # pragma: no cover - depends on the heads module
+            return None
+        if self.n == 0:
             return None
         return accuracy_reject_curve(torch.from_numpy(self.confidence.astype(np.float64)),
-                                     torch.from_numpy(self.correct))
+                                     torch.from_numpy(self.correct), max_points=max_points)
 
     def _reject_dict(self) -> dict[str, Any] | None:
         curve = self.reject_curve()
-        if curve is None or self.n == 0:
+        if curve is None:
             return None
         out: dict[str, Any] = {"auc": float(curve.auc)}
         for rate in REJECT_RATES:
@@ -346,7 +383,8 @@ class EvalResult:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """Scalar metrics, JSON-friendly (nested objects: ``ood``, ``theorem2``, ``reject``)."""
+        """Scalar metrics, JSON-friendly. Nested objects: ``ood`` (the first OOD source),
+        ``ood_by_source`` (every source), ``theorem2``, ``reject``; None where not computed."""
         ok = self.correct
         conf = self.confidence.astype(np.float64)
         return {
@@ -360,13 +398,19 @@ class EvalResult:
             "threshold": float(self.threshold),
             "outlier_rate": self.outlier_rate,
             "recommended_threshold": self.recommended_threshold,
-            "ood": self._ood_dict(),
+            "ood": self.ood_metrics(),
+            "ood_by_source": self._ood_by_source(),
             "theorem2": self._theorem2_dict(),
             "reject": self._reject_dict(),
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """Per-sample arrays and the Fig. 3 prototypes/outliers, for ``np.savez``."""
+        """Per-sample arrays, OOD confidences, the accuracy-reject curve (at most
+        :data:`REJECT_CURVE_POINTS` points) and the Fig. 3 prototypes/outliers, for ``np.savez``.
+
+        ``noise_confidence``/``noise_prediction`` hold the first OOD source, and every source
+        also appears as ``ood_<source>_confidence``/``ood_<source>_prediction`` (the source
+        name with characters other than letters, digits, ``-`` and ``.`` replaced by ``-``)."""
         out: dict[str, np.ndarray] = {
             "confidence": self.confidence,
             "label_confidence": self.label_confidence,
@@ -382,6 +426,16 @@ class EvalResult:
             out["noise_confidence"] = self.noise_confidence
         if self.noise_prediction is not None:
             out["noise_prediction"] = self.noise_prediction
+        for src, conf in self.ood_confidence.items():
+            tag = _safe_name(src)
+            out[f"ood_{tag}_confidence"] = conf
+            if src in self.ood_prediction:
+                out[f"ood_{tag}_prediction"] = self.ood_prediction[src]
+        curve = self.reject_curve(REJECT_CURVE_POINTS)
+        if curve is not None:
+            out["reject_rate"] = np.asarray(curve.reject_rate, dtype=np.float64)
+            out["reject_accuracy"] = np.asarray(curve.accuracy, dtype=np.float64)
+            out["reject_threshold"] = np.asarray(curve.thresholds, dtype=np.float64)
         for part in ("proto", "outlier"):
             for what in ("index", "conf", "labels", "images"):
                 out[f"{part}_{what}"] = getattr(self, f"{part}_{what}")
@@ -395,46 +449,53 @@ class _Extremes:
     """Running top-k (prototypes) and bottom-k (outliers) per class, with their images.
 
     Holds at most 2·k images per class; every stored image is a copy, never a view of a
-    batch (which would keep the whole batch alive)."""
+    batch (which would keep the whole batch alive). Each batch is merged with a handful of
+    whole-batch tensor operations (no loop over classes). Ties keep the earlier input."""
 
     def __init__(self, k: int) -> None:
         self.k = k
-        self.top: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.bottom: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # (confidence, dataset index, label, image) of the kept inputs, grouped by label
+        self.top: tuple[torch.Tensor, ...] | None = None
+        self.bottom: tuple[torch.Tensor, ...] | None = None
 
-    def _merge(self, store: dict[int, Any], cls: int, conf: torch.Tensor, idx: torch.Tensor,
-               rows: torch.Tensor, x: torch.Tensor, descending: bool) -> None:
-        """Merge the class's candidates of this batch (``conf``, dataset ``idx``, batch ``rows``)
-        into ``store``; only the (at most k) winners' images are copied out of ``x``."""
-        order = torch.sort(conf, descending=descending, stable=True).indices[: self.k]
-        conf, idx = conf[order], idx[order]
-        imgs = x[rows[order].to(x.device)].detach().float().cpu().clone()
-        if cls in store:
-            oc, oi, ox = store[cls]
-            conf, idx, imgs = torch.cat([oc, conf]), torch.cat([oi, idx]), torch.cat([ox, imgs])
-            keep = torch.sort(conf, descending=descending, stable=True).indices[: self.k]
-            conf, idx, imgs = conf[keep], idx[keep], imgs[keep]
-        store[cls] = (conf, idx, imgs)
+    def _keep(self, conf: torch.Tensor, labels: torch.Tensor, descending: bool) -> torch.Tensor:
+        """Row indices of the first k per label by ``conf`` (stable), grouped by ascending label."""
+        order = torch.sort(conf, descending=descending, stable=True).indices
+        order = order[torch.sort(labels[order], stable=True).indices]
+        lab = labels[order]
+        pos = torch.arange(len(lab))
+        first = torch.ones(len(lab), dtype=torch.bool)
+        first[1:] = lab[1:] != lab[:-1]
+        group_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+        return order[pos - group_start < self.k]
+
+    def _merge(self, store: tuple[torch.Tensor, ...] | None, conf: torch.Tensor, labels: torch.Tensor,
+               idx: torch.Tensor, x: torch.Tensor, descending: bool) -> tuple[torch.Tensor, ...]:
+        rows = self._keep(conf, labels, descending)
+        imgs = x[rows.to(x.device)].detach().float().cpu().clone()
+        cand = (conf[rows], idx[rows], labels[rows], imgs)
+        if store is None:
+            return cand
+        both = tuple(torch.cat([a, b]) for a, b in zip(store, cand, strict=True))
+        keep = self._keep(both[0], both[2], descending)
+        return tuple(t[keep] for t in both)
 
     def update(self, conf: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor, x: torch.Tensor) -> None:
         """``conf``, ``labels``, ``idx``: (B,) on the CPU; ``x``: the batch (any device)."""
-        if self.k <= 0:
+        if self.k <= 0 or len(labels) == 0:
             return
-        for cls in labels.unique().tolist():
-            rows = (labels == cls).nonzero().flatten()
-            self._merge(self.top, int(cls), conf[rows], idx[rows], rows, x, True)
-            self._merge(self.bottom, int(cls), conf[rows], idx[rows], rows, x, False)
+        conf, labels, idx = conf.float(), labels.long(), idx.long()
+        self.top = self._merge(self.top, conf, labels, idx, x, True)
+        self.bottom = self._merge(self.bottom, conf, labels, idx, x, False)
 
-    def arrays(self, store: dict[int, Any], shape: Sequence[int]) -> tuple[np.ndarray, ...]:
-        classes = sorted(store)
-        if not classes:
+    @staticmethod
+    def arrays(store: tuple[torch.Tensor, ...] | None, shape: Sequence[int]) -> tuple[np.ndarray, ...]:
+        """``(index, confidence, label, image)`` arrays, classes ascending."""
+        if store is None:
             return (_empty(np.int64), _empty(np.float32), _empty(np.int64),
                     np.zeros((0, *shape), dtype=np.float32))
-        conf = torch.cat([store[c][0] for c in classes]).float().numpy()
-        idx = torch.cat([store[c][1] for c in classes]).long().numpy()
-        labels = np.concatenate([np.full(len(store[c][0]), c, dtype=np.int64) for c in classes])
-        imgs = torch.cat([store[c][2] for c in classes]).numpy()
-        return idx, conf, labels, imgs
+        conf, idx, labels, imgs = store
+        return idx.numpy(), conf.numpy(), labels.numpy(), imgs.numpy()
 
 
 def _as_dataset(data: Any) -> tuple[Dataset[Any], str | None, tuple[int, ...] | None]:
@@ -443,6 +504,35 @@ def _as_dataset(data: Any) -> tuple[Dataset[Any], str | None, tuple[int, ...] | 
     if inner is not None and hasattr(data, "input_shape"):
         return inner, str(getattr(data, "name", "dataset")), tuple(data.input_shape)
     return data, None, None
+
+
+def _ood_sources(ood: Any, n_noise: int) -> list[tuple[str, Any, int]]:
+    """``[(name, "uniform"|"gaussian"|Dataset, number of inputs)]`` from ``evaluate``'s ``ood``.
+
+    Names are the noise kind, the DataInfo's name, or ``dataset`` for a bare Dataset;
+    a repeated name gets a suffix (``dataset-2``)."""
+    items = list(ood) if isinstance(ood, (list, tuple)) else ([] if ood is None else [ood])
+    out: list[tuple[str, Any, int]] = []
+    for item in items:
+        src: Any
+        if isinstance(item, str):
+            key = item.strip().lower()
+            if key not in NOISE_KINDS:
+                raise ConfigError(
+                    f"ood must be {' or '.join(NOISE_KINDS)}, a Dataset, or None; got {item!r}"
+                )
+            if n_noise < 0:
+                raise ConfigError(f"n_noise must be non-negative, got {n_noise}")
+            name, src, n = key, key, int(n_noise)
+        else:
+            src, ds_name, _ = _as_dataset(item)
+            name, n = ds_name or "dataset", len(src)
+        taken = {o[0] for o in out}
+        base, k = name, 2
+        while name in taken:
+            name, k = f"{base}-{k}", k + 1
+        out.append((name, src, n))
+    return out
 
 
 def _predict(head: nn.Module, f: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -458,7 +548,9 @@ def _predict(head: nn.Module, f: torch.Tensor, scores: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def _forward(model: KmModel, x: torch.Tensor, device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward(
+    model: KmModel, x: torch.Tensor, device: torch.device, amp: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features float32, confidences (n, c) float32, predictions) for one batch. The backbone
     may run under bf16 autocast; the head always runs in float32."""
     with autocast(device, amp):
@@ -473,7 +565,7 @@ def evaluate(
     model: KmModel,
     data: Dataset[Any] | Any,
     *,
-    ood: Dataset[Any] | Any | str | None = None,
+    ood: Dataset[Any] | Any | str | Sequence[Any] | None = None,
     n_noise: int = 1000,
     batch_size: int = 256,
     device: torch.device | str | None = None,
@@ -491,7 +583,8 @@ def evaluate(
         data: a Dataset of ``(x, y)`` in pixel space, or a kmtools ``DataInfo``.
         ood: ``"uniform"`` / ``"gaussian"`` for ``n_noise`` noise images of the model's input
             shape (see :func:`noise_batches`), a second Dataset/DataInfo (all its inputs are
-            used; labels ignored), or None for no OOD evaluation.
+            used; labels ignored), a list or tuple of several of these (each scored against
+            ``data`` on its own), or None for no OOD evaluation.
         n_noise: number of noise images.
         batch_size, device, amp, workers: as for :func:`kmtools.features.extract`.
         seed: seed of the noise images.
@@ -517,20 +610,8 @@ def evaluate(
     if total_in == 0:
         raise DataError("the dataset is empty: nothing to evaluate")
 
-    ood_ds: Dataset[Any] | None = None
-    ood_source: str | None = None
-    n_ood = 0
-    if isinstance(ood, str):
-        key = ood.strip().lower()
-        if key not in NOISE_KINDS:
-            raise ConfigError(f"ood must be {' or '.join(NOISE_KINDS)}, a Dataset, or None; got {ood!r}")
-        ood_source, n_ood = key, int(n_noise)
-        if n_ood < 0:
-            raise ConfigError(f"n_noise must be non-negative, got {n_noise}")
-    elif ood is not None:
-        ood_ds, ood_name, _ = _as_dataset(ood)
-        ood_source = ood_name or "dataset"
-        n_ood = len(ood_ds)  # type: ignore[arg-type]
+    sources = _ood_sources(ood, n_noise)
+    n_ood = sum(n for _, _, n in sources)
 
     model = model.to(dev).eval()
     c = model.num_classes
@@ -556,7 +637,9 @@ def evaluate(
             raise DataError("features contain NaN/Inf: check the input data and normalisation (--mean/--std)")
         yd = y.to(dev)
         if int(y.min()) < 0 or int(y.max()) >= conf.shape[1]:
-            raise DataError(f"labels must lie in 0..{conf.shape[1] - 1}, found {int(y.min())}..{int(y.max())}")
+            raise DataError(
+                f"labels must lie in 0..{conf.shape[1] - 1}, found {int(y.min())}..{int(y.max())}"
+            )
         pc = conf.gather(1, pred[:, None]).squeeze(1)
         lc = conf.gather(1, yd[:, None]).squeeze(1)
         confs.append(pc.cpu().numpy())
@@ -571,23 +654,24 @@ def evaluate(
         done += len(y)
         if progress:
             progress(done, total)
+    x = f = conf = None  # type: ignore[assignment]  # let the last batch go before the OOD pass
 
-    noise_conf: np.ndarray | None = None
-    noise_pred: np.ndarray | None = None
-    if ood_source is not None:
+    ood_conf: dict[str, np.ndarray] = {}
+    ood_pred: dict[str, np.ndarray] = {}
+    for name, src, n_src in sources:
         batches: Any
-        if ood_ds is None:
+        if isinstance(src, str):
             if shape is None:  # pragma: no cover - shape is known after one batch
                 raise ConfigError("cannot make noise images: the model's input shape is unknown")
-            batches = noise_batches(ood_source, n_ood, shape, seed=seed, batch_size=batch_size)
+            batches = noise_batches(src, n_src, shape, seed=seed, batch_size=batch_size)
         else:
-            batches = (b[0] for b in loader(ood_ds, batch_size, dev, workers))
+            batches = (b[0] for b in loader(src, batch_size, dev, workers))
         nc, npd = [], []
         for xb in batches:
             xb = xb.to(dev, non_blocking=True)
             if shape is not None and tuple(xb.shape[1:]) != tuple(shape):
                 raise DataError(
-                    f"OOD inputs have shape {tuple(xb.shape[1:])} but the model expects {tuple(shape)}"
+                    f"OOD inputs ({name}) have shape {tuple(xb.shape[1:])} but the model expects {tuple(shape)}"
                 )
             _, conf, pred = _forward(model, xb, dev, amp)
             nc.append(conf.gather(1, pred[:, None]).squeeze(1).cpu().numpy())
@@ -595,8 +679,8 @@ def evaluate(
             done += len(xb)
             if progress:
                 progress(done, total)
-        noise_conf = np.concatenate(nc).astype(np.float32) if nc else _empty(np.float32)
-        noise_pred = np.concatenate(npd).astype(np.int64) if npd else _empty(np.int64)
+        ood_conf[name] = np.concatenate(nc).astype(np.float32) if nc else _empty(np.float32)
+        ood_pred[name] = np.concatenate(npd).astype(np.int64) if npd else _empty(np.int64)
 
     img_shape = tuple(shape or ())
     p_idx, p_conf, p_lab, p_img = extremes.arrays(extremes.top, img_shape)
@@ -612,9 +696,8 @@ def evaluate(
         margin=np.concatenate(margins).astype(np.float64) if margins else None,
         theorem2_centroids=space[0] if space is not None else None,
         lipschitz=float(lipschitz) if lipschitz is not None else None,
-        ood_source=ood_source,
-        noise_confidence=noise_conf,
-        noise_prediction=noise_pred,
+        ood_confidence=ood_conf,
+        ood_prediction=ood_pred,
         proto_index=p_idx, proto_conf=p_conf, proto_labels=p_lab, proto_images=p_img,
         outlier_index=o_idx, outlier_conf=o_conf, outlier_labels=o_lab, outlier_images=o_img,
     )

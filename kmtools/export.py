@@ -67,6 +67,8 @@ MIN_OPSET = 17
 _NATIVE_OPSET = 18
 # Protobuf's hard limit is 2 GiB; above this the weights go to an external-data file.
 _ONNX_EXTERNAL_BYTES = 1_800_000_000
+# ... and tensors of at least this many bytes go there (smaller ones stay inline).
+_ONNX_EXTERNAL_MIN_TENSOR = 1024
 _MAX_BATCH = 1 << 20
 
 
@@ -271,7 +273,7 @@ def export(
     inputs = _check_inputs(x0, seed, given=example is not None) if check else []
     refs = [_eager(net, x) for x in inputs]
     folder = next(iter(targets.values())).parent
-    created = not folder.exists()
+    created = _missing_dirs(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=".kmtools-export-", dir=folder))
@@ -327,9 +329,9 @@ def export(
                 os.replace(src, targets[fmt].parent / src.name)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
-        if created:
+        for d in created:  # deepest first; only the folders this call made, and only if empty
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                d.rmdir()
         raise
     shutil.rmtree(stage, ignore_errors=True)
     return ExportResult(
@@ -400,6 +402,16 @@ def _check_targets(paths: Iterable[Path], force: bool) -> None:
         names = ", ".join(str(p) for p in existing)
         verb = "exists" if len(existing) == 1 else "exist"
         raise OutputExistsError(f"{names} already {verb}: pass --force to overwrite")
+
+
+def _missing_dirs(folder: Path) -> list[Path]:
+    """The folders ``folder.mkdir(parents=True)`` would create, deepest first."""
+    out: list[Path] = []
+    p = folder.absolute()
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
 
 
 def _cpu_copy(model: KmModel) -> KmModel:
@@ -501,13 +513,52 @@ def _save_pt2(program: torch.export.ExportedProgram, net: KmModel, x0: torch.Ten
         ) from exc
 
 
+_TORCHLIB_REGISTRIES: dict[int, Any] = {}
+
+
+@contextlib.contextmanager
+def _reuse_torchlib_registry() -> Iterator[None]:
+    """Build torch's ONNX operator registry once per process and opset.
+
+    ``torch.onnx.export(dynamo=True)`` rebuilds it on every call by parsing the source of
+    ~500 onnxscript functions: about half of the export time of a small model (seconds on
+    a 2-core CPU), paid again for every model a process exports (``kmtools demo`` exports
+    two). The exporter only reads the registry, so one copy serves every export. This
+    reaches into torch's private exporter module; when that module is not where it is
+    expected, the export runs unchanged.
+    """
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:  # pragma: no cover - depends on the torch version
+        yield
+        return
+    cls = getattr(_registration, "ONNXRegistry", None)
+    original = getattr(cls, "__dict__", {}).get("from_torchlib")
+    if not isinstance(original, classmethod):  # pragma: no cover - depends on the torch version
+        yield
+        return
+    build = original.__func__
+
+    def cached(klass: Any, opset_version: int = _NATIVE_OPSET) -> Any:
+        key = int(opset_version)
+        if key not in _TORCHLIB_REGISTRIES:
+            _TORCHLIB_REGISTRIES[key] = build(klass, opset_version=opset_version)
+        return _TORCHLIB_REGISTRIES[key]
+
+    cls.from_torchlib = classmethod(cached)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original  # type: ignore[union-attr]
+
+
 def _save_onnx(
     program: torch.export.ExportedProgram, net: KmModel, x0: torch.Tensor, path: Path, opset: int
 ) -> tuple[int, list[Path]]:
     import onnx
 
     try:
-        with _quiet():
+        with _quiet(), _reuse_torchlib_registry():
             onnx_program = torch.onnx.export(
                 program, (x0,), dynamo=True, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                 opset_version=max(opset, _NATIVE_OPSET), verbose=False, optimize=True,
@@ -542,8 +593,9 @@ def _save_onnx(
     if proto.ByteSize() > _ONNX_EXTERNAL_BYTES:
         data = path.with_name(path.name + ".data")
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
-        extra.append(data)
+                        location=data.name, size_threshold=_ONNX_EXTERNAL_MIN_TENSOR)
+        if data.exists():  # no tensor above the size threshold: everything stayed inline
+            extra.append(data)
     else:
         path.write_bytes(proto.SerializeToString())
     return written, extra

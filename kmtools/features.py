@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from kmtools.device import autocast
-from kmtools.errors import DataError
+from kmtools.device import autocast, retry_oom
+from kmtools.errors import ConfigError, DataError
 from kmtools.models.core import KmModel
 
 Progress = Callable[[int, int], None]
@@ -40,6 +41,10 @@ def as_tensors(data: Dataset[Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(x, y)`` when ``data`` is an in-memory TensorDataset (or a Subset of one), else None."""
     if isinstance(data, TensorDataset) and len(data.tensors) == 2:
         return data.tensors[0], data.tensors[1]
+    u8 = getattr(data, "u8_tensors", None)  # in-memory uint8 images (kmtools.data.registry)
+    if callable(u8):
+        x, y = u8()
+        return x.float().div_(255.0), y
     if isinstance(data, Subset):
         inner = as_tensors(data.dataset)
         if inner is not None:
@@ -99,6 +104,8 @@ def extract(
     """Features, scores and labels of every sample of ``data`` (model in eval mode)."""
     if cache is not None and Path(cache).is_file():
         return _load_cache(Path(cache), len(data))  # type: ignore[arg-type]
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be positive, got {batch_size}")
     device = device or torch.device("cpu")
     model = model.to(device).eval()
     if channels_last and device.type == "cuda":
@@ -108,15 +115,14 @@ def extract(
         raise DataError("the dataset is empty: nothing to extract")
     feats, scores, labels = [], [], []
     done = 0
+    chunk = batch_size  # halved for the rest of the pass after a GPU out-of-memory error
     for x, y in loader(data, batch_size, device, workers):
         x = x.to(device, non_blocking=True)
         if channels_last and device.type == "cuda" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            f = model.features(x)
-            s = model.head(f)
-        feats.append(f.float().cpu())
-        scores.append(s.float().cpu())
+        (f, s), chunk = retry_oom(partial(_forward, model, x, device=device, amp=amp), chunk)
+        feats.append(f)
+        scores.append(s)
         labels.append(torch.as_tensor(y).long())
         done += len(y)
         if progress:
@@ -127,6 +133,22 @@ def extract(
     if cache is not None:
         _save_cache(Path(cache), out)
     return out
+
+
+def _forward(model: KmModel, x: torch.Tensor, chunk: int, device: torch.device, amp: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and head scores of ``x`` in pieces of ``chunk`` rows (float32, on the CPU).
+
+    Eval-mode features do not depend on how a batch is split, so a smaller ``chunk`` after
+    an out-of-memory error gives the same result."""
+    fs, ss = [], []
+    for i in range(0, len(x), chunk):
+        with autocast(device, amp):
+            f = model.features(x[i : i + chunk])
+            s = model.head(f)
+        fs.append(f.float().cpu())
+        ss.append(s.float().cpu())
+    return torch.cat(fs), torch.cat(ss)
 
 
 def _save_cache(path: Path, feats: Features) -> None:

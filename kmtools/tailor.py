@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from kmtools.centroids import class_means, class_sums, equidistant, kmeans
 from kmtools.device import autocast
 from kmtools.errors import ConfigError, KmtoolsError
-from kmtools.features import as_tensors, extract, loader
+from kmtools.features import as_tensors, extract
 from kmtools.models.core import GaussHead, KmModel
 
 INITS = ("means", "equidistant", "kmeans")
@@ -337,12 +337,10 @@ def tailor(
         opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     tensors = as_tensors(data)
+    xs_all: torch.Tensor | None = None
+    ys_all: torch.Tensor | None = None
     if tensors is not None and world == 1:
         xs_all, ys_all = tensors
-        index = None
-    else:
-        xs_all = ys_all = None
-        index = torch.arange(len(data))  # type: ignore[arg-type]
     n = len(data)  # type: ignore[arg-type]
     per_rank = math.ceil(n / world)
     steps = math.ceil(per_rank / cfg.batch_size)
@@ -386,11 +384,11 @@ def tailor(
     with _signals() as got:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            sums = torch.zeros(c, gm.head.centroids.shape[1] if hasattr(gm.head, "centroids") else 1,
-                               dtype=torch.float64, device=device)
+            dim = gm.head.centroids.shape[1] if isinstance(gm.head, GaussHead) else 1
+            sums = torch.zeros(c, dim, dtype=torch.float64, device=device)
             counts = torch.zeros(c, dtype=torch.float64, device=device)
-            tot_loss = tot_scatter = tot_ce = tot_kappa = 0.0
-            correct = seen = 0
+            # loss, scatter, ce, correct, seen, Σκ: summed on the device (no per-step host sync)
+            acc = torch.zeros(6, dtype=torch.float64, device=device)
             order = torch.randperm(n, generator=gen)
             if world > 1:
                 order = torch.cat([order, order[: per_rank * world - n]])[rank::world]
@@ -432,21 +430,21 @@ def tailor(
                                 bm = (s_b[present] / c_b[present, None]).float()
                                 cen = gm.head.centroids.data
                                 cen[present] = (1 - cfg.ema) * cen[present] + cfg.ema * bm
-                        tot_loss += float(loss.detach()) * len(yb)
-                        tot_scatter += float(scatter) * len(yb)
-                        tot_ce += float(ce) * len(yb)
-                        correct += int((logits.argmax(1) == yb).sum())
-                        tot_kappa += float(torch.exp(logits.gather(1, logits.argmax(1, keepdim=True))).sum()) \
-                            if isinstance(gm.head, GaussHead) else 0.0
-                        seen += len(yb)
-                    if progress:
+                        nb = float(len(yb))
+                        kappa = logits.max(1).values.exp().sum() if isinstance(gm.head, GaussHead) else 0.0
+                        acc += torch.stack([
+                            loss.detach().double() * nb, scatter.double() * nb, ce.double() * nb,
+                            (logits.argmax(1) == yb).sum().double(), torch.tensor(nb, device=device).double(),
+                            torch.as_tensor(kappa, device=device).double(),
+                        ])
+                    if progress and (step % 20 == 19 or step == steps - 1):
+                        a = acc.tolist()
                         progress(epoch * steps + step + 1, total,
-                                 f"ep {epoch + 1} loss {tot_loss / max(seen, 1):.3f} acc {correct / max(seen, 1):.3f}")
+                                 f"ep {epoch + 1} loss {a[0] / max(a[4], 1):.3f} acc {a[3] / max(a[4], 1):.3f}")
                     if got:
                         raise Interrupted(got[0], ckpt if ckpt and ckpt.exists() else None)
             # epoch-end centroid re-estimation from this epoch's (detached) training features
-            stats = torch.tensor([tot_loss, tot_scatter, tot_ce, float(correct), float(seen), tot_kappa],
-                                 dtype=torch.float64, device=device)
+            stats = acc
             _all_reduce(sums)
             _all_reduce(counts)
             _all_reduce(stats)
@@ -508,7 +506,7 @@ def _loss(head: nn.Module, f: torch.Tensor, y: torch.Tensor, cfg: TailorConfig
           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Algorithm-1 scatter ‖f - C_y‖² plus λ·CE on log κ (or a prototype head's own loss)."""
     if isinstance(head, GaussHead):
-        d2 = head.gamma * head.sq_dist(f)  # -log κ
+        d2 = -head.log_kappa(f)  # γ‖f - C‖²
         scatter = d2.gather(1, y[:, None]).mean()
         logits = -d2
         ce = F.cross_entropy(logits, y)

@@ -11,6 +11,12 @@ from kmtools.errors import ConfigError
 from kmtools.models.core import GaussHead, KmModel
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Tiny models: one thread is faster, and robust when other jobs load the machine."""
+    torch.set_num_threads(1)
+
+
 def _pairwise_min(model: nn.Linear, x: torch.Tensor, dual: str = "l2") -> torch.Tensor:
     """min_k |f_k - f_l| / ‖w_k - w_l‖ (the distance to the nearest pairwise hyperplane)."""
     with torch.no_grad():

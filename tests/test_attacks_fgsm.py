@@ -13,6 +13,12 @@ from kmtools.errors import ConfigError
 from kmtools.models.core import GaussHead, KmModel
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Tiny models: one thread is faster, and robust when other jobs load the machine."""
+    torch.set_num_threads(1)
+
+
 def _data(n: int = 200, d: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
     torch.manual_seed(seed)
     model = nn.Linear(d, 2)

@@ -13,6 +13,12 @@ from kmtools.errors import ConfigError
 from kmtools.models.core import GaussHead, KmModel
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    """Tiny models: one thread is faster, and robust when other jobs load the machine."""
+    torch.set_num_threads(1)
+
+
 class RedSpot(nn.Module):
     """Two classes; class 1's logit is -b + Σ K(i, j) · red(i, j).
 

@@ -10,7 +10,13 @@ from hypothesis import strategies as st
 from sklearn.cluster import KMeans
 
 from kmtools.centroids import (
-    augment, class_means, equidistant, kmeans, kmeans_plusplus, nearest, theorem1_agreement,
+    augment,
+    class_means,
+    equidistant,
+    kmeans,
+    kmeans_plusplus,
+    nearest,
+    theorem1_agreement,
 )
 from kmtools.errors import DataError
 from kmtools.features import extract

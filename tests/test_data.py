@@ -19,7 +19,7 @@ def test_digits_and_wine() -> None:
     tr, te = load_dataset("digits", split="train"), load_dataset("digits", split="test")
     assert len(tr) + len(te) == 1797 and tr.input_shape == (1, 8, 8) and tr.num_classes == 10
     x, _ = tr.dataset[0]
-    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     w = load_dataset("wine", split="train")
     assert w.input_shape == (13,) and w.num_classes == 3 and len(w.mean) == 13
 

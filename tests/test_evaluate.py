@@ -6,8 +6,9 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import weakref
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,8 +70,8 @@ def test_kappa_outliers_and_prototypes_by_hand() -> None:
     # confidence of the true class: (1,1) labelled 2 has κ_2 = exp(-5)
     assert res.label_confidence[2] == pytest.approx(math.exp(-5.0), rel=1e-6)
     # prototypes/outliers by confidence of the true class, per class
-    assert dict(zip(res.proto_labels.tolist(), res.proto_index.tolist())) == {0: 0, 1: 1, 2: 4}
-    assert dict(zip(res.outlier_labels.tolist(), res.outlier_index.tolist())) == {0: 5, 1: 3, 2: 2}
+    assert dict(zip(res.proto_labels.tolist(), res.proto_index.tolist(), strict=True)) == {0: 0, 1: 1, 2: 4}
+    assert dict(zip(res.outlier_labels.tolist(), res.outlier_index.tolist(), strict=True)) == {0: 5, 1: 3, 2: 2}
     np.testing.assert_allclose(res.proto_images[res.proto_labels == 2][0], [0.0, 2.0])
     # a custom threshold from the model
     res2 = evaluate(gauss_2d(threshold=0.5), TensorDataset(x, y))
@@ -170,6 +171,70 @@ def test_ood_noise_and_dataset() -> None:
     np.testing.assert_array_equal(res.noise_confidence, again.noise_confidence)
     with pytest.raises(ConfigError):
         evaluate(gauss_2d(), data, ood="cifar10")
+
+
+def test_several_ood_sources_are_scored_separately() -> None:
+    """noise and a dataset in one call: each source gets its own metrics, equal to a run with
+    that source alone; the first one is also the ``ood`` summary and ``noise_confidence``."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(90, 2, generator=g) * 0.5 + C3.repeat(30, 1)
+    y = torch.arange(3).repeat(30)
+    data = TensorDataset(x, y)
+    far = TensorDataset(torch.randn(12, 2, generator=g) + 6.0, torch.zeros(12, dtype=torch.long))
+    both = evaluate(gauss_2d(), data, ood=["gaussian", far, far], n_noise=25, seed=2, batch_size=16)
+    assert list(both.ood_confidence) == ["gaussian", "dataset", "dataset-2"]
+    alone_noise = evaluate(gauss_2d(), data, ood="gaussian", n_noise=25, seed=2)
+    alone_far = evaluate(gauss_2d(), data, ood=far)
+    d = both.to_dict()
+    assert d["ood"] == alone_noise.to_dict()["ood"] == d["ood_by_source"]["gaussian"]
+    far_metrics = {**alone_far.to_dict()["ood"], "source": "dataset-2"}
+    assert d["ood_by_source"]["dataset-2"] == far_metrics
+    assert d["ood_by_source"]["dataset"]["auroc"] == far_metrics["auroc"]
+    np.testing.assert_array_equal(both.noise_confidence, alone_noise.noise_confidence)
+    arr = both.arrays()
+    np.testing.assert_array_equal(arr["ood_dataset_confidence"], alone_far.noise_confidence)
+    assert arr["ood_gaussian_confidence"].shape == (25,) and arr["noise_confidence"].shape == (25,)
+    no_ood = evaluate(gauss_2d(), data).to_dict()
+    assert no_ood["ood"] is None and no_ood["ood_by_source"] is None
+
+
+def test_prototypes_and_outliers_match_brute_force() -> None:
+    """The streamed per-class top/bottom k (across batch boundaries, with ties) equal a sort
+    of the whole dataset: highest/lowest confidence of the true class, earlier input first."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(203, 2, generator=g) * 2
+    x[50:60] = x[10]  # ties across batches
+    y = torch.randint(0, 3, (203,), generator=g)
+    res = evaluate(gauss_2d(), TensorDataset(x, y), batch_size=16, per_class=3)
+    lc = res.label_confidence
+    want_top, want_bottom = [], []
+    for c in range(3):
+        idx = np.flatnonzero(y.numpy() == c)
+        want_top += idx[np.argsort(-lc[idx], kind="stable")[:3]].tolist()
+        want_bottom += idx[np.argsort(lc[idx], kind="stable")[:3]].tolist()
+    assert res.proto_index.tolist() == want_top
+    assert res.outlier_index.tolist() == want_bottom
+    np.testing.assert_array_equal(res.proto_images, x[res.proto_index].numpy())
+    np.testing.assert_array_equal(res.proto_conf, lc[res.proto_index])
+    assert res.outlier_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_reject_curve_in_results() -> None:
+    """Accuracy-reject curve of the confidence (kmtools.heads.reject): the accuracy after
+    rejecting the least confident 10% equals that of the other 90%, computed by hand."""
+    pytest.importorskip("kmtools.heads.reject")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 2, generator=g) * 1.5
+    y = torch.cdist(x + torch.randn(400, 2, generator=g), C3).argmin(1)  # wrong mostly near boundaries
+    res = evaluate(gauss_2d(), TensorDataset(x, y))
+    assert 0.5 < res.accuracy < 0.95
+    rej = res.to_dict()["reject"]
+    order = np.argsort(-res.confidence.astype(np.float64), kind="stable")
+    assert rej["acc_at_reject_10"] == pytest.approx(res.correct[order[:360]].mean())
+    assert rej["thr_at_reject_10"] == pytest.approx(float(res.confidence[order[359]]))
+    arr = res.arrays()
+    assert arr["reject_rate"][0] == 0.0 and arr["reject_accuracy"][0] == pytest.approx(res.accuracy)
+    assert len(arr["reject_rate"]) <= 201 and np.all(np.diff(arr["reject_rate"]) > 0)
 
 
 # --------------------------------------------------------------------------- Theorem 2
@@ -300,48 +365,159 @@ class _OnTheFly(Dataset[tuple[torch.Tensor, int]]):
         return torch.rand(3, 32, 32, generator=g), i % 4
 
 
-def _rss() -> int | None:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class _Probe(nn.Module):
-    """Backbone that remembers weak references to its input batches and samples the RSS."""
+    """Backbone that keeps weak references to its input batches and, at every call, counts
+    how many *earlier* batches are still alive (referenced by someone)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(3 * 32 * 32, 3)
         self.refs: list[weakref.ref[torch.Tensor]] = []
-        self.rss: list[int] = []
+        self.alive_before: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.alive_before.append(sum(r() is not None for r in self.refs))
         self.refs.append(weakref.ref(x))
-        r = _rss()
-        if r is not None:
-            self.rss.append(r)
         return self.lin(x.flatten(1))
 
 
 def test_streaming_10k_inputs_in_bounded_memory() -> None:
-    n = 10_000
+    """Memory is bounded by one batch plus a few scalars per input, whatever N: no input
+    batch outlives its step (counted with weak references while evaluate runs, which,
+    unlike the process RSS, does not depend on the allocator or on other processes), and
+    the result holds O(N) scalars plus at most 2·per_class images per class."""
+    n, bs = 10_000, 500
     torch.manual_seed(0)
     probe = _Probe()
     c = torch.randn(4, 3)
     model = KmModel(probe, GaussHead(c), input_shape=(3, 32, 32)).eval()
-    gc.collect()
-    before = _rss()
-    res = evaluate(model, _OnTheFly(n), ood="uniform", n_noise=100, batch_size=500, per_class=1)
+    res = evaluate(model, _OnTheFly(n), ood="uniform", n_noise=100, batch_size=bs, per_class=1)
     assert res.n == n and res.confidence.shape == (n,) and res.margin is not None
     assert res.noise_confidence is not None and res.noise_confidence.shape == (100,)
     assert res.proto_images.shape == (4, 3, 32, 32)
-    assert len(probe.refs) == n // 500 + 1
+    assert len(probe.refs) == n // bs + 1
+    # at every forward, no earlier batch was still referenced: one batch in memory at a time
+    assert max(probe.alive_before) == 0, probe.alive_before
     gc.collect()
-    alive = [r for r in probe.refs if r() is not None]
-    assert not alive, f"{len(alive)} input batches are still referenced after evaluate()"
-    if before is not None and probe.rss:
-        dataset_bytes = n * 3 * 32 * 32 * 4
-        growth = max(probe.rss) - before
-        assert growth < dataset_bytes / 3, f"RSS grew by {growth / 2**20:.0f} MiB during evaluate"
+    assert not [r for r in probe.refs if r() is not None], "input batches outlive evaluate()"
+    # what the result keeps: a few scalars per input and 2·per_class images per class
+    kept = sum(a.nbytes for a in res.arrays().values())
+    images = (res.proto_images.nbytes + res.outlier_images.nbytes)
+    assert images == 2 * 4 * 3 * 32 * 32 * 4
+    assert kept - images < 64 * (n + 100), kept
+    dataset_bytes = n * 3 * 32 * 32 * 4
+    assert kept < dataset_bytes / 100
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _digits_gauss(softmax: KmModel) -> KmModel:
+    """The Gauss network of ``softmax`` without fine-tuning: class-mean centroids of the
+    training features and the auto feature scale of kmtools.tailor."""
+    from kmtools.centroids import class_means
+    from kmtools.data import load_dataset
+    from kmtools.tailor import auto_gamma
+
+    tr = load_dataset("digits", split="train").dataset
+    assert isinstance(tr, TensorDataset)
+    x, y = tr.tensors
+    with torch.no_grad():
+        f = softmax.features(x)
+    c = class_means(f, y.long(), 10)
+    return softmax.with_head(GaussHead(c, gamma=auto_gamma(f, y.long(), c))).eval()
+
+
+@pytest.fixture(scope="module")
+def digits_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    from kmtools.models import save_model
+    from tests.helpers import digits_model
+
+    root = tmp_path_factory.mktemp("digits")
+    soft = digits_model()
+    save_model(soft, root / "softmax.safetensors")
+    save_model(_digits_gauss(soft), root / "gauss.safetensors")
+    return str(root / "softmax.safetensors"), str(root / "gauss.safetensors")
+
+
+def _cli(*args: str) -> Any:
+    from kmtools_cli.main import app
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def test_cli_compare_json_out_and_gates(digits_pair: tuple[str, str], tmp_path: Path) -> None:
+    """softmax vs its Gauss network on digits, side by side: the paper's Fig. 3 claim (noise
+    gets high softmax confidence, low κ), the JSON envelope, evaluate.json/npz, gates."""
+    from kmtools.report.schema import validate
+
+    soft, gauss = digits_pair
+    out = tmp_path / "run"
+    common = ["--data", "digits", "-n", "200", "--ood", "uniform", "--ood", "gaussian", "--n-noise", "200"]
+    r = _cli("evaluate", soft, "--compare", gauss, *common, "--out", str(out), "--format", "json", "--quiet",
+             "--gate", "gauss.accuracy>=softmax.accuracy-0.05", "--gate", "gauss.ood.auroc>=0.5")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert validate(doc) == [] and doc["command"] == "evaluate" and doc["data"]["n"] == 200
+    res = doc["results"]
+    s, g = res["softmax"], res["gauss"]
+    assert res["accuracy"] == s["accuracy"] and set(res["models"]) == {"softmax", "gauss"}
+    assert s["accuracy"] > 0.9 and g["accuracy"] > 0.9
+    for m in (s, g):
+        assert set(m["ood_by_source"]) == {"uniform", "gaussian"} and m["ood"]["source"] == "uniform"
+        assert m["recommended_threshold"] is not None and m["reject"] is not None
+    # noise: the softmax network is confident, the Gauss network is not (paper Sec. 5.2, Fig. 3)
+    for src in ("uniform", "gaussian"):
+        assert s["ood_by_source"][src]["mean_ood_confidence"] > 0.5
+        assert g["ood_by_source"][src]["mean_ood_confidence"] < 0.5 * s["ood_by_source"][src]["mean_ood_confidence"]
+    # Theorem 2: vacuous for the softmax network's equidistant centroids, informative for κ
+    assert s["theorem2"]["centroids"] == "equidistant" and g["theorem2"]["centroids"] == "gauss"
+    assert g["theorem2"]["vacuous_share"] < s["theorem2"]["vacuous_share"]
+    assert g["theorem2"]["median"] > 0
+    # files for `kmtools report`
+    saved = json.loads((out / "evaluate.json").read_text())
+    assert saved["results"] == res
+    with np.load(out / "evaluate.npz") as z:
+        assert z["gauss_confidence"].shape == z["softmax_confidence"].shape == (200,)
+        assert z["gauss_noise_confidence"].shape == (200,) and z["gauss_ood_gaussian_confidence"].shape == (200,)
+        assert np.isclose(z["gauss_confidence"].mean(), g["mean_confidence"], rtol=1e-5)
+        assert z["images"].shape == (40, 1, 8, 8) and z["labels"].shape == z["images_confidence"].shape == (40,)
+        assert z["gauss_reject_rate"][0] == 0.0
+    # a failing gate exits 3 after printing; existing outputs are not overwritten without --force
+    r = _cli("evaluate", gauss, *common, "--quiet", "--gate", "accuracy>=0.999")
+    assert r.exit_code == 3 and "gate failed" in r.output
+    before = (out / "evaluate.json").read_bytes()
+    r = _cli("evaluate", gauss, *common, "--out", str(out))
+    assert r.exit_code == 1 and "--force" in r.output
+    assert (out / "evaluate.json").read_bytes() == before
+
+
+def test_cli_human_table_and_errors(digits_pair: tuple[str, str], tmp_path: Path) -> None:
+    _, gauss = digits_pair
+    r = _cli("evaluate", gauss, "--data", "digits", "-n", "100", "--n-noise", "50", "--lipschitz", "2.5")
+    assert r.exit_code == 0, r.output
+    for row in ("accuracy", "outlier rate", "recommended threshold", "OOD uniform: AUROC", "Thm 2 bound"):
+        assert row in r.stdout, row
+    r = _cli("evaluate", gauss, "--data", "digits", "-n", "50", "--ood", "none", "--format", "json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["results"]["ood"] is None
+    # an OOD dataset of the same input shape: digits inverted (1 - x) as an .npz
+    from kmtools.data import load_dataset
+
+    te = load_dataset("digits", split="test").dataset
+    assert isinstance(te, TensorDataset)
+    np.savez(tmp_path / "inverted.npz", x=(1 - te.tensors[0][:60]).numpy(), y=te.tensors[1][:60].numpy())
+    r = _cli("evaluate", gauss, "--data", "digits", "-n", "100", "--ood", str(tmp_path / "inverted.npz"),
+             "--format", "json")
+    assert r.exit_code == 0, r.output
+    ood = json.loads(r.stdout)["results"]["ood"]
+    assert ood["n"] == 60 and ood["source"] == "inverted" and 0.0 <= ood["auroc"] <= 1.0
+    # clear one-line errors, exit 1 (usage errors of Typer: 2)
+    r = _cli("evaluate", gauss, "--data", "digits", "--ood", "wine")
+    assert r.exit_code == 1 and "shape" in r.output
+    r = _cli("evaluate", gauss, "--data", "digits", "--ood", "none", "--ood", "uniform")
+    assert r.exit_code == 1 and "--ood none" in r.output
+    r = _cli("evaluate", gauss, "--data", "digits", "--lipschitz", "-1")
+    assert r.exit_code == 1 and "--lipschitz" in r.output
+    r = _cli("evaluate", gauss, "--data", "digits", "--gate", "accuracy>>0.9")
+    assert r.exit_code == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -13,6 +14,15 @@ from kmtools.explain import DeepNeonExplainer, explain_deep, neon
 from kmtools.models.core import GaussHead, KmModel, Normalize, split
 
 pytest.importorskip("zennit")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread (thread synchronisation dominates on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 class TinyCNN(nn.Module):
@@ -167,7 +177,11 @@ def test_zoo_cifar_networks(name: str, shape: tuple[int, ...]) -> None:
 def test_intermediate_layer() -> None:
     model, x, _ = _zoo_model("smallcnn", (1, 8, 8))
     with pytest.raises(ConfigError, match="centroids"):
-        DeepNeonExplainer(model, None, layer="features.3")  # k-means centroids are required there
+        explain_deep(model, x, None, layer="features.3")  # k-means centroids are required there
+    no_centroids = DeepNeonExplainer(model, None, layer="features.3")
+    with pytest.raises(ConfigError, match="centroids"):
+        no_centroids.explain(x, beta=1.0)  # none set yet (set_centroids after k-means)
+    no_centroids.close()
     with torch.no_grad():
         a = model.backbone.features[:4](model.normalize(x)).flatten(1)
     mu = torch.stack([a[0], a[1]])

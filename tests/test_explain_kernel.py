@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 
 from kmtools.explain import KernelKMeans, fit_kernel_kmeans, kernel_neon, neon
 from kmtools.explain.kernel import lme
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread (thread synchronisation dominates on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _blobs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +38,7 @@ def test_fit_recovers_separated_clusters() -> None:
     model = fit_kernel_kmeans(x, 3, m=3, iters=30, restarts=2, seed=0)
     pred = model.predict(x)
     # a perfect partition up to relabelling
-    pairs = {(int(a), int(b)) for a, b in zip(y, pred)}
+    pairs = {(int(a), int(b)) for a, b in zip(y, pred, strict=True)}
     assert len(pairs) == 3 and len({b for _, b in pairs}) == 3
     assert model.gamma > 0 and model.support.shape == (3, 3, 2)
     # γ is the fixed point of Eq. 38 for the final responsibilities (≈ 1/(2σ²), σ = 0.7)
@@ -41,6 +53,8 @@ def test_network_reproduces_decision_of_eq6() -> None:
     assert torch.equal(model.predict(x), soft.argmin(1))
     c = model.predict(x)
     assert (model.score(x, c) > 0).all()
+    for k in range(3):  # f_k > 0 exactly for the inputs assigned to k (Prop. 5)
+        assert torch.equal(model.score(x, torch.full((50,), k)) > 0, c == k)
     # Prop. 5 layer by layer: h_ijk = d_j − d_i; h_jk = LME^γ_i; h_k = LME^{−γ}_j
     n, k = 0, int((c[0] + 1) % 3)
     hijk = d2[n, k][None, :] - d2[n, c[0]][:, None]  # (i, j)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,6 +12,15 @@ import torch
 from kmtools.errors import ConfigError
 from kmtools.explain import assign, cluster_score, min_take_most, neon, neuralize, stiffness
 from kmtools.explain.baselines import nca
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors: one thread (thread synchronisation dominates on a busy 2-core machine)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def _data(n: int = 40, d: int = 5, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +40,8 @@ def _shapley(f, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
             w = math.factorial(size) * math.factorial(d - size - 1) / math.factorial(d)
             for subset in itertools.combinations(others, size):
                 with_i = ref.clone()
-                with_i[list(subset) + [i]] = x[list(subset) + [i]]
+                present = [*subset, i]
+                with_i[present] = x[present]
                 without = ref.clone()
                 without[list(subset)] = x[list(subset)]
                 out[i] += w * (f(with_i) - f(without))
@@ -57,6 +68,22 @@ def test_neuralized_network_reproduces_kmeans() -> None:
     # for any other cluster the network says "not assigned"
     other = (c + 1) % mu.shape[0]
     assert (neuralize(mu, other)(x) < 0).all()
+
+
+def test_positive_score_iff_assigned_for_every_cluster() -> None:
+    """Prop. 1: f_c(x) > 0 exactly when x is assigned to c (Eq. 1), for every c and every x."""
+    g = torch.Generator().manual_seed(11)
+    mu = 2.0 * torch.randn(5, 3, generator=g, dtype=torch.float64)
+    x = 3.0 * torch.randn(400, 3, generator=g, dtype=torch.float64)  # points in every Voronoi cell
+    nearest = torch.cdist(x, mu).argmin(1)
+    assert len(nearest.unique()) == 5
+    for c in range(5):
+        cc = torch.full((400,), c)
+        f = cluster_score(x, mu, cc)
+        assert torch.equal(f > 0, nearest == c)
+        assert torch.allclose(neuralize(mu, cc)(x), f)
+        # conservation holds for members and non-members alike ("why (not) c?")
+        assert torch.allclose(neon(x, mu, cc, beta=0.5).sum(1), f, atol=1e-9)
 
 
 def test_fast_midpoint_rule_equals_eq4_written_out() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kmtools.errors import GateError, KmtoolsError
@@ -59,9 +61,70 @@ def test_unknown_path_names_the_valid_ones() -> None:
     assert "unknown path 'gauss.acc'" in msg
     for path in ("accuracy", "gauss.accuracy", "gauss.onepixel.rate", "softmax.mean_confidence"):
         assert path in msg
+    assert "did you mean gauss.accuracy" in msg
     assert "head_kind" not in msg.split("valid paths:")[1]  # strings are no gate values
-    with pytest.raises(GateError, match="unknown path 'eps'"):  # lists neither
+    assert "eps[i<2]" in msg  # lists are offered element-wise
+    with pytest.raises(GateError, match=r"'eps' is a list: pick one element, e\.g\. eps\[0\]"):
         gates.evaluate("eps>0", DOC)
+
+
+@pytest.mark.parametrize(
+    ("expr", "value"),
+    [("eps[0]==0.1", 0.1), ("eps[-1]==0.2", 0.2), ("results.eps[1]>=eps[0]*2", 0.2), ("eps[- 2]<1", 0.1)],
+)
+def test_list_elements(expr: str, value: float) -> None:
+    r = gates.evaluate(expr, DOC)
+    assert r.passed and r.value == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("expr", "message"),
+    [
+        ("eps[2]>0", r"index 2 is outside eps \(it has 2 values\)"),
+        ("eps[-3]>0", "index -3 is outside eps"),
+        ("accuracy[0]>0", "unknown list 'accuracy'"),
+        ("eps[0.5]>0", "an index is a whole number after a path"),
+        ("eps[True]>0", "an index is a whole number"),
+        ("eps[accuracy]>0", "an index is a whole number"),
+        ("eps[0:1]>0", "an index is a whole number"),
+    ],
+)
+def test_bad_list_access(expr: str, message: str) -> None:
+    with pytest.raises(GateError, match=message):
+        gates.evaluate(expr, DOC)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "__import__('os').system('x')",
+        "__import__('os').system('touch pwned') == 0",
+        "accuracy >= __import__('os').system('touch pwned')",
+        "accuracy >= (lambda: 1)()",
+        "accuracy >= [x for x in ().__class__.__base__.__subclasses__()][0]",
+        "accuracy >= open('/etc/passwd').read()",
+        "accuracy.__class__ >= 0",
+    ],
+)
+def test_malicious_expressions_are_rejected_without_running(expr: str, tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GateError):
+        gates.check([expr], DOC)
+    assert list(tmp_path.iterdir()) == []  # nothing ran
+
+
+def test_nan_and_zero_division_fail_the_gate() -> None:
+    doc = envelope("evaluate", {"gamma": float("nan"), "zero": 0, "one": 1})
+    assert not gates.evaluate("gamma>=0", doc).passed
+    assert not gates.evaluate("gamma<0", doc).passed
+    r = gates.evaluate("one/zero>=0", doc)
+    assert not r.passed and r.value != r.value  # NaN
+    assert gates.evaluate("one/zero!=0", doc).passed  # NaN != 0, as IEEE says
+
+
+def test_long_expressions_are_refused() -> None:
+    with pytest.raises(GateError, match="longer than 500"):
+        gates.parse("accuracy>=" + "+".join(["0"] * 400))
 
 
 def test_unknown_path_on_the_right_hand_side() -> None:
@@ -99,7 +162,7 @@ def test_bad_operator_or_syntax(expr: str) -> None:
     ],
 )
 def test_only_numbers_paths_and_arithmetic(expr: str) -> None:
-    with pytest.raises(GateError, match=r"only numbers, result paths and \+ - \* /"):
+    with pytest.raises(GateError, match=r"only numbers, result paths, path\[i\] and \+ - \* /"):
         gates.evaluate(expr, DOC)
 
 
@@ -116,6 +179,17 @@ def test_check_parses_all_before_evaluating() -> None:
     assert gates.check([], DOC) == []
 
 
-def test_flatten() -> None:
-    flat = gates.flatten({"a": {"b": 1, "c": True, "d": "x", "e": [1, 2]}, "f": 2.5})
-    assert flat == {"a.b": 1.0, "a.c": 1.0, "f": 2.5}
+def test_flatten_and_lists() -> None:
+    doc = {"a": {"b": 1, "c": True, "d": "x", "e": [1, 2], "g": [None, 3]}, "f": 2.5, "h": ["x"], "i": [None]}
+    assert gates.flatten(doc) == {"a.b": 1.0, "a.c": 1.0, "f": 2.5}
+    lists = gates.lists(doc)
+    assert lists["a.e"] == [1.0, 2.0] and set(lists) == {"a.e", "a.g"}
+    assert lists["a.g"][0] != lists["a.g"][0] and lists["a.g"][1] == 3.0  # None -> NaN
+
+
+def test_syntax_error_lists_the_valid_paths() -> None:
+    with pytest.raises(GateError) as err:
+        gates.check(["accuracy=>0.9"], DOC)
+    assert "not a comparison" in str(err.value) and "valid paths: " in str(err.value)
+    assert "gauss.onepixel.rate" in str(err.value)
+    assert gates.valid_paths(DOC)[:2] == ["accuracy", "converged"]

@@ -110,9 +110,7 @@ def test_onepixel_examples_circles_the_changed_pixel(tmp_path: Path) -> None:
 
 def test_onepixel_examples_without_success(tmp_path: Path) -> None:
     x = RNG.random((2, 3, 8, 8))
-    png = figures.onepixel_examples(
-        x, x, [0.9, 0.8], [0.5, 0.4], tmp_path / "none.png", success=[False, False]
-    )
+    png = figures.onepixel_examples(x, x, [0.9, 0.8], [0.5, 0.4], tmp_path / "none.png", success=[False, False])
     assert_figure(png)
 
 
@@ -137,9 +135,7 @@ def test_training_curves(tmp_path: Path) -> None:
     ]
     assert_figure(figures.training_curves(hist, tmp_path / "t.png"))
     # missing keys: only the panels that have data
-    assert_figure(
-        figures.training_curves([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4}], tmp_path / "t2.png")
-    )
+    assert_figure(figures.training_curves([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4}], tmp_path / "t2.png"))
     assert_figure(figures.training_curves([], tmp_path / "t3.png"))
 
 
@@ -160,3 +156,47 @@ def test_model_order_and_colours() -> None:
     assert figures.colour("softmax") != figures.colour("gauss")
     kinds = ["softmax", "gauss", "glvq", "rslvq"]
     assert figures.colour("glvq", kinds) != figures.colour("rslvq", kinds)
+
+
+def test_relevance_heatmaps_red_for_blue_against(tmp_path: Path) -> None:
+    x = np.full((3, 1, 8, 8), 0.5)
+    rel = np.zeros((3, 1, 8, 8))
+    rel[:, 0, :4] = 1.0  # top half: evidence for the cluster (red)
+    rel[:, 0, 4:] = -1.0  # bottom half: against (blue)
+    rgb = assert_figure(
+        figures.relevance_heatmaps(x, rel, tmp_path / "neon.png", titles=["cluster 0", "cluster 1", "cluster 2"])
+    )
+    red = (rgb[..., 0] > 0.6) & (rgb[..., 2] < 0.3)
+    blue = (rgb[..., 2] > 0.6) & (rgb[..., 0] < 0.3)
+    assert red.sum() > 300 and blue.sum() > 300
+    assert_figure(figures.relevance_heatmaps(x[:0], rel[:0], tmp_path / "none.png"))
+
+
+def test_curvature_profiles(tmp_path: Path) -> None:
+    profiles = {
+        "softmax": {"top_mean_profile": [0.9, 0.5, 0.3], "bottom_mean_profile": [-0.8, -0.4, -0.2], "dim": 64},
+        "gauss": {"top_mean_profile": [0.2, 0.1, 0.05], "bottom_mean_profile": [-0.1, -0.05, None], "dim": 64},
+    }
+    assert_figure(figures.curvature_profiles(profiles, tmp_path / "curv.png"))
+    assert_figure(figures.curvature_profiles({"x": {"top_mean_profile": []}}, tmp_path / "empty.png"))
+
+
+def test_roc_curves(tmp_path: Path) -> None:
+    fp = np.linspace(0, 1, 30)
+    curves = {
+        "softmax": {
+            "false_positive": fp.tolist(),
+            "true_positive": np.sqrt(fp).tolist(),
+            "auc": 0.67,
+            "point": (0.2, 0.6),
+        },
+        "gauss": {"false_positive": fp.tolist(), "true_positive": (fp**0.2).tolist(), "auc": 0.83},
+        "broken": {"false_positive": [0.1], "true_positive": []},  # skipped
+    }
+    assert_figure(figures.roc_curves(curves, tmp_path / "roc.png"))
+
+
+def test_svg_can_be_left_out(tmp_path: Path) -> None:
+    png = figures.roc_curves({}, tmp_path / "r.png", svg=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.png"]
+    assert imread(png).shape[:2] == (400, 600)

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from matplotlib.image import imread
 
 from kmtools import io
 from kmtools.errors import ConfigError, DataError, OutputExistsError
@@ -91,10 +92,15 @@ FGSM = {
         }
     },
 }
+# as `kmtools tailor` writes it (cli/tailor_cmd.py)
 TAILOR = {
-    "accuracy_before": 0.9351,
-    "accuracy_after": 0.9342,
+    "softmax": {"accuracy": 0.9351, "mean_confidence": 0.9712},
+    "gauss": {"accuracy": 0.9342, "mean_confidence": 0.7071, "threshold": 1 / 3},
+    "accuracy_change": -0.0009,
+    "gamma": 0.05,
     "head_kind": "gauss",
+    "world_size": 1,
+    "files": {"kmtools": "run/gauss.safetensors"},
     "config": {"epochs": 3, "lr": 0.01},
     "history": [
         {
@@ -181,6 +187,12 @@ def make_run_dir(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run_dir(tmp_path_factory.mktemp("run") / "run")
+
+
+def _write(folder: Path, command: str, results: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    io.write_json(folder / f"{command}.json", _doc(command, results), force=True)
+    return folder
 
 
 def json_only(run_dir: Path, dest: Path, *commands: str) -> Path:
@@ -276,6 +288,117 @@ def test_gate_doc_merges_commands(run_dir: Path) -> None:
     assert single["command"] == "evaluate" and check(["accuracy>0.9"], single)[0].passed
 
 
+def test_directory_tolerates_unknown_files(run_dir: Path, tmp_path: Path) -> None:
+    """Checkpoints, metadata JSON, broken files of unknown name and report documents are skipped."""
+    d = json_only(run_dir, tmp_path / "mixed", "evaluate", "tailor")
+    (d / "gauss.safetensors").write_bytes(b"\0" * 16)
+    (d / "attack-onepixel.jsonl").write_text('{"index": 0}\n', encoding="utf-8")
+    (d / "metadata.json").write_text('{"arch": "smallcnn"}', encoding="utf-8")
+    (d / "zz-old.json").write_text('{"schema_version": "0.1", "command": "x"}', encoding="utf-8")
+    (d / "notes.json").write_text('{"schema_version": ', encoding="utf-8")  # truncated
+    io.write_json(d / "report.json", envelope("report", {"out": "r.html"}))
+    io.write_json(d / "custom-run.json", _doc("explain neon", {"auc": {"neon": 0.8}}))  # found by content
+    run = collect.load_run([d])
+    assert run.commands == ["explain-neon", "evaluate", "tailor"]
+    assert run.sources["explain-neon"].name == "custom-run.json"
+    skipped = {p.name: why for p, why in run.skipped}
+    assert set(skipped) == {"metadata.json", "zz-old.json", "notes.json", "report.json"}
+    assert "no schema_version" in skipped["metadata.json"] and "not valid JSON" in skipped["notes.json"]
+    assert "schema_version '0.1'" in skipped["zz-old.json"] and "report document" in skipped["report.json"]
+    text = render.write_report(run, tmp_path / "r.md").read_text(encoding="utf-8")
+    assert "Not read: " in text and "metadata.json" in text
+
+
+def test_figures_belong_to_their_command(run_dir: Path, tmp_path: Path) -> None:
+    d = json_only(run_dir, tmp_path / "own", "attack-fgsm", "tailor")
+    (d / "figures").mkdir()
+    for name in ("attack-fgsm_gauss.png", "tailor_extra.png", "attack-fgsmx.png", "unrelated.png"):
+        (d / "figures" / name).write_bytes(b"png")
+    run = collect.load_run([d])
+    assert [p.name for p in run.figures_of("attack fgsm")] == ["attack-fgsm_gauss.png"]
+    assert [p.name for p in run.figures_of("tailor")] == ["tailor_extra.png"]
+    assert collect.figure_command(Path("attack-onepixel_gauss.png"), {"attack-onepixel": 1, "attack": 1}) == (
+        "attack-onepixel"
+    )
+
+
+def make_explain_geometry_dir(root: Path) -> Path:
+    """What the explain and geometry commands may write: results with ROC/curvature, relevance arrays."""
+    rng = np.random.default_rng(1)
+    fp = np.linspace(0, 1, 25)
+    detect = {
+        "clean": 40,
+        "perturbed": 40,
+        "auc": 0.8123,
+        "t0": {"true_positive": 0.7, "false_positive": 0.2},
+        "roc": {"threshold": fp.tolist(), "true_positive": (fp**0.3).tolist(), "false_positive": fp.tolist()},
+    }
+    _write(root, "geometry-detect", {"softmax": {"detection": detect}, "gauss": {"detection": {**detect, "auc": 0.9}}})
+    curv = {"inputs": 10, "valid": 9, "dim": 64, "top_mean_profile": [0.5, 0.2], "bottom_mean_profile": [-0.6, -0.1]}
+    _write(root, "geometry-curvature", {"head_kind": "softmax", "curvature": curv})
+    _write(root, "explain-neon", {"n": 4, "layer": "penultimate", "conservation_mean": 0.998, "auc": {"neon": 0.71}})
+    np.savez(
+        root / "explain-neon.npz",
+        x=rng.random((4, 1, 8, 8)),
+        relevance=rng.normal(size=(4, 1, 8, 8)),
+        assignments=np.array([0, 1, 2, 1]),
+    )
+    deepfool = {
+        "images": 20,
+        "converged": 19,
+        "norm": "l2",
+        "norm_mean": 0.4321,
+        "norm_median": 0.4,
+        "norm_min": 0.05,
+        "norm_max": 1.2,
+        "iterations_mean": 2.5,
+    }
+    _write(root, "attack-deepfool", {"head_kind": "gauss", "deepfool": deepfool})
+    return root
+
+
+def test_explain_geometry_and_deepfool_sections(tmp_path: Path) -> None:
+    d = make_explain_geometry_dir(tmp_path / "geo")
+    out = render.write_report(collect.load_run([d]), tmp_path / "g.md")
+    text = out.read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    names = sorted(Path(link).name for link in links)
+    assert names == [
+        "curvature_profile_geometry-curvature.png",
+        "detection_roc_geometry-detect.png",
+        "neon_heatmaps_explain-neon.png",
+    ]
+    for link in links:
+        img = imread(out.parent / link)
+        assert img.shape[:2] == (400, 600) and img[..., :3].var() > 0
+        assert (out.parent / link).with_suffix(".svg").is_file()
+    tables = render.parse_markdown_tables(text)
+    deepfool = next(t for t in tables if "‖r‖ mean" in t[0])
+    assert deepfool == [
+        {
+            "model": "gauss",
+            "inputs": "20",
+            "flipped": "19",
+            "‖r‖ mean": "0.4321",
+            "‖r‖ median": "0.4",
+            "‖r‖ min": "0.05",
+            "‖r‖ max": "1.2",
+            "steps": "2.5",
+        }
+    ]
+    assert "| detection.auc | 0.9 |" not in text  # the generic table lists the full paths
+    assert "| gauss.detection.auc | 0.9 |" in text and "| softmax.detection.auc | 0.8123 |" in text
+    assert "## explain neon" in text and "| conservation_mean | 0.998 |" in text
+
+
+def test_series_names_of_nested_results() -> None:
+    doc = _doc("geometry-detect", {})
+    assert render._series_name(("gauss", "detection"), "geometry-detect", doc) == "gauss"
+    assert render._series_name(("detection",), "geometry-detect", _doc("g", {"head_kind": "softmax"})) == ("softmax")
+    found = render.find_objects({"a": {"roc": {}}, "b": [{"roc": {}}], "roc": 1}, lambda m: "roc" in m)
+    assert [p for p, _ in found] == [(), ("a",)]  # lists are not searched
+
+
 # ---------------------------------------------------------------------------------- summary
 
 
@@ -314,11 +437,34 @@ def test_summary_single_model_and_tailor_fallback(tmp_path: Path) -> None:
         tmp_path / "evaluate.json",
         _doc("evaluate", {"accuracy": 0.8, "mean_confidence": 0.6, "head_kind": "gauss"}),
     )
-    io.write_json(tmp_path / "tailor.json", _doc("tailor", {"accuracy_before": 0.81, "accuracy_after": 0.79}))
-    s = render.summary(collect.load_run([tmp_path]))
+    tailor = {
+        "softmax": {"accuracy": 0.81, "mean_confidence": 0.97},
+        "gauss": {"accuracy": 0.79, "mean_confidence": 0.5, "threshold": 0.1},
+        "head_kind": "gauss",
+        "history": [],
+    }
+    io.write_json(tmp_path / "tailor.json", _doc("tailor", tailor))
+    run = collect.load_run([tmp_path])
+    s = render.summary(run)
     assert s["gauss"]["accuracy"] == 0.8  # evaluate wins over tailor's number
     assert s["gauss"]["attack_rate"] is None
-    assert s["softmax"]["accuracy"] == 0.81  # only tailor knows the softmax network
+    assert s["softmax"] == {"accuracy": 0.81, "confidence": 0.97, "attack_rate": None, "attack_confidence": None}
+    src = render.summary_sources(run)
+    assert src["gauss"]["accuracy"] == "evaluate" and src["softmax"]["accuracy"] == "tailor"
+    assert "accuracy and confidence from evaluate (synthetic" in render.table1_note(run)
+
+
+def test_summary_from_onepixel_alone(run_dir: Path) -> None:
+    """attack onepixel reports the clean accuracy of the attacked images: enough for a Table 1."""
+    op = {
+        "head_kind": "softmax",
+        "onepixel": dict(_OP_SOFTMAX, accuracy=0.9, mean_confidence=0.95, images=35),
+    }
+    run = collect.load_run([_write(run_dir.parent / "op_only", "attack-onepixel", op)])
+    assert render.summary(run) == {
+        "softmax": {"accuracy": 0.9, "confidence": 0.95, "attack_rate": 0.34375, "attack_confidence": 0.7733}
+    }
+    assert "attack columns from attack onepixel (synthetic, 35 inputs)" in render.table1_note(run)
 
 
 # ---------------------------------------------------------------------------------- HTML
@@ -436,9 +582,7 @@ def test_report_needs_force_and_a_known_suffix(run_dir: Path, tmp_path: Path) ->
 
 def test_report_of_partial_run(tmp_path: Path) -> None:
     """Only a geometry result: no Table 1, the generic section and provenance still render."""
-    io.write_json(
-        tmp_path / "geometry-distance.json", _doc("geometry-distance", {"mean_distance": 0.123, "n": 10})
-    )
+    io.write_json(tmp_path / "geometry-distance.json", _doc("geometry-distance", {"mean_distance": 0.123, "n": 10}))
     out = render.write_report(collect.load_run([tmp_path]), tmp_path / "r.html")
     text = out.read_text(encoding="utf-8")
     assert "Softmax network vs Gauss network" not in text
@@ -460,10 +604,9 @@ def test_report_shows_gates(run_dir: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def cli() -> Any:
     import typer
-    from typer.testing import CliRunner
-
     from kmtools_cli import report as report_cmd
     from kmtools_cli.main import _Group
+    from typer.testing import CliRunner
 
     app = typer.Typer(cls=_Group, pretty_exceptions_enable=False)
     report_cmd.register(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,22 @@ def test_envelope_validates_and_survives_json() -> None:
     assert all(key in doc for key in schema.REQUIRED)
 
 
+def test_minor_versions_are_compatible() -> None:
+    doc = _doc()
+    doc["schema_version"] = "1.7"  # a newer minor version only adds fields
+    assert schema.validate(doc) == []
+
+
+def test_json_schema_states_the_same_envelope() -> None:
+    js = schema.JSON_SCHEMA
+    assert js["required"] == list(schema.REQUIRED)
+    assert set(schema.REQUIRED) <= set(js["properties"])
+    assert re.match(js["properties"]["schema_version"]["pattern"], schema.SCHEMA_VERSION)
+    assert not re.match(js["properties"]["schema_version"]["pattern"], "2.0")
+    assert re.match(js["properties"]["model"]["properties"]["sha256"]["pattern"], "ab" * 32)
+    json.dumps(js)  # serialisable, as docs/schema.md prints it
+
+
 def test_envelope_minimal_and_extra_fields() -> None:
     doc = schema.envelope("check", {})
     assert schema.validate(doc) == []
@@ -49,9 +66,19 @@ def test_envelope_minimal_and_extra_fields() -> None:
         (lambda d: d.pop("command"), "missing field 'command'"),
         (lambda d: d.pop("versions"), "missing field 'versions'"),
         (lambda d: d.update(schema_version="0.9"), "schema_version '0.9' is not"),
-        (lambda d: d.update(command=3), "command must be a string"),
+        (lambda d: d.update(schema_version="2.0"), "this kmtools reads 1.x"),
+        (lambda d: d.update(schema_version=None), "schema_version None is not supported"),
+        (lambda d: d.update(command=3), "command must be a non-empty string"),
+        (lambda d: d.update(command=" "), "command must be a non-empty string"),
+        (lambda d: d.update(timings={"total": "1s"}), "timings must be an object of numbers"),
+        (lambda d: d.update(seed=1.5), "seed must be an integer or null"),
+        (lambda d: d.update(seed=True), "seed must be an integer or null"),
+        (lambda d: d.update(device=0), "device must be a string or null"),
+        (lambda d: d["model"].update(sha256="abc"), "model.sha256 must be 64 hex digits"),
+        (lambda d: d.update(data={"sha256": "A" * 64}), "data.sha256 must be 64 hex digits"),
+        (lambda d: d.update(compare_model=[]), "compare_model must be an object or null"),
         (lambda d: d.update(results=[1, 2]), "results must be an object"),
-        (lambda d: d.update(timings=1.0), "timings must be an object"),
+        (lambda d: d.update(timings=1.0), "timings must be an object of numbers"),
         (lambda d: d.update(versions={"kmtools": "0.1"}), "versions must name kmtools and torch"),
         (lambda d: d.update(model="m.pt"), "model must be an object or null"),
         (lambda d: d.update(data=[1]), "data must be an object or null"),
@@ -90,3 +117,119 @@ def test_model_info_fingerprints_the_file(tmp_path: Path) -> None:
         "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
     }
     assert schema.model_info(None) is None
+
+
+# ------------------------------------------------------------------ every command's real documents
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@pytest.fixture(scope="module")
+def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """Run the commands on the digits model; ``{name: document}`` for stdout and written files.
+
+    Names: ``<command>`` (stdout of ``--format json``) and ``<command>:file`` (the JSON file).
+    Commands that are not registered (yet) are left out; one that fails is an error.
+    """
+    from kmtools_cli.main import app
+    from typer.testing import CliRunner
+
+    from tests.helpers import digits_model
+
+    tmp = tmp_path_factory.mktemp("schema")
+    digits_model(tmp, epochs=1)
+    model = tmp / "digits.safetensors"
+    run = tmp / "run"
+    runner = CliRunner()
+    common = ["--data", "digits", "--device", "cpu", "--format", "json", "--quiet"]
+    calls: list[tuple[str, list[str], Path | None]] = [
+        ("inspect", ["inspect", str(model), "--data", "digits", "-n", "60", "--device", "cpu", "-f", "json"], None),
+        ("centroids", ["centroids", str(model), *common, "-n", "120", "--out", str(tmp / "c.safetensors")], None),
+        (
+            "evaluate",
+            ["evaluate", str(model), *common, "-n", "120", "--n-noise", "20", "--out", str(run)],
+            run / "evaluate.json",
+        ),
+        (
+            "tailor",
+            ["tailor", str(model), *common, "-n", "120", "--epochs", "1", "--export", "", "--out", str(tmp / "t")],
+            tmp / "t" / "tailor.json",
+        ),
+        (
+            "attack fgsm",
+            ["attack", "fgsm", str(model), *common, "-n", "10", "--eps", "0,0.1", "--out", str(run)],
+            run / "attack-fgsm.json",
+        ),
+        (
+            "attack onepixel",
+            ["attack", "onepixel", str(model), *common, "-n", "3", "--popsize", "8", "--steps", "2", "--out", str(run)],
+            run / "attack-onepixel.json",
+        ),
+        (
+            "attack deepfool",
+            # no --out: its figure grid is slow to draw on a loaded CPU; the stdout document suffices
+            ["attack", "deepfool", str(model), *common, "-n", "4", "--max-iter", "3", "--candidates", "3"],
+            None,
+        ),
+        ("report", ["report", str(run), "--out", str(tmp / "r.html"), "-f", "json", "-q"], None),
+        ("check", ["check", str(run), "--gate", "evaluate.accuracy>=0", "-f", "json"], None),
+    ]
+    known = {c.name for c in getattr(app, "registered_commands", [])} | {
+        g.name for g in getattr(app, "registered_groups", [])
+    }
+    docs: dict[str, dict[str, Any]] = {}
+    for name, args, written in calls:
+        if args[0] not in known:
+            continue
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, f"{name}: {res.output}"
+        docs[name] = json.loads(res.stdout)
+        if written is not None:
+            docs[f"{name}:file"] = json.loads(written.read_text(encoding="utf-8"))
+    docs["_model_sha256"] = {"sha256": schema.sha256_file(model)}
+    return docs
+
+
+def _named(documents: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(k, v) for k, v in documents.items() if not k.startswith("_")]
+
+
+def test_every_command_writes_a_valid_envelope(documents: dict[str, dict[str, Any]]) -> None:
+    names = [k for k, _ in _named(documents)]
+    for must in ("inspect", "centroids", "evaluate", "evaluate:file", "report", "check"):
+        assert must in names, names
+    for name, doc in _named(documents):
+        assert schema.validate(doc) == [], name
+        assert doc["command"] == name.split(":")[0], name
+        assert doc["schema_version"] == schema.SCHEMA_VERSION
+        assert doc["versions"]["kmtools"] == kmtools.__version__
+        assert all(isinstance(v, float) for v in doc["timings"].values()), name
+
+
+def test_documents_fingerprint_model_and_data(documents: dict[str, dict[str, Any]]) -> None:
+    sha = documents["_model_sha256"]["sha256"]
+    for name, doc in _named(documents):
+        if name.startswith(("report", "check")):
+            assert doc["model"] is None and doc["data"] is None  # about other documents
+            continue
+        assert doc["model"]["sha256"] == sha, name
+        assert doc["device"] == "cpu", name
+        if name.startswith("inspect"):
+            continue  # inspect --data fingerprints its subset as well, checked below
+        assert HEX64.match(doc["data"]["sha256"]), name
+        assert doc["data"]["name"] == "digits", name
+    assert HEX64.match(documents["inspect"]["data"]["sha256"])
+
+
+def test_file_and_stdout_documents_agree(documents: dict[str, dict[str, Any]]) -> None:
+    """What a command prints with --format json is what it writes, up to the timings."""
+    pairs = [(k.split(":")[0], k) for k in documents if k.endswith(":file")]
+    assert pairs
+    for out, written in pairs:
+        assert schema.strip_volatile(documents[out]) == schema.strip_volatile(documents[written]), out
+
+
+def test_seeded_commands_record_their_seed(documents: dict[str, dict[str, Any]]) -> None:
+    for name in ("evaluate", "tailor", "attack fgsm", "attack onepixel"):
+        if name in documents:
+            assert documents[name]["seed"] == 0, name

@@ -17,9 +17,9 @@ The helpers :func:`model_device` and :func:`eval_mode` are shared by the other a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -91,6 +91,9 @@ class DeepFoolResult:
             predicted as its label).
         converged: (N,) True where the label flipped within ``max_iter`` steps.
         norm: "l2" or "linf"; overshoot: the overshoot used.
+        conf_adv: (N,) confidence of the prediction at ``x_adv`` (softmax probability, or
+            Gauss-confidence κ); outlier: (N,) ``conf_adv < threshold`` (the model's
+            outlier threshold, 1/c by default). Empty when not computed.
     """
 
     x_adv: torch.Tensor
@@ -102,20 +105,47 @@ class DeepFoolResult:
     converged: torch.Tensor
     norm: str = "l2"
     overshoot: float = 0.02
+    conf_adv: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    threshold: float = 0.1
 
     def __len__(self) -> int:
         return int(self.norms.shape[0])
 
+    @property
+    def outlier(self) -> torch.Tensor:
+        return self.conf_adv.cpu() < self.threshold
+
     def to_dict(self) -> dict[str, Any]:
-        """Summary: counts and statistics of the norms of the converged inputs."""
-        conv = self.converged.bool().cpu()
-        n = conv.numel()
-        norms = self.norms.detach().float().cpu()[conv]
-        its = self.iterations.cpu()[conv].float()
-        out: dict[str, Any] = {
+        """Summary: counts and statistics of the norms of the converged inputs (see
+        :meth:`summarize`)."""
+        return self.summarize(self.records(), self.norm, self.overshoot, self.threshold)
+
+    @staticmethod
+    def summarize(
+        records: Sequence[dict[str, Any]], norm: str, overshoot: float, threshold: float
+    ) -> dict[str, Any]:
+        """The summary of :meth:`records` (so an interrupted run resumed from its records
+        reports exactly what one run would).
+
+        Keys: ``images``, ``converged`` (count) and ``converged_rate``; ``norm_mean``,
+        ``norm_median``, ``norm_min``, ``norm_max`` and ``iterations_mean`` over the
+        converged inputs; ``flipped`` (converged with at least one step),
+        ``mean_conf_adv`` (confidence of the new prediction) and ``outlier_share`` (share
+        of those predictions below ``threshold``) over the flipped inputs.
+        """
+        n = len(records)
+        conv = torch.tensor([bool(r["converged"]) for r in records], dtype=torch.bool)
+        norms = torch.tensor([float(r["norm"]) for r in records], dtype=torch.float32)[conv]
+        its_all = torch.tensor([int(r["iterations"]) for r in records], dtype=torch.long)
+        its = its_all[conv].float()
+        flip = conv & (its_all > 0)
+        have_conf = n > 0 and all(r.get("conf_adv") is not None for r in records)
+        conf = torch.tensor([float(r["conf_adv"]) for r in records]) if have_conf else torch.zeros(0)
+        conf_f = conf[flip] if have_conf else torch.zeros(0)
+        return {
             "attack": "deepfool",
-            "norm": self.norm,
-            "overshoot": self.overshoot,
+            "norm": norm,
+            "overshoot": overshoot,
             "images": n,
             "converged": int(conv.sum()),
             "converged_rate": float(conv.float().mean()) if n else 0.0,
@@ -124,11 +154,18 @@ class DeepFoolResult:
             "norm_min": float(norms.min()) if norms.numel() else None,
             "norm_max": float(norms.max()) if norms.numel() else None,
             "iterations_mean": float(its.mean()) if its.numel() else None,
+            "flipped": int(flip.sum()),
+            "mean_conf_adv": float(conf_f.mean()) if conf_f.numel() else None,
+            "outlier_share": float((conf_f < threshold).float().mean()) if conf_f.numel() else None,
+            "outlier_threshold": threshold,
         }
-        return out
 
     def records(self) -> list[dict[str, Any]]:
-        """One dict per input (for JSON lines)."""
+        """One dict per input (for JSON lines): ``index``, ``label``, ``adv_label``,
+        ``norm``, ``iterations``, ``converged``, ``conf_adv`` and ``outlier`` (``None``
+        when not computed)."""
+        have = self.conf_adv.numel() == len(self)
+        conf = self.conf_adv.detach().float().cpu()
         return [
             {
                 "index": i,
@@ -137,6 +174,8 @@ class DeepFoolResult:
                 "norm": float(self.norms[i]),
                 "iterations": int(self.iterations[i]),
                 "converged": bool(self.converged[i]),
+                "conf_adv": float(conf[i]) if have else None,
+                "outlier": bool(conf[i] < self.threshold) if have else None,
             }
             for i in range(len(self))
         ]
@@ -286,10 +325,13 @@ def deepfool(
         raise ConfigError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}")
     if labels is not None and labels.shape[0] != x.shape[0]:
         raise ConfigError(f"{labels.shape[0]} labels for {x.shape[0]} inputs")
+    from kmtools.attacks.onepixel import _threshold, class_confidences  # (imports this module)
+
     dev = model_device(model, device)
     n = x.shape[0]
     bs = n if not batch_size else max(1, int(batch_size))
     outs: list[tuple[torch.Tensor, ...]] = []
+    nc = 1
     if not x.is_floating_point():
         x = x.float()
     with eval_mode(model):
@@ -301,16 +343,20 @@ def deepfool(
             if c < 2:
                 raise ConfigError("DeepFool needs a model with at least 2 classes")
             k = c if candidates is None else max(2, min(int(candidates), c))
+            nc = c
         for start in range(0, n, bs):
             xb = x[start : start + bs].to(dev)
             lb = labels[start : start + bs].to(dev) if labels is not None else None
-            outs.append(_deepfool_batch(model, xb, lb, k, overshoot, max_iter, norm, clip))
+            o = _deepfool_batch(model, xb, lb, k, overshoot, max_iter, norm, clip)
+            outs.append((*o, class_confidences(model, o[0]).amax(1).cpu()))
             if progress is not None:
                 progress(min(start + bs, n), n)
     x_adv = torch.cat([o[0] for o in outs]) if outs else x.clone()
     xd = x.to(x_adv.device, x_adv.dtype)
     r = x_adv - xd
     return DeepFoolResult(
+        conf_adv=torch.cat([o[5] for o in outs]) if outs else torch.zeros(0),
+        threshold=_threshold(model, nc),
         x_adv=x_adv,
         r=r,
         norms=_flat_norm(r, norm) if n else torch.zeros(0),

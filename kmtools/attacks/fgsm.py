@@ -9,8 +9,9 @@ does not depend on ε, so one backward pass per batch serves the whole sweep.
 
 For each ε the sweep reports accuracy, the mean confidence of the predicted class
 (softmax probability, or Gauss-confidence κ), the mean confidence of the wrong
-predictions (the paper's Figure 2 plots accuracy and this confidence against ε) and the
-share of predictions below the outlier threshold.
+predictions (the paper's Figure 2 plots accuracy and this confidence against ε), the
+share of predictions below the outlier threshold, and the share of the fooled inputs
+(correct when clean, wrong at ε) whose wrong prediction is flagged as an outlier.
 """
 
 from __future__ import annotations
@@ -81,13 +82,15 @@ class FGSMResult:
 
     Attributes (lists aligned with ``eps``):
         accuracy: share of inputs predicted as their label.
-        fooled_rate: share of the inputs predicted correctly at ε = 0 (clean) that are
-            wrong at ε.
+        fooled_rate: share of the inputs predicted correctly when clean that are wrong at ε.
         conf_mean: mean confidence of the predicted class.
         conf_wrong_mean: mean confidence of the wrong predictions (None if none).
         conf_correct_mean: mean confidence of the correct predictions (None if none).
         outlier_share: share of predictions whose confidence is below ``threshold``.
+        outlier_share_fooled: share of the fooled inputs whose (wrong) prediction is
+            below ``threshold`` (None if none was fooled).
         preds, confs: (E, N) predicted class and its confidence per ε and input.
+        clean_preds, clean_confs: (N,) prediction and its confidence without perturbation.
     """
 
     eps: list[float]
@@ -97,15 +100,104 @@ class FGSMResult:
     conf_wrong_mean: list[float | None]
     conf_correct_mean: list[float | None]
     outlier_share: list[float]
+    outlier_share_fooled: list[float | None]
     images: int
     clean_accuracy: float
     labels: torch.Tensor
     preds: torch.Tensor
     confs: torch.Tensor
+    clean_preds: torch.Tensor
+    clean_confs: torch.Tensor
     threshold: float = 0.1
     head_kind: str = "softmax"
     clip: tuple[float, float] | None = (0.0, 1.0)
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        eps: Sequence[float],
+        labels: torch.Tensor,
+        preds: torch.Tensor,
+        confs: torch.Tensor,
+        clean_preds: torch.Tensor,
+        clean_confs: torch.Tensor,
+        *,
+        threshold: float,
+        head_kind: str = "softmax",
+        clip: tuple[float, float] | None = (0.0, 1.0),
+        settings: dict[str, Any] | None = None,
+    ) -> FGSMResult:
+        """The sweep's statistics from per-input predictions (E, N) and confidences (E, N)."""
+        n = int(labels.shape[0])
+        clean = clean_preds == labels
+        acc: list[float] = []
+        fooled: list[float] = []
+        cm: list[float] = []
+        cw: list[float | None] = []
+        cc: list[float | None] = []
+        out: list[float] = []
+        outf: list[float | None] = []
+        for i in range(len(eps)):
+            ok = preds[i] == labels
+            low = confs[i] < threshold
+            fool = ~ok & clean
+            acc.append(float(ok.float().mean()) if n else 0.0)
+            fooled.append(float(fool.sum()) / max(int(clean.sum()), 1))
+            cm.append(float(confs[i].mean()) if n else 0.0)
+            cw.append(float(confs[i][~ok].mean()) if (~ok).any() else None)
+            cc.append(float(confs[i][ok].mean()) if ok.any() else None)
+            out.append(float(low.float().mean()) if n else 0.0)
+            outf.append(float(low[fool].float().mean()) if fool.any() else None)
+        return cls(
+            eps=[float(e) for e in eps],
+            accuracy=acc,
+            fooled_rate=fooled,
+            conf_mean=cm,
+            conf_wrong_mean=cw,
+            conf_correct_mean=cc,
+            outlier_share=out,
+            outlier_share_fooled=outf,
+            images=n,
+            clean_accuracy=float(clean.float().mean()) if n else 0.0,
+            labels=labels,
+            preds=preds,
+            confs=confs,
+            clean_preds=clean_preds,
+            clean_confs=clean_confs,
+            threshold=threshold,
+            head_kind=head_kind,
+            clip=clip,
+            settings=dict(settings or {}),
+        )
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Sequence[dict[str, Any]],
+        *,
+        threshold: float,
+        head_kind: str = "softmax",
+        clip: tuple[float, float] | None = (0.0, 1.0),
+        settings: dict[str, Any] | None = None,
+    ) -> FGSMResult:
+        """Rebuild a sweep from :meth:`records` (the same statistics, exactly)."""
+        if not records:
+            raise ConfigError("no FGSM records to summarise")
+        eps = [float(e) for e in records[0]["eps"]]
+        e_n = len(eps)
+        return cls.from_arrays(
+            eps,
+            torch.tensor([r["label"] for r in records], dtype=torch.long),
+            torch.tensor([r["preds"] for r in records], dtype=torch.long).view(-1, e_n).T.contiguous(),
+            torch.tensor([r["confs"] for r in records], dtype=torch.float32).view(-1, e_n).T.contiguous(),
+            torch.tensor([r["clean_pred"] for r in records], dtype=torch.long),
+            torch.tensor([r["clean_conf"] for r in records], dtype=torch.float32),
+            threshold=threshold,
+            head_kind=head_kind,
+            clip=clip,
+            settings=settings,
+        )
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -117,6 +209,7 @@ class FGSMResult:
                 "conf_wrong_mean": self.conf_wrong_mean[i],
                 "conf_correct_mean": self.conf_correct_mean[i],
                 "outlier_share": self.outlier_share[i],
+                "outlier_share_fooled": self.outlier_share_fooled[i],
             }
             for i, e in enumerate(self.eps)
         ]
@@ -139,18 +232,22 @@ class FGSMResult:
             "confidence_correct": list(self.conf_correct_mean),
             "fooled_rate": list(self.fooled_rate),
             "outlier_share": list(self.outlier_share),
+            "outlier_share_fooled": list(self.outlier_share_fooled),
             **({"settings": self.settings} if self.settings else {}),
         }
 
     def records(self) -> list[dict[str, Any]]:
-        """One dict per input: its label and, per ε, prediction and confidence."""
+        """One dict per input: label, clean prediction and confidence, and per ε the
+        prediction and its confidence (exact float32 values)."""
         return [
             {
                 "index": i,
                 "label": int(self.labels[i]),
+                "clean_pred": int(self.clean_preds[i]),
+                "clean_conf": float(self.clean_confs[i]),
+                "eps": self.eps,
                 "preds": [int(p) for p in self.preds[:, i]],
                 "confs": [float(c) for c in self.confs[:, i]],
-                "eps": self.eps,
             }
             for i in range(self.images)
         ]
@@ -191,7 +288,8 @@ def fgsm_sweep(
     preds = torch.zeros(e_n, n, dtype=torch.long)
     confs = torch.zeros(e_n, n)
     labels = y.long().cpu()
-    clean = torch.zeros(n, dtype=torch.bool)
+    clean_p = torch.zeros(n, dtype=torch.long)
+    clean_c = torch.zeros(n)
     nc = 1
     with eval_mode(model):
         for s in range(0, n, bs):
@@ -203,7 +301,9 @@ def fgsm_sweep(
             with torch.no_grad():
                 c0 = class_confidences(model, xb)
                 nc = c0.shape[1]
-                clean[s : s + bs] = (c0.argmax(1) == yb).cpu()
+                c0max, p0 = c0.max(1)
+                clean_p[s : s + bs] = p0.cpu()
+                clean_c[s : s + bs] = c0max.cpu()
                 for i, e in enumerate(eps_l):
                     xe = xb + e * sg
                     if clip is not None:
@@ -214,30 +314,14 @@ def fgsm_sweep(
                     confs[i, s : s + bs] = cmax.cpu()
             if progress is not None:
                 progress(min(s + bs, n), n)
-    thr = _threshold(model, nc)
-    acc, fooled, cm, cw, cc, out = [], [], [], [], [], []
-    for i in range(e_n):
-        ok = preds[i] == labels
-        acc.append(float(ok.float().mean()) if n else 0.0)
-        fooled.append(float((~ok & clean).sum()) / max(int(clean.sum()), 1))
-        cm.append(float(confs[i].mean()) if n else 0.0)
-        cw.append(float(confs[i][~ok].mean()) if (~ok).any() else None)
-        cc.append(float(confs[i][ok].mean()) if ok.any() else None)
-        out.append(float((confs[i] < thr).float().mean()) if n else 0.0)
-    return FGSMResult(
-        eps=eps_l,
-        accuracy=acc,
-        fooled_rate=fooled,
-        conf_mean=cm,
-        conf_wrong_mean=cw,
-        conf_correct_mean=cc,
-        outlier_share=out,
-        images=n,
-        clean_accuracy=float(clean.float().mean()) if n else 0.0,
-        labels=labels,
-        preds=preds,
-        confs=confs,
-        threshold=thr,
+    return FGSMResult.from_arrays(
+        eps_l,
+        labels,
+        preds,
+        confs,
+        clean_p,
+        clean_c,
+        threshold=_threshold(model, nc),
         head_kind=_head_kind(model),
         clip=clip,
         settings={"batch_size": bs, "device": str(dev)},

@@ -22,15 +22,22 @@ full. Images the model already gets wrong are skipped and counted, not attacked.
 Randomness is a counter-based hash of (seed, image index, generation, candidate): an
 image's search does not depend on the batch size, the chunk size or which other images
 share its batch, so the same seed attacks the same image the same way in every run and
-for every model (``--compare``).
+for every model (``--compare``). The image index is the caller's (``index=``): a shard of a
+dataset, or the images left after an interrupted run, are attacked exactly as in one
+run over the whole set.
+
+Each image's result is final when it stops (its adversarial image is judged in float32
+then), so a ``callback`` receives the finished images while the others are still evolving;
+the CLI appends them to a JSON-lines file and rebuilds the result from those records
+(:meth:`OnePixelResult.from_records`) to resume an interrupted run.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,6 +50,8 @@ from kmtools.errors import ConfigError
 __all__ = ["OnePixelResult", "class_confidences", "onepixel"]
 
 _M32 = 0xFFFFFFFF
+_VERDICT_BATCH = 32
+"""Images per float32 verdict forward pass (clean images, final adversarial images)."""
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -289,14 +298,21 @@ class OnePixelResult:
         }
 
     def records(self) -> list[dict[str, Any]]:
-        """One dict per image, for JSON lines."""
+        """One dict per image, for JSON lines (:meth:`from_records` reads them back exactly).
+
+        Keys: ``index``, ``label``, ``skipped``, ``success``, ``pred`` (clean prediction),
+        ``conf_clean`` (its confidence), ``conf_before`` (true class, clean), ``adv_label``,
+        ``conf_adv`` (predicted class at x̃), ``outlier``, ``pixels`` (``[{"x", "y",
+        "value"}]``, ``None`` when skipped), ``generations``, ``evaluations`` and, when
+        targeted, ``target``. Floats are the exact float32 values.
+        """
         out = []
         for i in range(len(self)):
             skipped = bool(self.skipped[i])
             px = None
             if not skipped:
                 px = [
-                    {"x": int(p[1]), "y": int(p[0]), "value": [round(float(v), 6) for v in p[2:]]}
+                    {"x": int(p[1]), "y": int(p[0]), "value": [float(v) for v in p[2:]]}
                     for p in self.pixel[i]
                 ]
             rec: dict[str, Any] = {
@@ -305,8 +321,9 @@ class OnePixelResult:
                 "skipped": skipped,
                 "success": bool(self.success[i]) and not skipped,
                 "pred": int(self.preds[i]),
-                "adv_label": int(self.adv_labels[i]),
+                "conf_clean": float(self.conf_clean[i]),
                 "conf_before": float(self.conf_before[i]),
+                "adv_label": int(self.adv_labels[i]),
                 "conf_adv": float(self.conf_adv[i]),
                 "outlier": bool(self.outlier[i]),
                 "pixels": px,
@@ -317,6 +334,83 @@ class OnePixelResult:
                 rec["target"] = int(self.target[i])
             out.append(rec)
         return out
+
+    def take(self, idx: torch.Tensor | Sequence[int]) -> OnePixelResult:
+        """The result for the images at positions ``idx`` (same settings)."""
+        i = torch.as_tensor(idx, dtype=torch.long).cpu()
+        per_image = {
+            name: getattr(self, name)[i.to(getattr(self, name).device)]
+            for name in (
+                "index", "labels", "skipped", "success", "adv_labels", "preds", "conf_clean",
+                "conf_before", "conf_adv", "outlier", "pixel", "generations", "evaluations", "x_adv",
+            )
+        }
+        tgt = None if self.target is None else [self.target[int(j)] for j in i]
+        return replace(self, **per_image, target=tgt)
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Sequence[dict[str, Any]],
+        x: torch.Tensor,
+        *,
+        pixels: int,
+        popsize: int,
+        maxiter: int,
+        threshold: float,
+        head_kind: str = "softmax",
+        seed: int = 0,
+        settings: dict[str, Any] | None = None,
+    ) -> OnePixelResult:
+        """Rebuild a result from :meth:`records` (``x[i]`` is the image of ``records[i]``).
+
+        ``x_adv`` is ``x`` with each record's pixels applied, bit for bit the image the
+        attack judged. ``seconds`` is 0 (wall time is not part of the records).
+        """
+        n = len(records)
+        if x.shape[0] != n:
+            raise ConfigError(f"{n} records for {x.shape[0]} images")
+        ch = x.shape[1] if x.dim() == 4 else 1
+        d = pixels * (2 + ch)
+
+        def col(key: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([r[key] for r in records], dtype=dtype)
+
+        pix = torch.full((n, d), float("nan"))
+        for i, r in enumerate(records):
+            if r.get("pixels"):
+                pix[i] = torch.tensor([[p["y"], p["x"], *p["value"]] for p in r["pixels"]]).flatten()
+        skipped = col("skipped", torch.bool) if n else torch.zeros(0, dtype=torch.bool)
+        x_adv = x.clone()
+        att = (~skipped).nonzero().flatten()
+        if att.numel():
+            imgs = _build(x[att].float(), torch.arange(att.numel()), pix[att], pixels, False)
+            x_adv[att] = imgs.to(x.dtype)
+        targets = [r.get("target") for r in records]
+        return cls(
+            index=col("index", torch.long),
+            labels=col("label", torch.long),
+            skipped=skipped,
+            success=col("success", torch.bool) if n else torch.zeros(0, dtype=torch.bool),
+            adv_labels=col("adv_label", torch.long),
+            preds=col("pred", torch.long),
+            conf_clean=col("conf_clean", torch.float32),
+            conf_before=col("conf_before", torch.float32),
+            conf_adv=col("conf_adv", torch.float32),
+            outlier=col("outlier", torch.bool) if n else torch.zeros(0, dtype=torch.bool),
+            pixel=pix.view(n, pixels, 2 + ch),
+            generations=col("generations", torch.long),
+            evaluations=col("evaluations", torch.long),
+            x_adv=x_adv,
+            pixels=pixels,
+            popsize=popsize,
+            maxiter=maxiter,
+            target=[int(t) for t in targets if t is not None] if n and None not in targets else None,
+            threshold=threshold,
+            head_kind=head_kind,
+            seed=seed,
+            settings=dict(settings or {}),
+        )
 
 
 # ------------------------------------------------------------------------- attack
@@ -352,18 +446,20 @@ def onepixel(
     target: int | torch.Tensor | Sequence[int] | None = None,
     tol: float | None = None,
     seed: int = 0,
+    index: torch.Tensor | Sequence[int] | None = None,
     batch_size: int | None = None,
     chunk: int | None = None,
     amp: bool = True,
     device: str | torch.device | None = None,
     progress: Progress | None = None,
+    callback: Callable[[OnePixelResult], None] | None = None,
 ) -> OnePixelResult:
     """One-pixel attack on a batch of images by batched differential evolution.
 
     Args:
         model: a classifier on images in [0, 1]; a :class:`~kmtools.models.core.KmModel`
             (normalisation inside) or any module returning logits. Run in eval mode.
-        x: (N, C, H, W) images in [0, 1].
+        x: (N, C, H, W) float images in [0, 1].
         y: (N,) true labels.
         pixels: pixels changed per candidate (1, 3, 5 in Su et al.).
         popsize: candidates per image (Su et al.: 400).
@@ -375,6 +471,9 @@ def onepixel(
             (scipy's rule, default 0.01 there); ``None`` (default) never stops on it,
             like Su et al. and torchattacks (which passes ``atol=-1`` to scipy's solver).
         seed: seeds the counter-based random numbers (see the module docstring).
+        index: (N,) the images' ids (default 0..N-1): they key the random numbers and
+            appear in the result, so image i is attacked the same way whichever subset it
+            is passed with.
         batch_size: images evolved together (default 8192 // popsize on CUDA,
             2048 // popsize on CPU, at least 1).
         chunk: maximum candidate images per forward pass (default: batch_size × popsize).
@@ -382,6 +481,9 @@ def onepixel(
             under bf16 is confirmed in float32 before its image stops.
         device: where to run (the model is moved there); default the model's device.
         progress: ``progress(finished_images, images_to_attack)`` after each generation.
+        callback: called with the :class:`OnePixelResult` of the images that just
+            finished (first the skipped ones, then per generation the ones that stopped);
+            their results are final.
 
     Returns:
         :class:`OnePixelResult`. ``x_adv`` differs from ``x`` in at most ``pixels`` pixel
@@ -407,7 +509,9 @@ def onepixel(
         raise ConfigError("tol must be >= 0 (or None to disable)")
     if chunk is not None and chunk < 1:
         raise ConfigError("chunk must be at least 1")
-    if x.is_floating_point() and x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+    if not x.is_floating_point():
+        raise ConfigError(f"images must be floats in [0, 1], got dtype {x.dtype}")
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
         raise ConfigError("images must be in [0, 1] (pixel space, before normalisation)")
 
     t0 = time.perf_counter()
@@ -419,8 +523,11 @@ def onepixel(
     chunk = chunk or bs * p
     amp_on = _use_amp(dev, amp)
     nhwc = _use_nhwc(dev)
-    xf = x if x.is_floating_point() else x.float()
+    xf = x
     labels = y.to(torch.long).cpu()
+    ids_all = torch.arange(n) if index is None else torch.as_tensor(index, dtype=torch.long).cpu().flatten()
+    if ids_all.numel() != n:
+        raise ConfigError(f"{ids_all.numel()} image ids for {n} images")
 
     tgt_all: torch.Tensor | None = None
     if target is not None:
@@ -436,34 +543,70 @@ def onepixel(
     def score(imgs: torch.Tensor, use_amp: bool) -> torch.Tensor:
         return class_confidences(model, imgs, amp=use_amp)
 
+    def score_f32(imgs: torch.Tensor) -> torch.Tensor:
+        """float32 verdicts in forward passes of exactly ``_VERDICT_BATCH`` images (padded), so
+        an image's verdict does not depend on how many others are judged with it (kernels
+        may round differently for other batch sizes)."""
+        parts = []
+        for s in range(0, imgs.shape[0], _VERDICT_BATCH):
+            part = imgs[s : s + _VERDICT_BATCH]
+            k = part.shape[0]
+            if k < _VERDICT_BATCH:
+                part = torch.cat([part, part[:1].expand(_VERDICT_BATCH - k, *part.shape[1:])])
+            parts.append(score(part, False)[:k])
+        return torch.cat(parts) if parts else torch.zeros(0, 1, device=imgs.device)
+
     with eval_mode(model), torch.no_grad():
         # clean predictions (float32)
-        confs = []
-        for s in range(0, n, max(chunk, 1)):
-            confs.append(score(xf[s : s + chunk].to(dev), False).cpu())
-        conf0 = torch.cat(confs) if confs else torch.zeros(0, 1)
+        parts = [score_f32(xf[s : s + 1024].to(dev)).cpu() for s in range(0, n, 1024)]
+        conf0 = torch.cat(parts) if parts else torch.zeros(0, 1)
         nc = conf0.shape[1]
         if (labels < 0).any() or (labels >= nc).any():
             raise ConfigError(f"labels must be in [0, {nc}) for this model")
         if tgt_all is not None and ((tgt_all < 0).any() or (tgt_all >= nc).any()):
             raise ConfigError(f"--target must be in [0, {nc}) for this model")
+        thr = _threshold(model, nc)
         pred0 = conf0.argmax(1)
-        conf_before = conf0.gather(1, labels[:, None])[:, 0]
         skipped = pred0 != labels
         if tgt_all is not None:
             skipped |= tgt_all == labels
 
-        best_pix = torch.full((n, d), float("nan"))
-        generations = torch.zeros(n, dtype=torch.long)
-        evaluations = torch.zeros(n, dtype=torch.long)
-        x_adv = xf.clone()
+        # per-image results, filled in as images finish (skipped images: the clean verdict)
+        res = OnePixelResult(
+            index=ids_all,
+            labels=labels,
+            skipped=skipped,
+            success=torch.zeros(n, dtype=torch.bool),
+            adv_labels=pred0.clone(),
+            preds=pred0,
+            conf_clean=conf0.amax(1) if n else torch.zeros(0),
+            conf_before=conf0.gather(1, labels[:, None])[:, 0] if n else torch.zeros(0),
+            conf_adv=conf0.amax(1) if n else torch.zeros(0),
+            outlier=conf0.amax(1) < thr if n else torch.zeros(0, dtype=torch.bool),
+            pixel=torch.full((n, pixels, 2 + ch), float("nan")),
+            generations=torch.zeros(n, dtype=torch.long),
+            evaluations=torch.zeros(n, dtype=torch.long),
+            x_adv=xf.clone(),
+            pixels=pixels,
+            popsize=p,
+            maxiter=maxiter,
+            target=None if tgt_all is None else [int(t) for t in tgt_all],
+            threshold=thr,
+            head_kind=_head_kind(model),
+            seed=seed,
+            settings={
+                "F": F, "tol": tol, "batch_size": bs, "chunk": chunk, "amp": amp_on, "device": str(dev)
+            },
+        )
+        if callback is not None and bool(skipped.any()):
+            callback(res.take(skipped.nonzero().flatten()))
         queue = (~skipped).nonzero().flatten().tolist()
         total = len(queue)
         finished = 0
 
         # slot state
         base = torch.empty((0, h, w, ch) if nhwc else (0, ch, h, w), device=dev, dtype=xf.dtype)
-        gidx = torch.empty(0, dtype=torch.long, device=dev)
+        slot_img = torch.empty(0, dtype=torch.long)  # position in x of each slot (CPU)
         keys = torch.empty(0, dtype=torch.long, device=dev)
         lab = torch.empty(0, dtype=torch.long, device=dev)
         tgt: torch.Tensor | None = None if tgt_all is None else torch.empty(0, dtype=torch.long, device=dev)
@@ -475,17 +618,17 @@ def onepixel(
         is_pos = torch.tensor([True, True] + [False] * ch, device=dev).repeat(pixels)
         hi = torch.where(is_pos, hi_pos - 1e-4, hi_pos)
 
-        while queue or gidx.numel():
+        while queue or slot_img.numel():
             # refill free slots with queued images (their initial population)
-            take = queue[: max(0, bs - gidx.numel())]
+            take = queue[: max(0, bs - slot_img.numel())]
             queue = queue[len(take) :]
             fresh = len(take)
             if fresh:
                 ti = torch.tensor(take, dtype=torch.long)
                 xi = xf[ti].to(dev)
                 base = torch.cat([base, xi.permute(0, 2, 3, 1).contiguous() if nhwc else xi])
-                tk = _image_keys(seed, ti.to(dev))
-                gidx = torch.cat([gidx, ti.to(dev)])
+                tk = _image_keys(seed, ids_all[ti].to(dev))
+                slot_img = torch.cat([slot_img, ti])
                 keys = torch.cat([keys, tk])
                 lab = torch.cat([lab, labels[ti].to(dev)])
                 if tgt is not None and tgt_all is not None:
@@ -503,7 +646,7 @@ def onepixel(
                 pop = torch.cat([pop, init])
                 fit = torch.cat([fit, torch.full((fresh, p), float("inf"), device=dev)])
                 gen = torch.cat([gen, torch.full((fresh,), -1, dtype=torch.long, device=dev)])
-            s_n = gidx.numel()
+            s_n = slot_img.numel()
             new = gen < 0
             # children: DE/rand/1 without crossover; fresh slots evaluate their initial population
             a, b, c = _distinct_parents(keys, gen + 1, p)
@@ -526,7 +669,7 @@ def onepixel(
                 cfool[s:e] = _fools(conf.argmax(1), lab_f[s:e], tt)
             cfit = cfit.view(s_n, p)
             cfool = cfool.view(s_n, p)
-            evaluations[gidx.cpu()] += p
+            res.evaluations[slot_img] += p
 
             better = cfit < fit
             pop = torch.where(better[..., None], cand, pop)
@@ -540,66 +683,40 @@ def onepixel(
             done_ok = any_fool.clone()
             if amp_on and bool(any_fool.any()):
                 ids = any_fool.nonzero().flatten()
-                conf = score(_build(base, ids, win_cand[ids], pixels, nhwc), False)
-                ok = _fools(conf.argmax(1), lab[ids], tgt[ids] if tgt is not None else None)
-                done_ok[ids] = ok
+                conf = score_f32(_build(base, ids, win_cand[ids], pixels, nhwc))
+                done_ok[ids] = _fools(conf.argmax(1), lab[ids], tgt[ids] if tgt is not None else None)
             stop = done_ok | (gen >= maxiter)
             if tol is not None:
-                mean = fit.mean(1)
-                stop |= fit.std(1, unbiased=False) <= tol * mean.abs()
+                stop |= fit.std(1, unbiased=False) <= tol * fit.mean(1).abs()
             if bool(stop.any()):
                 ids = stop.nonzero().flatten()
                 best = torch.where(done_ok[ids], win[ids], fit[ids].argmin(1))
                 chosen = torch.where(done_ok[ids, None], win_cand[ids], pop[ids, best])
                 imgs = _build(base, ids, chosen, pixels, nhwc)
-                gi = gidx[ids].cpu()
-                x_adv[gi] = imgs.to(x_adv.device, x_adv.dtype).contiguous()
-                lin_pos = chosen.view(-1, pixels, 2 + ch).clone()
-                lin_pos[..., 0] = lin_pos[..., 0].floor().clamp(0, h - 1)
-                lin_pos[..., 1] = lin_pos[..., 1].floor().clamp(0, w - 1)
-                best_pix[gi] = lin_pos.view(-1, d).cpu()
-                generations[gi] = gen[ids].cpu()
+                conf = score_f32(imgs).cpu()  # the final verdict, float32
+                gi = slot_img[ids.cpu()]
+                res.x_adv[gi] = imgs.to(res.x_adv.device, res.x_adv.dtype).contiguous()
+                px = chosen.view(-1, pixels, 2 + ch).clone()
+                px[..., 0] = px[..., 0].floor().clamp(0, h - 1)
+                px[..., 1] = px[..., 1].floor().clamp(0, w - 1)
+                res.pixel[gi] = px.cpu()
+                res.generations[gi] = gen[ids].cpu()
+                res.conf_adv[gi] = conf.amax(1)
+                res.adv_labels[gi] = conf.argmax(1)
+                tg = None if tgt_all is None else tgt_all[gi]
+                res.success[gi] = _fools(res.adv_labels[gi], labels[gi], tg)
+                res.outlier[gi] = res.conf_adv[gi] < thr
                 keep = (~stop).nonzero().flatten()
-                base, gidx, keys, lab = base[keep], gidx[keep], keys[keep], lab[keep]
+                base, keys, lab = base[keep], keys[keep], lab[keep]
+                slot_img = slot_img[keep.cpu()]
                 tgt = tgt[keep] if tgt is not None else None
                 pop, fit, gen = pop[keep], fit[keep], gen[keep]
                 finished += int(ids.numel())
+                if callback is not None:
+                    callback(res.take(gi))
             if progress is not None:
                 progress(finished, total)
 
-        # final verdicts in float32 on the adversarial images
-        confs = []
-        for s in range(0, n, max(chunk, 1)):
-            confs.append(score(x_adv[s : s + chunk].to(dev), False).cpu())
-        conf_a = torch.cat(confs) if confs else torch.zeros(0, 1)
-
-    adv_labels = conf_a.argmax(1) if n else torch.zeros(0, dtype=torch.long)
-    conf_adv = conf_a.amax(1) if n else torch.zeros(0)
-    success = _fools(adv_labels, labels, tgt_all) & ~skipped
-    thr = _threshold(model, nc if n else 1)
-    pix = best_pix.view(n, pixels, 2 + ch)
-    return OnePixelResult(
-        index=torch.arange(n),
-        labels=labels,
-        skipped=skipped,
-        success=success,
-        adv_labels=adv_labels,
-        preds=pred0,
-        conf_clean=conf0.amax(1) if n else torch.zeros(0),
-        conf_before=conf_before,
-        conf_adv=conf_adv,
-        outlier=conf_adv < thr,
-        pixel=pix,
-        generations=generations,
-        evaluations=evaluations,
-        x_adv=x_adv.to(x.device),
-        pixels=pixels,
-        popsize=p,
-        maxiter=maxiter,
-        target=None if tgt_all is None else [int(t) for t in tgt_all],
-        threshold=thr,
-        head_kind=_head_kind(model),
-        seed=seed,
-        seconds=time.perf_counter() - t0,
-        settings={"F": F, "tol": tol, "batch_size": bs, "chunk": chunk, "amp": amp_on, "device": str(dev)},
-    )
+    res.x_adv = res.x_adv.to(x.device)
+    res.seconds = time.perf_counter() - t0
+    return res

@@ -142,7 +142,29 @@ def _sklearn(key: str, split: str) -> DataInfo:
     return info
 
 
+def _check_npz(path: Path) -> None:
+    """An .npz is a zip of .npy arrays; refuse other files and archives that would unpack to
+    more than half of this machine's memory (np.load decompresses whole arrays)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, EOFError) as exc:
+        raise DataError(f"{path} is not an .npz archive (a zip of .npy arrays, as np.savez writes)") from exc
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return
+    if total > ram // 2:
+        raise DataError(
+            f"{path} would unpack to {total / 2**30:.1f} GiB, more than half of this machine's memory: "
+            "split it into smaller files or use an ImageFolder tree"
+        )
+
+
 def _npz(path: Path, split: str) -> DataInfo:
+    _check_npz(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
@@ -153,6 +175,14 @@ def _npz(path: Path, split: str) -> DataInfo:
             x, y = z[kx], z[ky]
     except (ValueError, OSError) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc})") from exc
+    if x.ndim < 2 or y.ndim < 1:
+        raise DataError(f"{path}: x must be (N, features...) and y (N,), got shapes {x.shape} and {y.shape}")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+        raise DataError(f"{path}: x must hold numbers, not {x.dtype}")
+    if not np.issubdtype(y.dtype, np.integer) and not (
+        np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+    ):
+        raise DataError(f"{path}: y must hold integer class indices, got {y.dtype} values")
     if len(x) != len(y):
         raise DataError(f"{path}: x has {len(x)} rows but y has {len(y)}")
     xt = torch.from_numpy(np.asarray(x))
@@ -172,6 +202,7 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
     def __init__(self, files: Sequence[tuple[Path, int]], mode: str) -> None:
         self.files = list(files)
         self.mode = mode
+        self.shape: tuple[int, ...] | None = None  # set once known: every image must match it
 
     def __len__(self) -> int:
         return len(self.files)
@@ -187,6 +218,11 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
             raise DataError(f"cannot decode image {path} ({exc})") from exc
         t = torch.from_numpy(arr.copy())
         t = t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1)
+        if self.shape is not None and tuple(t.shape) != self.shape:
+            raise DataError(
+                f"image {path} has shape {tuple(t.shape)} but the first image has {self.shape}: "
+                "resize the images to one size"
+            )
         return t.float().div_(255.0), label
 
 
@@ -208,7 +244,33 @@ def _imagefolder(folder: Path, name: str, split: str) -> DataInfo:
 
     with Image.open(files[0][0]) as im:
         mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
-    return _finish(ImageFiles(files, mode), name, split, [c.name for c in classes], str(folder))
+        small = im.size[0] * im.size[1] <= 64 * 64
+    images = ImageFiles(files, mode)
+    images.shape = tuple(images[0][0].shape)
+    ds: Dataset[tuple[torch.Tensor, int]] = images
+    if small and len(files) <= MAX_DECODE_IN_MEMORY:
+        ds = _decode_all(images)
+    return _finish(ds, name, split, [c.name for c in classes], str(folder))
+
+
+#: ImageFolders of small images (≤ 64×64, e.g. CIFAR as JPEG) with at most this many files are
+#: decoded once into a uint8 tensor (60k CIFAR images: 184 MB), so training and attacks slice
+#: batches from memory instead of decoding JPEGs every epoch.
+MAX_DECODE_IN_MEMORY = 200_000
+
+
+def _decode_all(images: ImageFiles) -> Dataset[tuple[torch.Tensor, int]]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> torch.Tensor:
+        return images[i][0].mul(255.0).round().to(torch.uint8)
+
+    with ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)) as pool:
+        xs = list(pool.map(one, range(len(images)), chunksize=256))
+    if len({tuple(x.shape) for x in xs}) > 1:
+        return images  # mixed sizes: decode per item (the model's input check reports them)
+    y = torch.tensor([label for _, label in images.files])
+    return _U8Dataset(torch.stack(xs), y)
 
 
 def _imagefolder_root(path: Path, split: str, name: str) -> DataInfo:
@@ -291,6 +353,10 @@ class _U8Dataset(Dataset[tuple[torch.Tensor, int]]):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.x[i].float().div(255.0), int(self.y[i])
+
+    def u8_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images (uint8) and labels, for batch slicing without per-item overhead."""
+        return self.x, self.y
 
 
 def _read_idx(path: Path) -> np.ndarray:

@@ -9,8 +9,18 @@ deep explainer imports it when first used.
 * :func:`explain_deep`, :class:`DeepNeonExplainer` — Sec. IV with zennit LRP rules.
 * :data:`METHODS` — NEON and the baselines of Sec. VII.
 * :func:`feature_adding_auc`, :func:`table_row` — Algorithm 1 and Table I.
+* :func:`explain_data`, :func:`explain_network` — whole runs (what ``kmtools explain`` calls).
 """
 
+from kmtools.explain.api import (
+    TABLE_I_WINER,
+    NeonRun,
+    auc_key,
+    elbow,
+    explain_data,
+    explain_network,
+    standardize,
+)
 from kmtools.explain.baselines import BASELINES, METHODS
 from kmtools.explain.deep import DeepExplanation, DeepNeonExplainer, explain_deep
 from kmtools.explain.evaluate import KDE, feature_adding_auc, feature_adding_curves, loo_sigma, table_row
@@ -27,20 +37,25 @@ from kmtools.explain.neon import (
     stiffness,
 )
 
-
 __all__ = [
     "BASELINES",
     "KDE",
     "METHODS",
+    "TABLE_I_WINER",
     "ClusterModel",
     "DeepExplanation",
     "DeepNeonExplainer",
     "KMeansModel",
     "KernelKMeans",
+    "NeonRun",
     "NeuralizedKMeans",
     "assign",
+    "auc_key",
     "cluster_score",
+    "elbow",
+    "explain_data",
     "explain_deep",
+    "explain_network",
     "feature_adding_auc",
     "feature_adding_curves",
     "fit_kernel_kmeans",
@@ -49,6 +64,7 @@ __all__ = [
     "min_take_most",
     "neon",
     "neuralize",
+    "standardize",
     "stiffness",
     "table_row",
 ]

@@ -38,7 +38,9 @@ Centroids = torch.Tensor | ClusterModel
 Method = Callable[..., torch.Tensor]
 
 
-def _setup(x: torch.Tensor, centroids: Centroids, assignments: torch.Tensor | None) -> tuple[ClusterModel, torch.Tensor]:
+def _setup(
+    x: torch.Tensor, centroids: Centroids, assignments: torch.Tensor | None
+) -> tuple[ClusterModel, torch.Tensor]:
     if x.dim() != 2:
         raise ConfigError("inputs must be an (N, d) tensor")
     model = as_model(centroids)
@@ -70,14 +72,16 @@ def squared(
     return (x - ref.to(x.device, x.dtype)) ** 2
 
 
-def nca(x: torch.Tensor, centroids: Centroids, assignments: torch.Tensor | None = None, **_: Any) -> torch.Tensor:
+def nca(
+    x: torch.Tensor, centroids: Centroids, assignments: torch.Tensor | None = None, **_: Any
+) -> torch.Tensor:
     """'nearest centroid analysis' (Sec. VII): (x − μ_k)² − (x − μ_c)² element-wise, k the nearest competitor.
 
     Equals NEON's midpoint rule with min-take-all (β → ∞); Σ_i R_i = f_c(x).
     """
     if not isinstance(centroids, torch.Tensor):
         raise ConfigError("NCA needs the centroids of a standard k-means model")
-    _, c = _setup(x, centroids, assignments)
+    c = _setup(x, centroids, assignments)[1]
     mu = centroids.to(x.device, x.dtype)
     k = competitor_scores(x, centroids, c).argmin(1)
     return (x - mu[k]) ** 2 - (x - mu[c]) ** 2
@@ -125,7 +129,8 @@ def integrated_gradients(
     if steps < 1:
         raise ConfigError("steps must be ≥ 1")
     model, c = _setup(x, centroids, assignments)
-    base = torch.zeros_like(x) if baseline is None else torch.as_tensor(baseline).to(x.device, x.dtype).expand_as(x)
+    ref = torch.zeros(()) if baseline is None else torch.as_tensor(baseline)
+    base = ref.to(x.device, x.dtype).expand_as(x)
     total = torch.zeros_like(x)
     for s in range(1, steps + 1):
         total += _grad(model, base + (s / steps) * (x - base), c)
@@ -203,12 +208,16 @@ def neon_method(
     return model.neon(x, c, beta)
 
 
-def _pda_zero(x: torch.Tensor, centroids: Centroids, assignments: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+def _pda_zero(
+    x: torch.Tensor, centroids: Centroids, assignments: torch.Tensor | None = None, **kw: Any
+) -> torch.Tensor:
     kw.pop("imputation", None)
     return pda(x, centroids, assignments, imputation="zero", **kw)
 
 
-def _pda_kde(x: torch.Tensor, centroids: Centroids, assignments: torch.Tensor | None = None, **kw: Any) -> torch.Tensor:
+def _pda_kde(
+    x: torch.Tensor, centroids: Centroids, assignments: torch.Tensor | None = None, **kw: Any
+) -> torch.Tensor:
     kw.pop("imputation", None)
     return pda(x, centroids, assignments, imputation="kde", **kw)
 

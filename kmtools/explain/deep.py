@@ -59,7 +59,7 @@ class MissingDependencyError(KmtoolsError):
 def require_zennit() -> Any:
     """Import zennit or raise a :class:`KmtoolsError` that says how to install it."""
     try:
-        import zennit  # noqa: F401
+        import zennit
         import zennit.canonizers
         import zennit.composites
         import zennit.rules
@@ -209,12 +209,16 @@ class DeepExplanation:
         }
 
 
-def _resolve_centroids(model: nn.Module, centroids: torch.Tensor | None, layer: str | None) -> torch.Tensor:
+def _resolve_centroids(
+    model: nn.Module, centroids: torch.Tensor | None, layer: str | None, required: bool = True
+) -> torch.Tensor | None:
     if centroids is not None:
         return centroids.detach()
     head = getattr(model, "head", None)
     if getattr(model, "head_kind", None) == "gauss" and head is not None and layer is None:
         return head.centroids.detach()
+    if not required:
+        return None
     raise ConfigError(
         "no clusters to explain: pass centroids (k-means on the layer's activations, e.g. "
         "kmtools.centroids.kmeans) or use a Gauss network, whose class centroids are the clusters"
@@ -248,10 +252,11 @@ class DeepNeonExplainer:
         dev = torch.device(device) if device is not None else next(model.parameters()).device
         self.device = dev
         self.layer = layer
-        self.centroids = _resolve_centroids(model, centroids, layer).to(dev)
+        mu = _resolve_centroids(model, centroids, layer, required=False)
+        self.centroids: torch.Tensor | None = None if mu is None else mu.to(dev)
         norm = getattr(model, "normalize", None)
         self.normalize: nn.Module = copy.deepcopy(norm).to(dev).eval() if norm is not None else nn.Identity()
-        self.backbone: nn.Module = copy.deepcopy(model.backbone).to(dev).eval()
+        self.backbone: nn.Module = copy.deepcopy(model.get_submodule("backbone")).to(dev).eval()
         for p in self.backbone.parameters():
             p.requires_grad_(False)
         self.target: nn.Module | None = None
@@ -260,7 +265,9 @@ class DeepNeonExplainer:
                 self.target = self.backbone.get_submodule(layer)
             except AttributeError as exc:
                 names = [n for n, _ in self.backbone.named_modules() if n]
-                raise ConfigError(f"no layer {layer!r} in the backbone; layers: {', '.join(names[:40])}") from exc
+                raise ConfigError(
+                    f"no layer {layer!r} in the backbone; layers: {', '.join(names[:40])}"
+                ) from exc
         self.gamma = gamma
         self.epsilon = epsilon
         self.first_rule = first_rule
@@ -300,6 +307,22 @@ class DeepNeonExplainer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the clusters ------------------------------------------------------------------------
+    def set_centroids(self, centroids: torch.Tensor) -> None:
+        """Set (or replace) the (K, d) centroids at the cluster layer, e.g. after k-means on
+        :meth:`features`."""
+        if centroids.dim() != 2 or centroids.shape[0] < 2:
+            raise ConfigError("centroids must be a (K, d) tensor with K ≥ 2")
+        self.centroids = centroids.detach().to(self.device)
+
+    def _centroids(self) -> torch.Tensor:
+        if self.centroids is None:
+            raise ConfigError(
+                "no clusters to explain: set k-means centroids of the layer's activations "
+                "(set_centroids) or use a Gauss network, whose class centroids are the clusters"
+            )
+        return self.centroids
+
     # -- forward to the cluster layer ----------------------------------------------------
     def activations(self, z: torch.Tensor) -> torch.Tensor:
         """Activations at the cluster layer for normalised inputs z (graph kept), (N, d)."""
@@ -329,13 +352,14 @@ class DeepNeonExplainer:
         ``beta`` defaults to 1 / E[f_c] over the cluster-layer activations of ``x`` (Eq. 3);
         for a small batch pass the β of the whole data set (:meth:`stiffness`).
         """
+        mu = self._centroids()
         if self._composite is None:
             self._register(x)
         n = x.shape[0]
         if beta is None:
             feats = self.features(x, batch_size)
-            c_all = assign(feats, self.centroids) if assignments is None else assignments.to(self.device)
-            beta = stiffness(feats, self.centroids, c_all)
+            c_all = assign(feats, mu) if assignments is None else assignments.to(self.device)
+            beta = stiffness(feats, mu, c_all)
         rel, frel, feats_out, cs, fs = [], [], [], [], []
         for s in range(0, n, batch_size):
             xb = x[s : s + batch_size].to(self.device)
@@ -344,17 +368,17 @@ class DeepNeonExplainer:
             z = z.detach().requires_grad_(True)
             with torch.enable_grad():
                 a = self.activations(z)
-                if a.shape[1] != self.centroids.shape[1]:
+                if a.shape[1] != mu.shape[1]:
                     raise ConfigError(
-                        f"the cluster layer has {a.shape[1]} features but the centroids {self.centroids.shape[1]}"
+                        f"the cluster layer has {a.shape[1]} features "
+                        f"but the centroids have {mu.shape[1]}"
                     )
                 ad = a.detach()
-                c = assign(ad, self.centroids) if assignments is None else assignments[s : s + batch_size].to(
-                    self.device
-                ).long()
-                ra = neon(ad, self.centroids, c, beta)  # Eqs. 2–4 at the cluster layer
+                given = None if assignments is None else assignments[s : s + batch_size]
+                c = assign(ad, mu) if given is None else given.to(self.device).long()
+                ra = neon(ad, mu, c, beta)  # Eqs. 2–4 at the cluster layer
                 (r,) = torch.autograd.grad(a, z, grad_outputs=ra.to(a.dtype))
-            f = competitor_scores(ad, self.centroids, c).min(1).values
+            f = competitor_scores(ad, mu, c).min(1).values
             rel.append(r.detach())
             frel.append(ra)
             feats_out.append(ad)
@@ -375,7 +399,7 @@ class DeepNeonExplainer:
 
     def stiffness(self, x: torch.Tensor, batch_size: int = 256) -> float:
         """Eq. 3 over a data set: β = 1 / E[f_c] of the cluster-layer activations of ``x``."""
-        return stiffness(self.features(x, batch_size), self.centroids)
+        return stiffness(self.features(x, batch_size), self._centroids())
 
 
 def explain_deep(
@@ -401,6 +425,7 @@ def explain_deep(
     features, ``model.features``); ``gamma`` of LRP-γ in convolutions. With ``details=True``
     returns the :class:`DeepExplanation` instead of the relevance tensor.
     """
+    _resolve_centroids(model, centroids, layer)  # fail before copying the network
     with DeepNeonExplainer(
         model, centroids, layer=layer, gamma=gamma, epsilon=epsilon, first_rule=first_rule, bounds=bounds,
         device=device,
@@ -426,20 +451,21 @@ def deep_integrated_gradients(
     net = copy.deepcopy(model).eval()
     dev = next(net.parameters()).device
     mu = centroids.to(dev)
-    target = net.backbone.get_submodule(layer) if layer else None
+    backbone, normalize = net.get_submodule("backbone"), net.get_submodule("normalize")
+    target = backbone.get_submodule(layer) if layer else None
     out = []
     for s in range(0, x.shape[0], batch_size):
         xb = x[s : s + batch_size].to(dev)
         if assignments is None:
             with torch.no_grad():
-                c = assign(_layer_activations(net.backbone, target, net.normalize(xb)), mu)
+                c = assign(_layer_activations(backbone, target, normalize(xb)), mu)
         else:
             c = assignments[s : s + batch_size].to(dev).long()
         total = torch.zeros_like(xb)
         for k in range(1, steps + 1):
             xi = (xb * (k / steps)).requires_grad_(True)
             with torch.enable_grad():
-                f = cluster_score(_layer_activations(net.backbone, target, net.normalize(xi)), mu, c)
+                f = cluster_score(_layer_activations(backbone, target, normalize(xi)), mu, c)
                 (g,) = torch.autograd.grad(f.sum(), xi)
             total += g
         out.append((xb * total / steps).detach())

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from kmtools.errors import ConfigError
+from kmtools.explain._threads import small_work
 from kmtools.explain.neon import ClusterModel, as_model
 
 __all__ = ["KDE", "feature_adding_auc", "feature_adding_curves", "loo_sigma", "table_row"]
@@ -46,6 +47,7 @@ def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_min(0.0)
 
 
+@small_work
 def loo_sigma(data: torch.Tensor, *, iters: int = 1000, tol: float = 1e-10) -> float:
     """σ of the KDE (Eq. 39) by maximum leave-one-out likelihood (Eqs. 40–42).
 
@@ -100,7 +102,8 @@ class KDE:
         p = present.cpu().bool()
         logits = -_sqdist(zw[:, p], data[:, p]) / (2.0 * self.sigma**2)  # (B, N)
         idx = _gumbel_pick(logits.unsqueeze(1).expand(-1, samples, -1), gen)  # (B, S)
-        drawn = data[idx] + self.sigma * torch.randn(*idx.shape, data.shape[1], generator=gen, dtype=torch.float64)
+        noise = torch.randn(*idx.shape, data.shape[1], generator=gen, dtype=torch.float64)
+        drawn = data[idx] + self.sigma * noise
         out = torch.where(p, zw[:, None, :], drawn)
         return out.to(z.device, z.dtype)
 
@@ -128,6 +131,7 @@ def _steps(d: int, steps: int | None) -> torch.Tensor:
     return torch.unique(torch.round(torch.linspace(1, d, steps)).long())
 
 
+@small_work
 def feature_adding_curves(
     x: torch.Tensor,
     centroids: torch.Tensor | ClusterModel,
@@ -234,6 +238,7 @@ def feature_adding_auc(
     return float(curves.mean() * 100.0)
 
 
+@small_work
 def table_row(
     x: torch.Tensor,
     centroids: torch.Tensor | ClusterModel,

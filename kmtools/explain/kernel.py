@@ -25,7 +25,9 @@ the whole backward pass collapses to
     R = Σ_{k≠c} (R_k / h_k) · ( E_{s_k}[(x − u_j)²] − E_{p}[(x − u_i)²] )     (element-wise)
 
 with p = softmax_{i∈C_c}(−γ d_i) and s_k = softmax_{j∈C_k}(−γ h_jk) = softmax_j(−γ d_j).
-Eq. 10 dissipates part of f_c, so Σ_i R_i ≈ f_c but not exactly.
+Conservation is approximate: layer 2 hands on E_p[h_ijk] ≥ LME^{γ}_i h_ijk and layer 3
+E_s[h_jk] ≤ LME^{−γ}_j h_jk (Gibbs' inequality), and Eq. 10 rescales by h_ijk / h_k, so
+Σ_i R_i = Σ_k (R_k / h_k) E_{p,s}[h_ijk] ≈ f_c, on either side of it (exact for M = 1).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from kmtools.errors import ConfigError
+from kmtools.explain._threads import small_work
 from kmtools.explain.neon import min_take_most
 
 __all__ = ["KernelKMeans", "fit_kernel_kmeans", "kernel_neon", "lme"]
@@ -173,6 +176,7 @@ def _lloyd(x: torch.Tensor, k: int, gen: torch.Generator, iters: int = 50) -> to
     return labels
 
 
+@small_work
 def fit_kernel_kmeans(
     x: torch.Tensor,
     k: int,

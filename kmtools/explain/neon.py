@@ -116,7 +116,9 @@ def competitor_scores(x: torch.Tensor, centroids: torch.Tensor, c: torch.Tensor)
     return h.scatter(1, c.view(-1, 1), float("inf"))
 
 
-def cluster_score(x: torch.Tensor, centroids: torch.Tensor, assignments: torch.Tensor | None = None) -> torch.Tensor:
+def cluster_score(
+    x: torch.Tensor, centroids: torch.Tensor, assignments: torch.Tensor | None = None
+) -> torch.Tensor:
     """f_c(x) = min_{k≠c} h_k(x) (Prop. 1, layer 2), in x's dtype; > 0 iff x is assigned to c.
 
     Differentiable in ``x`` (used by the gradient baselines).

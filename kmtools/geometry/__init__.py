@@ -44,7 +44,7 @@ from kmtools.geometry.distance import (
     lipschitz_upper_bound,
     theorem2_bounds,
 )
-from kmtools.geometry.path import PathResult, find_path, path_profile, project_to_class
+from kmtools.geometry.path import PathResult, find_path, path_profile, project_to_class, same_class_pairs
 
 __all__ = [
     "AdversarialSet",
@@ -72,6 +72,7 @@ __all__ = [
     "path_profile",
     "principal_curvatures",
     "project_to_class",
+    "same_class_pairs",
     "save_adversarial_set",
     "theorem2_bounds",
 ]

@@ -257,7 +257,8 @@ def _lanczos(op: BoundaryOperator, steps: int, gen: torch.Generator) -> torch.Te
         if bool(broken.any()):
             nxt = torch.where(broken[:, None], fresh(j + 1), nxt)
         Q[:, j + 1] = nxt
-    T = torch.diag_embed(alpha) + torch.diag_embed(beta[:, : steps - 1], 1) + torch.diag_embed(beta[:, : steps - 1], -1)
+    off = beta[:, : steps - 1]
+    T = torch.diag_embed(alpha) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
     return torch.linalg.eigvalsh(T)
 
 
@@ -361,7 +362,9 @@ def _check_pairs(x: torch.Tensor, i: torch.Tensor, k: torch.Tensor) -> None:
     if x.dim() < 2:
         raise ConfigError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}")
     if i.shape[0] != x.shape[0] or k.shape[0] != x.shape[0]:
-        raise ConfigError(f"need one class pair per input: {x.shape[0]} inputs, {i.shape[0]}/{k.shape[0]} labels")
+        raise ConfigError(
+            f"need one class pair per input: {x.shape[0]} inputs, {i.shape[0]}/{k.shape[0]} labels"
+        )
     if bool((i == k).any()):
         raise ConfigError("a class pair has the same class on both sides: F = s_i - s_k needs i != k")
 
@@ -426,7 +429,8 @@ def principal_curvatures(
             ritz = _lanczos(op, m, gen).to(z.dtype)
             tops.append(ritz.flip(1)[:, : min(top, m)])
             bots.append(ritz[:, : min(bottom, m)])
-            means.append(_mean_of(op, samples, gen) if samples > 0 else torch.full((op.grad.shape[0],), math.nan))
+            nan = torch.full((op.grad.shape[0],), math.nan)
+            means.append(_mean_of(op, samples, gen) if samples > 0 else nan)
             gns.append(op.grad_norm)
             if progress is not None:
                 progress(min(start + bs, n), n)
@@ -523,7 +527,8 @@ def boundary_curvature(
     n = x.shape[0]
     res = principal_curvatures(
         model, bp.z[idx], bp.adv_labels[idx], bp.labels[idx], top=top, bottom=bottom, steps=steps,
-        samples=samples, method=method, fd_step=fd_step if fd_step is not None else default_fd_step(x.to(dev)),
+        samples=samples, method=method,
+        fd_step=fd_step if fd_step is not None else default_fd_step(x.to(dev)),
         seed=seed, batch_size=batch_size, device=dev, progress=progress,
     )
     full_top = torch.full((n, res.top.shape[1] if idx.numel() else k_top), math.nan)
@@ -532,7 +537,8 @@ def boundary_curvature(
     full_gn = torch.full((n,), math.nan)
     ic = idx.cpu()
     if idx.numel():
-        full_top[ic], full_bot[ic], full_mean[ic], full_gn[ic] = res.top.float(), res.bottom.float(), res.mean, res.grad_norm.float()
+        full_top[ic], full_bot[ic] = res.top.float(), res.bottom.float()
+        full_mean[ic], full_gn[ic] = res.mean, res.grad_norm.float()
     res.top, res.bottom, res.mean, res.grad_norm = full_top, full_bot, full_mean, full_gn
     res.labels, res.others = bp.labels.cpu(), bp.adv_labels.cpu()
     res.distance = bp.distance.cpu()

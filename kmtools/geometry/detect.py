@@ -43,7 +43,13 @@ from torch import nn
 
 from kmtools.attacks.deepfool import decision_scores, deepfool, eval_mode, model_device
 from kmtools.errors import ConfigError, DataError
-from kmtools.geometry.curvature import BoundaryOperator, HvpMethod, default_fd_step, mean_curvature, resolve_method
+from kmtools.geometry.curvature import (
+    BoundaryOperator,
+    HvpMethod,
+    default_fd_step,
+    mean_curvature,
+    resolve_method,
+)
 from kmtools.geometry.distance import boundary_points
 
 Progress = Callable[[int, int], None]
@@ -103,8 +109,8 @@ def average_curvatures(
             if L < 2:
                 raise ConfigError("detection needs at least 2 classes")
             k = s.argmax(1)
-            others = torch.stack([torch.cat([torch.arange(0, int(kk)), torch.arange(int(kk) + 1, L)]) for kk in k.cpu()])
-            others = others.to(dev)  # (b, L-1)
+            ar = torch.arange(L, device=dev).expand(b, L)
+            others = ar[ar != k[:, None]].view(b, L - 1)  # (b, L-1), the classes i != k̂
             rows_x = xb.repeat_interleave(L - 1, dim=0)
             rows_i = others.flatten()
             rows_k = k.repeat_interleave(L - 1)
@@ -219,7 +225,9 @@ def detect(
         batch_size=batch_size, device=device, progress=progress,
     )
     rho, pert, cand, rec = _from_curvatures(curv, pred, threshold)
-    return DetectionResult(rho, curv, pred, pert, cand, rec, float(threshold), used, h if used == "fd" else None, samples)
+    return DetectionResult(
+        rho, curv, pred, pert, cand, rec, float(threshold), used, h if used == "fd" else None, samples
+    )
 
 
 @dataclass
@@ -247,7 +255,8 @@ class DetectionEvaluation:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self, max_points: int = 200) -> dict[str, Any]:
-        idx = np.unique(np.linspace(0, len(self.thresholds) - 1, min(max_points, len(self.thresholds))).astype(int))
+        m = len(self.thresholds)
+        idx = np.unique(np.linspace(0, m - 1, min(max_points, m)).astype(int))
         return {
             "clean": self.clean,
             "perturbed": self.perturbed,
@@ -284,7 +293,7 @@ def evaluate_detection(
     # declared clean when rho < t
     tp = np.searchsorted(np.sort(rc), ts, side="left") / len(rc)
     fp = np.searchsorted(np.sort(rp), ts, side="left") / len(rp)
-    auc = float(np.trapezoid(tp, fp)) if hasattr(np, "trapezoid") else float(np.trapz(tp, fp))
+    auc = float(np.trapezoid(tp, fp))
     tp0 = float((rc < 0).mean())
     fp0 = float((rp < 0).mean())
     bal = (tp + (1 - fp)) / 2
@@ -381,9 +390,11 @@ def boundary_asymmetry(
     h = float(fd_step) if fd_step is not None else default_fd_step(x)
     if x_pert is None:
         with eval_mode(model):
-            x_pert = deepfool(model, x, overshoot=overshoot, max_iter=max_iter, batch_size=batch_size, device=dev).x_adv
-    kc, used = _kappa_at_boundary(model, x, samples, str(method), h, seed, batch_size, dev, overshoot, max_iter)
-    kp, _ = _kappa_at_boundary(model, x_pert.to(dev), samples, used, h, seed + 1, batch_size, dev, overshoot, max_iter)
+            df = deepfool(model, x, overshoot=overshoot, max_iter=max_iter, batch_size=batch_size, device=dev)
+            x_pert = df.x_adv
+    args = (batch_size, dev, overshoot, max_iter)
+    kc, used = _kappa_at_boundary(model, x, samples, str(method), h, seed, *args)
+    kp, _ = _kappa_at_boundary(model, x_pert.to(dev), samples, used, h, seed + 1, *args)
     return AsymmetryResult(kc, kp, used, h if used == "fd" else None, samples)
 
 
@@ -392,7 +403,12 @@ def boundary_asymmetry(
 
 @dataclass
 class AdversarialSet:
-    """Perturbed inputs to test a detector on; see the module docstring for the format."""
+    """Perturbed inputs to test a detector on; see the module docstring for the formats.
+
+    ``labels`` are what label recovery should return (the predictions before the attack
+    when the file has them, else the dataset labels); ``x`` the clean inputs the rows came
+    from, when known; ``meta`` says where the set came from (``source``, ``key``, ``dropped``).
+    """
 
     x_adv: torch.Tensor
     labels: torch.Tensor
@@ -404,7 +420,10 @@ class AdversarialSet:
         return int(self.x_adv.shape[0])
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        out = {"x_adv": self.x_adv.detach().float().cpu().contiguous(), "labels": self.labels.long().cpu().contiguous()}
+        out = {
+            "x_adv": self.x_adv.detach().float().cpu().contiguous(),
+            "labels": self.labels.long().cpu().contiguous(),
+        }
         if self.x is not None:
             out["x"] = self.x.detach().float().cpu().contiguous()
         if self.adv_labels is not None:
@@ -424,20 +443,17 @@ def save_adversarial_set(path: str | Path, aset: AdversarialSet, force: bool = F
 
         return write_with(p, lambda tmp: save_file(tens, str(tmp), metadata={"kmtools": meta}), force)
     if p.suffix == ".npz":
+        arrays: dict[str, Any] = {"meta": np.array(meta), **{k: v.numpy() for k, v in tens.items()}}
 
         def _w(tmp: Path) -> None:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, meta=np.array(meta), **{k: v.numpy() for k, v in tens.items()})
+            with open(tmp, "wb") as fh:  # a file object, so numpy does not append '.npz'
+                np.savez(fh, **arrays)
 
         return write_with(p, _w, force)
     raise ConfigError(f"adversarial set {p}: use a .npz or .safetensors file name")
 
 
-def load_adversarial_set(path: str | Path) -> AdversarialSet:
-    """Read an adversarial set written by kmtools (or by hand: ``x_adv`` and ``labels``)."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"adversarial set {p} does not exist")
+def _read_arrays(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     meta: dict[str, Any] = {}
     try:
         if p.suffix == ".safetensors":
@@ -458,13 +474,101 @@ def load_adversarial_set(path: str | Path) -> AdversarialSet:
         raise
     except Exception as exc:
         raise DataError(f"cannot read adversarial set {p}: {exc}") from exc
-    for key in ("x_adv", "labels"):
-        if key not in tens:
-            raise DataError(f"adversarial set {p} has no {key!r} array (keys: {', '.join(sorted(tens)) or 'none'})")
-    x_adv, labels = tens["x_adv"].float(), tens["labels"].long().flatten()
+    return tens, meta
+
+
+def _from_attack_file(
+    p: Path, tens: dict[str, torch.Tensor], key: str | None, prefer: str | None
+) -> AdversarialSet:
+    """Rows of a ``kmtools attack onepixel|deepfool --out DIR`` file that fooled the model."""
+    keys = sorted(k[: -len("_x_adv")] for k in tens if k.endswith("_x_adv"))
+    if key is None:
+        if len(keys) == 1:
+            key = keys[0]
+        elif prefer in keys:
+            key = prefer
+        elif "model" in keys:
+            key = "model"
+        else:
+            raise ConfigError(
+                f"{p} holds attacks on several models ({', '.join(keys)}): choose one with --adv-key"
+            )
+    if key not in keys:
+        raise ConfigError(f"{p} has no attack on {key!r}; it has {', '.join(keys)}")
+    x_adv = tens[f"{key}_x_adv"].float()
+    n = x_adv.shape[0]
+    if f"{key}_converged" in tens:  # DeepFool: flipped within max_iter and not already wrong
+        ok = tens[f"{key}_converged"].bool().flatten()
+        if f"{key}_iterations" in tens:
+            ok &= tens[f"{key}_iterations"].flatten() > 0
+    elif f"{key}_success" in tens:  # one-pixel: fooled and attacked
+        ok = tens[f"{key}_success"].bool().flatten()
+        if f"{key}_skipped" in tens:
+            ok &= ~tens[f"{key}_skipped"].bool().flatten()
+    else:
+        ok = torch.ones(n, dtype=torch.bool)
+    if f"{key}_pred" in tens:
+        labels, source = tens[f"{key}_pred"].long().flatten(), "prediction before the attack"
+    elif "labels" in tens:
+        labels, source = tens["labels"].long().flatten(), "dataset labels"
+    else:
+        raise DataError(f"adversarial set {p} has neither {key}_pred nor labels: nothing to recover")
+    if ok.shape[0] != n or labels.shape[0] != n:
+        raise DataError(f"adversarial set {p}: {n} inputs but {labels.shape[0]} labels / {ok.shape[0]} flags")
+    x = tens.get("x")
+    adv = tens.get(f"{key}_pred_adv")
+    idx = ok.nonzero().flatten()
+    return AdversarialSet(
+        x_adv=x_adv[idx],
+        labels=labels[idx],
+        x=x.float()[idx] if x is not None and tuple(x.shape) == tuple(x_adv.shape) else None,
+        adv_labels=adv.long().flatten()[idx] if adv is not None else None,
+        meta={"source": "kmtools attack", "key": key, "labels": source, "rows": n, "dropped": n - len(idx)},
+    )
+
+
+def load_adversarial_set(
+    path: str | Path, *, key: str | None = None, prefer: str | None = None
+) -> AdversarialSet:
+    """Read perturbed inputs and the labels recovery should return, from one of:
+
+    * kmtools' own format (:func:`save_adversarial_set`): ``x_adv``, ``labels``, optionally
+      ``x`` and ``adv_labels`` (``.npz`` or ``.safetensors``);
+    * the ``.npz`` of ``kmtools attack deepfool|onepixel --out DIR``: ``x``, ``labels`` and
+      per attacked model ``<key>_x_adv``, ``<key>_pred`` (DeepFool), ``<key>_pred_adv``,
+      ``<key>_converged`` / ``<key>_success``; only rows whose prediction the attack changed
+      are kept, with ``<key>_pred`` (else ``labels``) as the labels to recover. ``key``
+      chooses the model (``softmax``, ``gauss``, ``model``, ``compare``); by default the only
+      one, else ``prefer`` (the head kind of the model being tested), else ``model``;
+    * any ``.npz`` with inputs ``x`` (or ``inputs``) and ``labels`` (or ``y``): ``x`` are
+      taken as the perturbed inputs and ``labels`` as their original labels.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"adversarial set {p} does not exist")
+    tens, meta = _read_arrays(p)
+    if "x_adv" not in tens and any(k.endswith("_x_adv") for k in tens):
+        return _from_attack_file(p, tens, key, prefer)
+    if "x_adv" in tens:
+        x_adv, lab_key = tens["x_adv"], "labels" if "labels" in tens else "y"
+        x = tens.get("x")
+    else:
+        xk = next((k for k in ("x", "inputs") if k in tens), None)
+        if xk is None:
+            names = ", ".join(sorted(tens)) or "none"
+            hint = " (kmtools attack fgsm stores predictions only, no perturbed inputs)" if any(
+                k.endswith("_preds") for k in tens
+            ) else ""
+            raise DataError(
+                f"adversarial set {p} has no x_adv, <model>_x_adv or x array (keys: {names}){hint}"
+            )
+        x_adv, x, lab_key = tens[xk], None, "labels" if "labels" in tens else "y"
+        meta = {"source": "inputs + labels", **meta}
+    if lab_key not in tens:
+        raise DataError(f"adversarial set {p} has no 'labels' (or 'y') array: the labels to recover")
+    x_adv, labels = x_adv.float(), tens[lab_key].long().flatten()
     if labels.shape[0] != x_adv.shape[0]:
         raise DataError(f"adversarial set {p}: {x_adv.shape[0]} inputs but {labels.shape[0]} labels")
-    x = tens.get("x")
     if x is not None and tuple(x.shape) != tuple(x_adv.shape):
         raise DataError(f"adversarial set {p}: x has shape {tuple(x.shape)}, x_adv {tuple(x_adv.shape)}")
     adv = tens.get("adv_labels")

@@ -114,7 +114,10 @@ class BoundaryResult:
             v = v[~v.isnan()]
             if not v.numel():
                 return {"mean": None, "median": None, "min": None, "max": None}
-            return {"mean": float(v.mean()), "median": float(v.median()), "min": float(v.min()), "max": float(v.max())}
+            return {
+                "mean": float(v.mean()), "median": float(v.median()),
+                "min": float(v.min()), "max": float(v.max()),
+            }
 
         out: dict[str, Any] = {
             "inputs": len(self),
@@ -279,7 +282,9 @@ class LipschitzEstimate:
         }
 
 
-def _op_norm(fn: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], iters: int, tol: float) -> float:
+def _op_norm(
+    fn: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int], iters: int, tol: float
+) -> float:
     """Largest singular value of the linear map ``fn`` on inputs of ``shape`` (power iteration)."""
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(tuple(shape), generator=gen, dtype=torch.float64)
@@ -320,12 +325,29 @@ _METHOD_CONST: dict[str, float] = {
 }
 _LINEAR_MODULES = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
 )
 _LINEAR_FNS = (
     Fn.avg_pool1d, Fn.avg_pool2d, Fn.avg_pool3d, Fn.adaptive_avg_pool1d, Fn.adaptive_avg_pool2d,
     Fn.adaptive_avg_pool3d, torch.mean,
 )
+
+
+_ADD_OPS = (
+    operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub,
+    "add", "sub", "add_", "sub_",
+)
+
+
+def _bind(fn: Any, rest: Sequence[Any], kw: dict[str, Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> fn(v, *rest, **kw)``: the linear map of one traced node."""
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = fn(v, *rest, **kw)
+        return out
+
+    return apply
 
 
 def _tup(v: Any, n: int) -> tuple[int, ...]:
@@ -363,7 +385,8 @@ def _module_const(m: nn.Module, in_shape: Sequence[int], iters: int, tol: float)
         return _maxpool_const(in_shape[2:], m.kernel_size, m.stride, m.dilation)
     if isinstance(m, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)):
         out = _tup(m.output_size, len(in_shape) - 2)
-        return math.sqrt(math.prod(1 if (o is None or i % o == 0) else 2 for i, o in zip(in_shape[2:], out, strict=True)))
+        pairs = zip(in_shape[2:], out, strict=True)
+        return math.sqrt(math.prod(1 if (o is None or i % o == 0) else 2 for i, o in pairs))
     if isinstance(m, nn.LeakyReLU):
         return max(1.0, abs(float(m.negative_slope)))
     if isinstance(m, nn.ELU):
@@ -379,7 +402,9 @@ def _module_const(m: nn.Module, in_shape: Sequence[int], iters: int, tol: float)
     )
 
 
-def lipschitz_upper_bound(model: nn.Module, example: torch.Tensor, *, iters: int = 500, tol: float = 1e-7) -> LipschitzEstimate:
+def lipschitz_upper_bound(
+    model: nn.Module, example: torch.Tensor, *, iters: int = 500, tol: float = 1e-7
+) -> LipschitzEstimate:
     """Upper bound on the Lipschitz modulus (ℓ₂) of x ↦ f_p(x) = backbone(normalize(x)).
 
     The backbone is traced with ``torch.fx``; the bound is composed node by node:
@@ -461,7 +486,7 @@ def lipschitz_upper_bound(model: nn.Module, example: torch.Tensor, *, iters: int
             m = gm.get_submodule(str(tgt))
             c = _module_const(m, shape_of(args[0]), iters, tol)
             L[node] = c * src
-        elif tgt in (operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "sub", "add_", "sub_"):
+        elif tgt in _ADD_OPS:
             L[node] = sum(lip(a) for a in args[:2])
         elif tgt in (operator.mul, operator.imul, torch.mul, "mul", "mul_"):
             a, b = args[0], args[1]
@@ -492,7 +517,7 @@ def lipschitz_upper_bound(model: nn.Module, example: torch.Tensor, *, iters: int
                 raise unknown(f"{node.name} (arguments computed in the graph)")
             fn = getattr(torch.Tensor, "mean") if op == "call_method" else tgt  # noqa: B009
             rest, kw = args[1:], dict(node.kwargs)
-            c = _op_norm(lambda v, fn=fn, rest=rest, kw=kw: fn(v, *rest, **kw), shape_of(args[0]), iters, tol)
+            c = _op_norm(_bind(fn, rest, kw), shape_of(args[0]), iters, tol)
             L[node] = c * src
         elif tgt is torch.cat:
             L[node] = math.sqrt(sum(lip(a) ** 2 for a in args[0]))
@@ -526,7 +551,9 @@ def lipschitz_upper_bound(model: nn.Module, example: torch.Tensor, *, iters: int
 def _features_fn(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     feats = getattr(model, "features", None)
     if not callable(feats):
-        raise ConfigError("Theorem 2 needs a KmModel (normalize -> backbone -> head) with penultimate features")
+        raise ConfigError(
+            "Theorem 2 needs a KmModel (normalize -> backbone -> head) with penultimate features"
+        )
     return feats  # type: ignore[no-any-return]
 
 
@@ -554,12 +581,12 @@ def lipschitz_local(
             xt = (x if x_adv is None else x + t * (x_adv.to(x.device) - x)).detach()
             v = torch.randn(xt.shape, generator=gen, dtype=xt.dtype).to(xt.device)
             v = v / _bview(v.flatten(1).norm(dim=1).clamp_min(1e-30), v)
-            _, vjp_fn = torch.func.vjp(f, xt)
+            vjp_fn = torch.func.vjp(f, xt)[1]
             for _ in range(iters):
-                _, jv = torch.func.jvp(f, (xt,), (v,))
+                jv = torch.func.jvp(f, (xt,), (v,))[1]
                 (w,) = vjp_fn(jv)
                 v = w / _bview(w.flatten(1).norm(dim=1).clamp_min(1e-30), w)
-            _, jv = torch.func.jvp(f, (xt,), (v,))
+            jv = torch.func.jvp(f, (xt,), (v,))[1]
             best = torch.maximum(best, jv.flatten(1).norm(dim=1).double().cpu())
     return LipschitzEstimate(
         value=best.float(),
@@ -567,7 +594,8 @@ def lipschitz_local(
         guaranteed=False,
         assumptions=[
             f"max Jacobian spectral norm of f_p at {len(ts)} points of the segment x -> DeepFool's x_adv "
-            f"({iters} power iterations): an empirical, per-input estimate along one direction; not a guarantee"
+            f"({iters} power iterations): an empirical, per-input estimate along one direction; "
+            "not a guarantee"
         ],
     )
 
@@ -596,7 +624,10 @@ def theorem2_bounds(
         fa = f(x_adv.to(x.device)).double()
     C = C.detach().double().to(fx.device)
     k, l = labels.to(fx.device).long(), adv_labels.to(fx.device).long()
-    Lp = lipschitz.double().to(fx.device) if isinstance(lipschitz, torch.Tensor) else torch.tensor(float(lipschitz), dtype=torch.float64)
+    if isinstance(lipschitz, torch.Tensor):
+        Lp = lipschitz.double().to(fx.device)
+    else:
+        Lp = torch.tensor(float(lipschitz), dtype=torch.float64, device=fx.device)
     dC = torch.cdist(C, C)  # (c, c)
     dx = torch.cdist(fx, C)  # (n, c)
     da = torch.cdist(fa, C)
@@ -637,7 +668,8 @@ def boundary_distance(
         model, x, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
         bisection_steps=bisection_steps, clip=clip, batch_size=batch_size, device=device, progress=progress,
     )
-    gauss = getattr(model, "head_kind", None) == "gauss" and getattr(getattr(model, "head", None), "centroids", None) is not None
+    centroids = getattr(getattr(model, "head", None), "centroids", None)
+    gauss = getattr(model, "head_kind", None) == "gauss" and centroids is not None
     if lipschitz is None or not gauss:
         if lipschitz is not None and not gauss:
             res.notes.append("Theorem 2 bound skipped: it needs a Gauss head (centroids)")

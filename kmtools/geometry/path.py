@@ -29,7 +29,7 @@ from kmtools.errors import ConfigError
 
 Progress = Callable[[int, int], None]
 
-__all__ = ["PathResult", "find_path", "path_profile", "project_to_class"]
+__all__ = ["PathResult", "find_path", "path_profile", "project_to_class", "same_class_pairs"]
 
 
 def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -148,11 +148,11 @@ class _Finder:
         m = (a + b) / 2
         if not self.in_region(m):  # lines 5-8
             self.projections += 1
-            pm, ok = project_to_class(
+            pm, reached = project_to_class(
                 self.model, m[None], torch.tensor([self.label], device=m.device),
                 overshoot=self.overshoot, max_iter=self.max_iter,
             )
-            if not bool(ok[0]):
+            if not bool(reached[0]):
                 self.reason = "projection failed"
                 return [m, b], False
             m = pm[0]
@@ -253,3 +253,24 @@ def path_profile(
         conf = getattr(model, "confidences", None)
         scores = conf(pts) if confidences and callable(conf) else decision_scores(model, pts)
     return (s / total).cpu(), scores.float().cpu(), (cum / total).cpu()
+
+
+def same_class_pairs(predictions: torch.Tensor, count: int, seed: int = 0) -> list[tuple[int, int]]:
+    """Up to ``count`` distinct random pairs (i, j), i < j, of inputs with the same prediction
+    (Sec. III, scenario 1: "two randomly sampled points ... with the same estimated label")."""
+    pred = predictions.cpu().long()
+    gen = torch.Generator().manual_seed(seed)
+    groups = [(pred == c).nonzero().flatten() for c in pred.unique()]
+    groups = [g for g in groups if g.numel() >= 2]
+    total = sum(g.numel() * (g.numel() - 1) // 2 for g in groups)
+    want = min(int(count), total)
+    seen: set[tuple[int, int]] = set()
+    out: list[tuple[int, int]] = []
+    while len(out) < want:
+        g = groups[int(torch.randint(len(groups), (1,), generator=gen))]
+        a, b = (int(v) for v in g[torch.randperm(g.numel(), generator=gen)[:2]])
+        pair = (min(a, b), max(a, b))
+        if pair not in seen:
+            seen.add(pair)
+            out.append(pair)
+    return out

@@ -5,6 +5,7 @@
 * :func:`plot_detection_roc`: Algorithm 2's true positives (clean declared clean) against
   false positives (perturbed declared clean) over the threshold t (Fig. 8).
 * :func:`plot_path_profile`: class scores along a path found by Algorithm 1.
+* :func:`plot_distance`: boundary distances and Theorem 2 bounds beside them.
 
 No global matplotlib state is touched: figures are drawn on an Agg canvas directly.
 """
@@ -18,15 +19,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from kmtools.geometry.curvature import CurvatureResult
+from kmtools.geometry.detect import DetectionEvaluation
 from kmtools.io import write_with
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from kmtools.geometry.curvature import CurvatureResult
-    from kmtools.geometry.detect import DetectionEvaluation
-
-__all__ = ["plot_curvature_profile", "plot_detection_roc", "plot_path_profile"]
+__all__ = ["plot_curvature_profile", "plot_detection_roc", "plot_distance", "plot_path_profile"]
 
 
 def _figure(w: float = 6.0, h: float = 4.0) -> Figure:
@@ -56,7 +56,7 @@ def plot_curvature_profile(
     several networks. The x axis is the index of the principal curvature, with a break
     between the top and bottom blocks (the d - 1 - 2k middle curvatures are not computed).
     """
-    items = [("", result)] if not isinstance(result, (list, tuple)) else list(result)
+    items = [("", result)] if isinstance(result, CurvatureResult) else list(result)
     fig = _figure()
     ax = fig.add_subplot(1, 1, 1)
     for name, res in items:
@@ -88,7 +88,7 @@ def plot_detection_roc(
 ) -> Path:
     """Fig. 8: true positives (clean declared clean) vs false positives (perturbed declared
     clean) over the threshold t of Algorithm 2; the t = 0 operating point is marked."""
-    items = [("", evaluation)] if not isinstance(evaluation, (list, tuple)) else list(evaluation)
+    items = [("", evaluation)] if isinstance(evaluation, DetectionEvaluation) else list(evaluation)
     fig = _figure(5.0, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     for name, ev in items:
@@ -142,4 +142,41 @@ def plot_path_profile(
     ax.set_ylabel("decision score")
     ax.set_title(title or "Class scores along the path (Algorithm 1)")
     ax.legend(fontsize=7, loc="best")
+    return _save(fig, path, force)
+
+
+def plot_distance(
+    distance: torch.Tensor,
+    path: str | Path,
+    *,
+    bounds: dict[str, torch.Tensor] | None = None,
+    title: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Histogram of the boundary distances ‖r(x)‖ (Sec. II) and, for Gauss networks,
+    Theorem 2's lower bounds per input against the distance (every point must lie on or
+    below the diagonal)."""
+    d = distance.float().numpy()
+    ok = np.isfinite(d)
+    panels = 2 if bounds else 1
+    fig = _figure(5.0 * panels, 4.0)
+    ax = fig.add_subplot(1, panels, 1)
+    ax.hist(d[ok], bins=min(30, max(5, int(ok.sum()) // 3)), color="C0", alpha=0.85)
+    ax.set_xlabel("distance to the boundary ‖r(x)‖₂ (input units)")
+    ax.set_ylabel("inputs")
+    ax.set_title(title or f"Boundary distance, {int(ok.sum())} inputs (median {np.median(d[ok]):.3g})"
+                 if ok.any() else "Boundary distance (no input converged)")
+    if bounds:
+        ax2 = fig.add_subplot(1, panels, 2)
+        top = float(d[ok].max()) if ok.any() else 1.0
+        for n, (name, b) in enumerate(bounds.items()):
+            bb = b.float().numpy()
+            sel = ok & np.isfinite(bb)
+            ax2.scatter(d[sel], bb[sel], s=8, color=f"C{n + 1}", label=name)
+        ax2.plot([0, top], [0, top], ls="--", color="0.5", lw=0.8, label="bound = distance")
+        ax2.axhline(0, color="0.8", lw=0.8)
+        ax2.set_xlabel("DeepFool distance ‖r(x)‖₂")
+        ax2.set_ylabel("Theorem 2 lower bound")
+        ax2.set_title("Theorem 2 (Gauss network): bound ≤ distance")
+        ax2.legend(fontsize=7)
     return _save(fig, path, force)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -41,8 +41,35 @@ from kmtools.heads.rbf import (
 )
 from kmtools.models.core import GaussHead
 
-HEADS: dict[str, type[nn.Module]] = {
-    "gauss": GaussHead,
+
+class HeadClass(Protocol):
+    """What :data:`HEADS` maps a kind to: a class that rebuilds a head from its
+    ``config()`` and its (head-local or ``head.``-prefixed) state dict."""
+
+    def from_config(self, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> nn.Module: ...
+
+
+class GaussHeadType(GaussHead):
+    """:class:`kmtools.models.GaussHead` plus ``from_config`` (the registry entry for
+    ``gauss``); :meth:`from_config` returns a plain ``GaussHead``."""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+        sd = _strip(dict(state_dict), "centroids")
+        if "centroids" not in sd:
+            raise CheckpointError("gauss head: the state dict has no 'centroids'")
+        gamma = float(config.get("gamma", float(sd["gamma"]) if "gamma" in sd else 1.0))
+        g = GaussHead(sd["centroids"], gamma=gamma)
+        try:
+            g.load_state_dict(sd, strict=True)
+        except RuntimeError as exc:
+            raise CheckpointError(f"gauss head: state dict does not fit: {exc}") from exc
+        return g
+
+
+#: Head kinds -> classes with ``from_config`` (the CLI lists ``--head-kind`` choices from it).
+HEADS: dict[str, HeadClass] = {
+    "gauss": GaussHeadType,
     "rbf": RBFHead,
     "rslvq": RSLVQHead,
     "glvq": GLVQHead,
@@ -53,6 +80,7 @@ __all__ = [
     "NORMALISERS",
     "GLVQHead",
     "GaussHead",
+    "HeadClass",
     "PrototypeHead",
     "RBFHead",
     "RSLVQHead",
@@ -64,9 +92,9 @@ __all__ = [
     "head_loss",
     "head_prototypes",
     "init_prototypes",
-    "onnx_to_opset17",
     "kmeans_objective",
     "normalise",
+    "onnx_to_opset17",
     "rbf_kmeans",
     "rbf_loss",
     "rebuild_head",
@@ -121,9 +149,11 @@ def build_head(
     prototypes_per_class : M; ``gauss`` supports only 1.
     init : ``"means"`` (class means, M = 1 only) or ``"kmeans"`` (per-class k-means);
         ``None`` picks means for M = 1 and kmeans otherwise.
-    temperature : ``rbf``: T of ``normalise(-d/T)``; ``gauss``: γ = 1/T of
-        ``exp(-γ d)`` (1.0 is the paper's head). ``None``: ``T = 2σ²`` with σ from
-        :func:`estimate_sigma`.
+    temperature : ``rbf``: T of ``normalise(-d/T)``, ``None`` for ``T = 2σ²`` with σ from
+        :func:`estimate_sigma` (the RSLVQ width: the softmax RBF head is then the RSLVQ
+        posterior). ``gauss``: γ = 1/T of ``exp(-γ d)`` (1.0 is the paper's head), ``None``
+        for ``T = E‖f - C_y‖² = d·σ²``, the γ that ``kmtools tailor`` starts from
+        (:func:`kmtools.tailor.auto_gamma`: an average training point has κ_y = e⁻¹).
     normaliser : ``rbf`` only: ``softmax`` or ``entmax15``.
     sigma : ``rslvq`` only; ``None`` fits it with :func:`estimate_sigma`.
     squashing, slope : ``glvq`` only: loss squashing ``identity`` or ``sigmoid(slope·μ)``.
@@ -145,7 +175,7 @@ def build_head(
     )
     auto_sigma: Callable[[], float] = lambda: estimate_sigma(features.float(), labels, w, w_labels)  # noqa: E731
     if kind == "gauss":
-        t = temperature if temperature is not None else 2.0 * auto_sigma() ** 2
+        t = temperature if temperature is not None else features.shape[1] * auto_sigma() ** 2
         return GaussHead(w, gamma=1.0 / t)
     if kind == "rbf":
         t = temperature if temperature is not None else 2.0 * auto_sigma() ** 2
@@ -217,20 +247,7 @@ def rebuild_head(kind: str, config: Mapping[str, Any], state_dict: Mapping[str, 
         lin.load_state_dict(sd)
         return lin
     _check_kind(kind)
-    cls = HEADS[kind]
-    from_config = getattr(cls, "from_config", None)
-    if callable(from_config):
-        head: nn.Module = from_config(config, sd)
-        return head
-    if cls is GaussHead:
-        sd = _strip(sd, "centroids")
-        if "centroids" not in sd:
-            raise CheckpointError("gauss head: the state dict has no 'centroids'")
-        gamma = float(config.get("gamma", float(sd["gamma"]) if "gamma" in sd else 1.0))
-        g = GaussHead(sd["centroids"], gamma=gamma)
-        g.load_state_dict(sd, strict=True)
-        return g
-    raise CheckpointError(f"{kind} head cannot be rebuilt from metadata")  # pragma: no cover
+    return HEADS[kind].from_config(config, sd)
 
 
 def _strip(sd: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:

@@ -40,6 +40,25 @@ from kmtools.errors import ConfigError
 ACTIVATIONS = (None, "relu", "sigmoid", "softmax")
 
 
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        return hard.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, grad
+
+
+def straight_through(hard: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+    """``hard`` in the forward pass (exactly: no ``hard + soft - soft`` rounding), the
+    gradient of ``soft`` in the backward pass (Sec. 8, "hard assignment derivative")."""
+    if not (torch.is_grad_enabled() and soft.requires_grad):
+        return hard
+    out: torch.Tensor = _StraightThrough.apply(hard, soft)
+    return out
+
+
 class KernelPrototypeConv2d(nn.Module):
     """Distances of every patch to ``num_prototypes`` kernel-prototypes, as convolutions.
 
@@ -48,6 +67,8 @@ class KernelPrototypeConv2d(nn.Module):
     has shape (P, C, kh, kw) like a conv weight. See the module docstring for ``bias``,
     ``activation``, ``temperature`` and ``hard``.
     """
+
+    ones: torch.Tensor
 
     def __init__(
         self,
@@ -128,10 +149,8 @@ class KernelPrototypeConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.dissimilarity(x)
-        if self.bias is not None:
-            s = self.bias.to(d.dtype).view(1, -1, 1, 1) - d  # r² - x ⊛ k
-        else:
-            s = -d
+        # r² - x ⊛ k with a bias (> 0 inside the n-ball), else -x ⊛ k
+        s = self.bias.to(d.dtype).view(1, -1, 1, 1) - d if self.bias is not None else -d
         if self.activation is None:
             return s if self.bias is not None else d
         if self.activation == "relu":
@@ -139,12 +158,12 @@ class KernelPrototypeConv2d(nn.Module):
         if self.activation == "sigmoid":
             soft = torch.sigmoid(s / self.temperature)
             if self.hard:
-                return (s > 0).to(soft.dtype) + soft - soft.detach()
+                return straight_through((s > 0).to(soft.dtype), soft)
             return soft
         soft = torch.softmax(s / self.temperature, dim=1)
         if self.hard:
             onehot = F.one_hot(s.argmax(dim=1), self.num_prototypes).permute(0, 3, 1, 2).to(soft.dtype)
-            return onehot + soft - soft.detach()
+            return straight_through(onehot, soft)
         return soft
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kmtools.centroids import KMeansResult
 from kmtools.errors import CheckpointError, ConfigError, DataError
 
 NORMALISERS = ("softmax", "entmax15")
@@ -225,7 +226,7 @@ def rbf_kmeans(
     device: str | torch.device = "auto",
     n_init: int = 1,
     batch_size: int = 65536,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
+) -> KMeansResult:
     """Differentiable k-means: anneal ``T`` from ``t_start`` to ``t_end`` (geometric) and take
     one gradient step of ``L_T`` on ``μ`` per temperature (step size ``1/(2Σr)``, see
     :func:`soft_centroid_step`), starting from k-means++ seeds.
@@ -246,9 +247,10 @@ def rbf_kmeans(
 
     Returns
     -------
-    ``(centroids (k, d) float32, labels (N,) int64, inertia)`` on ``x``'s device, where
-    ``labels`` are hard nearest-centroid assignments and ``inertia`` is the k-means
-    objective ``Σ_x min_k ‖x - μ_k‖²`` of the returned centroids.
+    :class:`kmtools.centroids.KMeansResult` (the type ``kmeans(method="lloyd")`` returns):
+    ``centroids`` (k, d) float32 and ``labels`` (N,) int64 on ``x``'s device, where
+    ``labels`` are hard nearest-centroid assignments, ``inertia`` the k-means objective
+    ``Σ_x min_k ‖x - μ_k‖²`` of the returned centroids, and ``n_iter = steps``.
 
     Empty clusters (no responsibility mass) are re-seeded at the point farthest from its
     nearest centroid, as scikit-learn does.
@@ -288,7 +290,7 @@ def rbf_kmeans(
         if best is None or inertia < best[2]:
             best = (mu, d[1], inertia)
     assert best is not None
-    return best[0].to(out_device), best[1].to(out_device), best[2]
+    return KMeansResult(best[0].to(out_device), best[1].to(out_device), best[2], steps)
 
 
 def _chunked_min(x: torch.Tensor, mu: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,9 +347,10 @@ def init_prototypes(
 
     ``method="means"``: class means (the k-means centroids ``C = f(X) Y (YᵀY)⁻¹`` of the
     Gauss-network paper); only for ``per_class == 1``, since M copies of one mean could
-    never separate. ``method="kmeans"``: per-class k-means (scikit-learn ``KMeans`` with
-    ``random_state=seed``, ``n_init=10``), the initialisation recommended in Sec. 8 of the
-    prototype-layers paper. With ``per_class == 1`` both give the class means.
+    never separate. ``method="kmeans"``: per-class k-means (:func:`kmtools.centroids.kmeans`,
+    Lloyd from k-means++ seeds, best of 10 restarts, seeded by ``seed``), the
+    initialisation recommended in Sec. 8 of the prototype-layers paper. With
+    ``per_class == 1`` both give the class means.
     """
     if features.dim() != 2:
         raise DataError(f"features must be (N, d), got shape {tuple(features.shape)}")
@@ -380,10 +383,9 @@ def init_prototypes(
                 f"class {c} has {fc.shape[0]} training features, fewer than the {per_class} "
                 "prototypes asked for: lower --prototypes-per-class"
             )
-        from sklearn.cluster import KMeans
+        from kmtools.centroids import kmeans
 
-        km = KMeans(n_clusters=per_class, n_init=10, random_state=seed).fit(fc.numpy())
-        protos.append(torch.from_numpy(km.cluster_centers_))
+        protos.append(kmeans(fc, per_class, n_init=10, seed=seed).centroids.double())
     w = torch.cat(protos).float().to(features.device)
     w_labels = torch.arange(num_classes).repeat_interleave(per_class).to(features.device)
     return w, w_labels
@@ -400,6 +402,8 @@ class PrototypeHead(nn.Module):
 
     kind: ClassVar[str] = "prototype"
     _config_keys: ClassVar[tuple[str, ...]] = ()
+    prototype_labels: torch.Tensor
+    class_mask: torch.Tensor
 
     def __init__(
         self, prototypes: torch.Tensor, prototype_labels: torch.Tensor, num_classes: int | None = None

@@ -21,10 +21,13 @@ rate over every threshold of any confidence-like score (higher = more confident)
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from torch import nn
 
 from kmtools.errors import ConfigError, DataError
 
@@ -52,8 +55,15 @@ class AccuracyRejectCurve:
     """Accuracy on accepted inputs vs reject rate, one point per distinct threshold.
 
     Point ``i`` accepts the inputs with ``confidence >= thresholds[i]``; the first point
-    accepts everything (reject rate 0). ``auc`` is the area under accuracy(reject rate)
-    by the trapezoidal rule over [0, max reject rate].
+    accepts everything (reject rate 0). Tied confidences are accepted or rejected together,
+    so every point is an operating point a threshold can realise.
+
+    ``auc`` is the mean accuracy over the reject rates ``0, 1/N, …, (N-1)/N`` (accept the
+    ``N, N-1, …, 1`` most confident inputs), with ties broken in expectation: accepting
+    part of a group of equal confidences counts its correct share pro rata. It lies in
+    [0, 1], equals the plain accuracy for a score that ranks nothing (all confidences
+    equal), and is highest when every error is less confident than every correct input,
+    so it compares heads whatever their range or saturation of confidences.
     """
 
     thresholds: list[float]
@@ -101,6 +111,7 @@ def accuracy_reject_curve(
     last[:-1] = c_sorted[:-1] != c_sorted[1:]
     idx = torch.nonzero(last).flatten()
     accepted = idx + 1
+    auc = _expected_auc(ok_cum[idx], accepted, n)
     acc = ok_cum[idx] / accepted.double()
     rej = 1.0 - accepted.double() / n
     thr = c_sorted[idx]
@@ -109,7 +120,6 @@ def accuracy_reject_curve(
     if max_points is not None and max_points >= 2 and thr.numel() > max_points:
         keep = torch.linspace(0, thr.numel() - 1, max_points).round().long().unique()
         thr, rej, acc, accepted = thr[keep], rej[keep], acc[keep], accepted[keep]
-    auc = float(torch.trapezoid(acc, rej)) if rej.numel() > 1 else 0.0
     return AccuracyRejectCurve(
         thresholds=[float(v) for v in thr],
         reject_rate=[float(v) for v in rej],
@@ -118,6 +128,23 @@ def accuracy_reject_curve(
         n=int(n),
         auc=auc,
     )
+
+
+def _expected_auc(correct_at_end: torch.Tensor, accepted_at_end: torch.Tensor, n: int) -> float:
+    """Mean over a = 1..n accepted inputs of the expected accuracy when the a most confident
+    are accepted, ties broken at random (linear interpolation of the correct count inside a
+    group of equal confidences). Inputs: cumulative correct and accepted counts at the end
+    of each tie group, most confident group first."""
+    a_end = accepted_at_end.double()
+    a_start = torch.cat([a_end.new_zeros(1), a_end[:-1]])
+    c_end = correct_at_end.double()
+    c_start = torch.cat([c_end.new_zeros(1), c_end[:-1]])
+    sizes = (a_end - a_start).long()
+    group = torch.repeat_interleave(torch.arange(a_end.numel()), sizes)
+    a = torch.arange(1, n + 1, dtype=torch.float64)
+    frac = (a - a_start[group]) / (a_end[group] - a_start[group])
+    correct = c_start[group] + frac * (c_end[group] - c_start[group])
+    return float((correct / a).mean())
 
 
 @dataclass
@@ -261,10 +288,12 @@ def fit_nball(
     *,
     coverage: float = 0.95,
 ) -> NBallModel:
-    """Fit one radius per prototype: the ``coverage`` quantile of the distances of the
-    correctly classified training points whose winner (nearest prototype) it is, so that
-    share of them lies inside its ball. A prototype that wins no correctly classified point
-    gets radius 0 (everything in its cell is rejected). ``support`` = those counts."""
+    """Fit one radius per prototype (Sec. 7.4, first strategy): the smallest radius whose
+    closed ball holds at least the share ``coverage`` of the correctly classified training
+    points that the prototype wins (nearest prototype, WTA rule), i.e. the
+    ``⌈coverage · m⌉``-th smallest of their ``m`` distances. A prototype that wins no
+    correctly classified point gets radius 0 (everything in its cell is rejected).
+    ``support`` = those counts ``m``."""
     if not 0.0 < coverage <= 1.0:
         raise ConfigError(f"coverage must be in (0, 1], got {coverage}")
     dist = _as_dist(features, prototypes)
@@ -279,7 +308,9 @@ def fit_nball(
         m = ok & (win == k)
         support[k] = int(m.sum())
         if support[k] > 0:
-            radii[k] = float(torch.quantile(dmin[m].double().cpu(), coverage, interpolation="higher"))
+            ds = torch.sort(dmin[m].double().cpu()).values
+            rank = min(max(math.ceil(coverage * ds.numel() - 1e-9), 1), ds.numel())
+            radii[k] = float(ds[rank - 1])
     return NBallModel(radii=radii, coverage=float(coverage), support=support)
 
 
@@ -350,3 +381,210 @@ def nball_reject(
         accuracy_accepted=acc_acc,
         accuracy_all=acc_all,
     )
+
+
+# --------------------------------------------------------------------------- trained threshold
+
+
+def fit_reject_threshold(
+    confidence: torch.Tensor,
+    correct: torch.Tensor,
+    *,
+    cost_error: float = 1.0,
+    cost_reject: float = 0.25,
+    steepness: float | None = None,
+    steps: int = 300,
+    lr: float | None = None,
+) -> OperatingPoint:
+    """Train the reject threshold θ by gradient descent (Adam) on the smooth cost
+    :func:`cost_reject_loss` (Sec. 7.4, second strategy: the network "learns to optimize a
+    trade-off between misclassifying and rejecting inputs" under costs ``λ_e``, ``λ_r``).
+
+    ``steepness`` of the soft accept indicator defaults to ``20 / std(confidence)`` and
+    ``lr`` to ``0.02 · std(confidence)``, so both follow the score's scale; θ starts at the
+    confidence quantile equal to the error rate. Returns the exact operating point of the
+    trained θ (rule ``"trained-smooth-cost"``); :func:`cost_reject` gives the exact
+    minimiser of the empirical cost to compare with.
+    """
+    _check_costs(cost_error, cost_reject)
+    conf, corr = _check_pair(confidence, correct)
+    scale = float(conf.std()) if conf.numel() > 1 else 0.0
+    scale = scale if scale > 0 and math.isfinite(scale) else 1.0
+    k = steepness if steepness is not None else 20.0 / scale
+    step = lr if lr is not None else 0.02 * scale
+    err = float((~corr).double().mean())
+    start = float(torch.quantile(conf, min(max(err, 0.0), 1.0)))
+    theta = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([theta], lr=step)
+    for _ in range(max(int(steps), 0)):
+        opt.zero_grad(set_to_none=True)
+        loss = cost_reject_loss(conf, corr.double(), theta, cost_error=cost_error, cost_reject=cost_reject,
+                                steepness=k)
+        loss.backward()
+        opt.step()
+    return operating_point(conf, corr, float(theta.detach()), cost_error=cost_error, cost_reject=cost_reject,
+                           rule="trained-smooth-cost")
+
+
+# --------------------------------------------------------------------------- one JSON document
+
+
+def _as_1d(v: Any) -> torch.Tensor:
+    if isinstance(v, np.ndarray):
+        v = torch.from_numpy(np.ascontiguousarray(v))
+    return torch.as_tensor(v).detach().reshape(-1).cpu()
+
+
+def _curve_doc(curve: AccuracyRejectCurve) -> dict[str, Any]:
+    return {
+        "reject_rate": curve.reject_rate,
+        "accuracy": curve.accuracy,
+        "threshold": curve.thresholds,
+        "accepted": curve.accepted,
+    }
+
+
+def _score_section(
+    conf: torch.Tensor, corr: torch.Tensor, cost_error: float, cost_reject_: float, max_points: int | None,
+    reject_rates: tuple[float, ...],
+) -> dict[str, Any]:
+    full = accuracy_reject_curve(conf, corr)
+    shown = accuracy_reject_curve(conf, corr, max_points=max_points)
+    out: dict[str, Any] = {"auc": full.auc, "curve": _curve_doc(shown)}
+    out["at_reject_rate"] = {
+        f"{rate:g}": dict(zip(("threshold", "accuracy"), full.at_reject_rate(rate), strict=True))
+        for rate in reject_rates
+    }
+    best = cost_reject(conf, corr, cost_error=cost_error, cost_reject=cost_reject_)
+    out["operating_point"] = best.to_dict()
+    c = conf.double()
+    if bool((c >= 0).all()) and bool((c <= 1).all()):
+        thr = chow_threshold(cost_error, cost_reject_)
+        out["chow"] = operating_point(c, corr, thr, cost_error=cost_error, cost_reject=cost_reject_,
+                                      rule="chow").to_dict()
+    return out
+
+
+def reject_curve(
+    scores_or_model: Any,
+    correct_or_data: Any,
+    *,
+    train: Any = None,
+    coverage: float = 0.95,
+    cost_error: float = 1.0,
+    cost_reject: float = 0.25,
+    max_points: int | None = 21,
+    reject_rates: tuple[float, ...] = (0.05, 0.1, 0.2),
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Accuracy-reject curves and chosen operating points as one JSON-able dict.
+
+    Two ways to call it:
+
+    * ``reject_curve(confidence, correct)``: ``confidence`` (N,) of the predicted class
+      (any score, higher = more confident; tensor or numpy) and ``correct`` (N,) bool. The
+      result has a ``"confidence"`` section only.
+    * ``reject_curve(model, data, train=train_data)``: a :class:`~kmtools.models.KmModel`
+      and a Dataset (or ``DataInfo``). Predictions are the argmax of the head's decision
+      scores (as ``kmtools evaluate``), confidences the head's own ``confidences``. With
+      ``train`` the n-balls (Sec. 7.4, first strategy) are fitted on the training features
+      at ``coverage`` around the head's prototypes (class means of the training features
+      for a softmax head) and an ``"nball"`` section is added: its operating point at the
+      fitted radii and the curve of the margin ``1 - ‖f - w‖ / r`` (scaling all radii).
+
+    Each section holds ``auc`` (see :class:`AccuracyRejectCurve`), ``curve`` (at most
+    ``max_points`` points: ``reject_rate``, ``accuracy``, ``threshold``, ``accepted``),
+    ``at_reject_rate`` (accuracy at the largest reject rate ≤ each of ``reject_rates``),
+    ``operating_point``: the threshold minimising ``λ_e·errors/N + λ_r·rejects/N``
+    (:func:`cost_reject`), and, for scores in [0, 1], ``chow``: Chow's rule
+    ``θ = 1 - λ_r/λ_e``. The n-ball section's ``operating_point`` is the fitted balls
+    themselves (``rule: "nball"``, threshold 0 on the margin) and its ``min_cost_point``
+    the cost-optimal margin threshold.
+    """
+    if not isinstance(scores_or_model, nn.Module):
+        conf = _as_1d(scores_or_model).double()
+        corr = _as_1d(correct_or_data).bool()
+        conf, corr = _check_pair(conf, corr)
+        return {
+            "n": int(conf.numel()),
+            "accuracy": float(corr.double().mean()),
+            "cost_error": float(cost_error),
+            "cost_reject": float(cost_reject),
+            "confidence": _score_section(conf, corr, cost_error, cost_reject, max_points, reject_rates),
+        }
+    return _model_reject_curve(
+        scores_or_model, correct_or_data, train=train, coverage=coverage, cost_error=cost_error,
+        cost_reject=cost_reject, max_points=max_points, reject_rates=reject_rates, batch_size=batch_size,
+        device=device,
+    )
+
+
+def _dataset(data: Any) -> Any:
+    inner = getattr(data, "dataset", None)
+    return inner if inner is not None and hasattr(data, "input_shape") else data
+
+
+def _model_reject_curve(
+    model: nn.Module, data: Any, *, train: Any, coverage: float, cost_error: float, cost_reject: float,
+    max_points: int | None, reject_rates: tuple[float, ...], batch_size: int,
+    device: str | torch.device | None,
+) -> dict[str, Any]:
+    from kmtools.device import resolve
+    from kmtools.features import extract
+    from kmtools.heads import decision_scores, head_prototypes
+    from kmtools.models.core import head_confidences, head_kind
+
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module) or not hasattr(model, "features"):
+        raise ConfigError("reject_curve needs a KmModel (normalize -> backbone -> head) or confidences")
+    dev = resolve(device) if device is not None else torch.device("cpu")
+    te = extract(model, _dataset(data), batch_size=batch_size, device=dev)  # type: ignore[arg-type]
+    first = next(iter(head.state_dict().values()), None)
+    hdev = first.device if first is not None else torch.device("cpu")
+    with torch.no_grad():
+        f = te.features.to(hdev).float()
+        conf_all = head_confidences(head, head(f)).float()
+        pred = decision_scores(head, f).argmax(1)
+    conf = conf_all.gather(1, pred[:, None]).squeeze(1).cpu().double()
+    y = te.labels.reshape(-1).cpu().long()
+    corr = pred.cpu() == y
+    doc: dict[str, Any] = {
+        "n": int(y.numel()),
+        "accuracy": float(corr.double().mean()),
+        "head_kind": head_kind(head),
+        "cost_error": float(cost_error),
+        "cost_reject": float(cost_reject),
+        "confidence": _score_section(conf, corr, cost_error, cost_reject, max_points, reject_rates),
+    }
+    if train is None:
+        return doc
+    tr = extract(model, _dataset(train), batch_size=batch_size, device=dev)  # type: ignore[arg-type]
+    ftr, ytr = tr.features.float().cpu(), tr.labels.reshape(-1).cpu().long()
+    if isinstance(head, nn.Linear):
+        from kmtools.centroids import class_means
+
+        protos = class_means(ftr, ytr, int(head.out_features)).float()
+        plabels = torch.arange(head.out_features)
+        source = "class means of the training features"
+    else:
+        protos, plabels = head_prototypes(head)
+        protos, plabels = protos.float().cpu(), plabels.cpu()
+        source = "head prototypes"
+    balls = fit_nball(ftr, ytr, protos, plabels, coverage=coverage)
+    res = nball_reject(f.cpu(), protos, balls, prototype_labels=plabels)
+    section = _score_section(res.margin.double(), corr, cost_error, cost_reject, max_points, reject_rates)
+    section.pop("chow", None)
+    section["min_cost_point"] = section["operating_point"]
+    section["operating_point"] = operating_point(res.margin.double(), corr, 0.0, cost_error=cost_error,
+                                                 cost_reject=cost_reject, rule="nball").to_dict()
+    r = balls.radii
+    section.update(
+        coverage=float(coverage),
+        prototypes=int(protos.shape[0]),
+        prototype_source=source,
+        radius={"min": float(r.min()), "median": float(r.median()), "max": float(r.max())},
+        train_n=int(ytr.numel()),
+    )
+    doc["nball"] = section
+    return doc

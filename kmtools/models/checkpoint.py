@@ -8,9 +8,12 @@ needed); a pickled whole ``nn.Module`` only with ``trust=True``. Nothing is unpi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pickle
+import pickletools
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kmtools.errors import CheckpointError, ConfigError, UntrustedCheckpointError
+from kmtools.errors import CheckpointError, ConfigError, KmtoolsError, UntrustedCheckpointError
 from kmtools.models import zoo
 from kmtools.models.core import GaussHead, KmModel, Normalize, split
 
@@ -56,7 +59,43 @@ def _is_torchscript(p: Path) -> bool:
     try:
         with zipfile.ZipFile(p) as zf:
             return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+#: A zip checkpoint may unpack to at most this many times its size (torch.save stores its
+#: entries uncompressed, so real checkpoints expand ~1x); beyond it, and past 64 MiB, it is
+#: refused as a zip bomb before torch allocates anything.
+MAX_ZIP_RATIO = 10
+
+
+def _check_zip(p: Path) -> None:
+    """A readable zip whose declared contents are not much larger than the file itself."""
+    try:
+        with zipfile.ZipFile(p) as zf:
+            total = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{p} is a corrupt zip archive ({_short(exc)}): re-save or re-download it") from exc
+    size = p.stat().st_size
+    if total > max(64 << 20, MAX_ZIP_RATIO * size):
+        raise CheckpointError(
+            f"{p} would unpack to {total / 2**20:.0f} MiB from a {size / 2**20:.1f} MiB file (a zip bomb?): "
+            "kmtools refuses compressed checkpoints; re-save it with torch.save"
+        )
+
+
+_OBJECT_OPS = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
+
+
+def _pickle_names_objects(p: Path) -> bool:
+    """True when ``p`` is a well-formed pickle stream that imports or builds Python objects.
+
+    Reads the opcodes with :func:`pickletools.genops`, which executes nothing.
+    """
+    try:
+        with open(p, "rb") as fh:
+            return any(op.name in _OBJECT_OPS for op, _arg, _pos in pickletools.genops(fh))
+    except Exception:
         return False
 
 
@@ -86,6 +125,14 @@ def _short(exc: BaseException) -> str:
     return msg[:160]
 
 
+def _unpickle_reason(exc: BaseException) -> str:
+    """The useful part of torch's weights-only error (its first line advises weights_only=False)."""
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler error:" in text:
+        return text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0].strip()[:160]
+    return _short(exc)
+
+
 def read_state(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, str]]:
     """Read a checkpoint file: ``(object, metadata)``.
 
@@ -93,8 +140,30 @@ def read_state(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, st
     arbitrary unpickled object such as a whole ``nn.Module``.
     """
     p = _check_file(path)
+    try:
+        return _read_state(p, trust)
+    except (KmtoolsError, MemoryError):
+        raise
+    except Exception as exc:  # any other parser failure on a hostile file is a one-line error
+        raise CheckpointError(
+            f"{p} is corrupt or not a supported checkpoint ({type(exc).__name__}: {_short(exc)}): "
+            "re-save or re-download it"
+        ) from exc
+
+
+def _read_state(p: Path, trust: bool) -> tuple[Any, dict[str, str]]:
     if p.suffix == ".safetensors":
         return read_safetensors(p)
+    if p.suffix.lower() == ".onnx":
+        raise CheckpointError(
+            f"{p} is an ONNX model, an export format kmtools cannot load back: give the PyTorch "
+            "checkpoint (state dict, TorchScript or kmtools .safetensors) it was exported from"
+        )
+    if p.suffix.lower() == ".pt2":
+        raise CheckpointError(
+            f"{p} is a torch.export program, which kmtools cannot split into backbone and head: give "
+            "the kmtools .safetensors written beside it"
+        )
     with open(p, "rb") as fh:
         magic = fh.read(8)
     if len(magic) >= 8 and int.from_bytes(magic, "little") < p.stat().st_size and magic[:1] not in (b"P", b"\x80"):
@@ -103,16 +172,28 @@ def read_state(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, st
             return read_safetensors(p)
         except CheckpointError:
             pass
+    is_zip = zipfile.is_zipfile(p)
+    if is_zip:
+        _check_zip(p)
     if _is_torchscript(p):
         try:
-            return torch.jit.load(str(p), map_location="cpu"), {}
+            with warnings.catch_warnings():  # torch.jit.load is deprecated (FutureWarning) but still served
+                warnings.simplefilter("ignore")
+                return torch.jit.load(str(p), map_location="cpu"), {}
         except Exception as exc:
             raise CheckpointError(f"{p} looks like TorchScript but cannot be loaded ({_short(exc)})") from exc
     try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on hostile files
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
-            raise CheckpointError(f"{p} is corrupt or not a PyTorch checkpoint ({_short(exc)})") from exc
+        # "GLOBAL x.y" = the weights-only unpickler met an import it refused; a plain pickle
+        # stream (no zip) it cannot parse is checked opcode by opcode without running it.
+        names_objects = "GLOBAL" in str(exc) or (not is_zip and _pickle_names_objects(p))
+        if not names_objects:
+            raise CheckpointError(
+                f"{p} is corrupt or not a PyTorch checkpoint ({_unpickle_reason(exc)}): re-save or re-download it"
+            ) from exc
         if not trust:
             raise UntrustedCheckpointError(
                 f"{p} contains pickled Python objects (e.g. a whole nn.Module) and loading it could run code "
@@ -155,9 +236,23 @@ def check_finite(sd: Mapping[str, torch.Tensor]) -> None:
             raise CheckpointError(f"tensor {k!r} holds NaN or Inf values: the checkpoint is broken (diverged training?)")
 
 
-def infer_num_classes(sd: Mapping[str, torch.Tensor]) -> int | None:
-    """Output size of the last 2-D weight (the usual head position in a state dict)."""
-    weights = [v for k, v in sd.items() if k.endswith("weight") and v.dim() == 2]
+def in_module_order(sd: Mapping[str, torch.Tensor], arch: str | None = None) -> dict[str, torch.Tensor]:
+    """``sd`` with its keys in ``arch``'s module order (safetensors files come back sorted by
+    name, where ``fc.weight`` precedes ``fc1.weight``); the architecture is built on the meta
+    device, so this costs no memory. Unknown keys keep their order at the end."""
+    if arch is None:
+        return dict(sd)
+    try:
+        with torch.device("meta"):
+            order = {k: i for i, k in enumerate(zoo.create(arch).state_dict())}
+    except Exception:
+        return dict(sd)
+    return dict(sorted(sd.items(), key=lambda kv: order.get(kv[0], len(order))))
+
+
+def infer_num_classes(sd: Mapping[str, torch.Tensor], arch: str | None = None) -> int | None:
+    """Output size of the last 2-D weight in module order (the usual head position)."""
+    weights = [v for k, v in in_module_order(sd, arch).items() if k.endswith("weight") and v.dim() == 2]
     return int(weights[-1].shape[0]) if weights else None
 
 
@@ -248,7 +343,15 @@ def load_model(
     obj, meta = read_state(path, trust=trust)
     m_mean, m_std = resolve_norm(mean, std)
     if "kmtools" in meta:
-        model = _from_kmtools(obj, meta, path)
+        try:
+            model = _from_kmtools(obj, meta, path)
+        except (KmtoolsError, MemoryError):
+            raise
+        except Exception as exc:  # forged or damaged metadata that passed the JSON parse
+            raise CheckpointError(
+                f"{path}: kmtools metadata does not describe a loadable model ({type(exc).__name__}: "
+                f"{_short(exc)}): the file is corrupt or forged"
+            ) from exc
         if m_mean is not None:
             model.normalize = Normalize(m_mean, m_std)
         return model.eval()
@@ -269,13 +372,14 @@ def load_model(
             f"{path} is a plain state dict: name its architecture with --arch "
             f"({', '.join(zoo.names())})"
         )
-    n = num_classes or infer_num_classes(sd)
+    ordered = in_module_order(sd, arch)
+    n = num_classes or infer_num_classes(ordered)
     kwargs: dict[str, Any] = {"num_classes": n, "in_channels": in_channels}
     if in_channels is None and not arch.startswith("torchvision:"):
-        kwargs["in_channels"] = _infer_in_channels(sd)
+        kwargs["in_channels"] = _infer_in_channels(ordered)
     if arch == "mlp":
         kwargs.pop("in_channels")
-        kwargs["in_features"] = _infer_in_features(sd)
+        kwargs["in_features"] = _infer_in_features(ordered)
     net = zoo.create(arch, **kwargs)
     load_into(net, sd, what=str(path))
     shape = input_shape or zoo.default_input_shape(arch, kwargs.get("in_channels"))
@@ -332,18 +436,43 @@ def require_split(model: KmModel, command: str) -> None:
         )
 
 
+def digest(tensors: Mapping[str, torch.Tensor], text: str) -> str:
+    """sha256 over the metadata text and every tensor's name, dtype, shape and bytes (sorted by
+    name): stored by :func:`save_model`, checked on load, so a flipped bit anywhere is caught."""
+    h = hashlib.sha256(text.encode())
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"|{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+#: Largest input (elements per sample) a checkpoint's metadata may declare.
+MAX_INPUT_ELEMENTS = 1 << 26
+
+
 def _from_kmtools(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: str | Path) -> KmModel:
     try:
         info = json.loads(meta["kmtools"])
-    except (json.JSONDecodeError, KeyError) as exc:
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (json.JSONDecodeError, KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: kmtools metadata is not valid JSON ({_short(exc)})") from exc
+    if "sha256" in meta and meta["sha256"] != digest(tensors, meta["kmtools"]):
+        raise CheckpointError(
+            f"{path} is corrupt: its contents do not match the sha256 recorded when it was saved; "
+            "re-download it or save it again"
+        )
     check_finite(tensors)
     arch = info.get("arch")
-    if not arch:
+    if not arch or not isinstance(arch, str):
         raise CheckpointError(f"{path}: kmtools metadata names no architecture")
     kwargs = dict(info.get("arch_kwargs") or {})
+    _check_size(arch, kwargs, tensors, path)
     net = zoo.create(arch, **kwargs)
     shape = info.get("input_shape") or zoo.default_input_shape(arch, kwargs.get("in_channels"))
+    if math.prod(int(v) for v in shape) > MAX_INPUT_ELEMENTS or min(int(v) for v in shape) < 1:
+        raise CheckpointError(f"{path}: metadata declares an implausible input shape {shape}")
     base = wrap(net, arch=arch, arch_kwargs=kwargs, input_shape=shape, head_path=info.get("head_path"),
                 mean=info.get("mean") or None, std=info.get("std") or None, classes=info.get("classes"))
     kind = info.get("head_kind", "softmax")
@@ -362,6 +491,20 @@ def _from_kmtools(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: 
                     outlier_threshold=info.get("outlier_threshold"))
     load_into(model, tensors, what=str(path))
     return model
+
+
+def _check_size(arch: str, kwargs: dict[str, Any], tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Build the architecture on the meta device (no memory) and refuse metadata that asks for
+    a network far larger than the tensors in the file (a memory bomb by arch_kwargs)."""
+    with torch.device("meta"):
+        probe = zoo.create(arch, **kwargs)
+    wanted = sum(p.numel() for p in probe.parameters())
+    held = sum(t.numel() for t in tensors.values())
+    if wanted > 2 * held + 100_000:
+        raise CheckpointError(
+            f"{path}: metadata describes a {arch} with {wanted:,} parameters but the file holds only "
+            f"{held:,} values: the file is corrupt or forged"
+        )
 
 
 def _prototype_head(kind: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
@@ -399,7 +542,8 @@ def save_model(model: KmModel, path: str | Path, force: bool = False, extra: dic
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise CheckpointError(f"refusing to save: tensor {k!r} holds NaN or Inf")
     text = json.dumps(meta, default=_json_safe)
-    return write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata={"kmtools": text, "format": FORMAT}), force)
+    header = {"kmtools": text, "format": FORMAT, "sha256": digest(tensors, text)}
+    return write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), force)
 
 
 def _json_safe(o: Any) -> Any:

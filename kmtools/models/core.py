@@ -22,6 +22,9 @@ from kmtools.errors import CheckpointError, ConfigError
 class Normalize(nn.Module):
     """Per-channel ``(x - mean) / std``; identity when no statistics are given."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         super().__init__()
         m = torch.tensor(list(mean) if mean else [], dtype=torch.float32)
@@ -54,6 +57,8 @@ class GaussHead(nn.Module):
     """
 
     kind = "gauss"
+
+    gamma: torch.Tensor
 
     def __init__(self, centroids: torch.Tensor, gamma: float = 1.0) -> None:
         super().__init__()

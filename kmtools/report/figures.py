@@ -1,8 +1,8 @@
 """Matplotlib figures of the Gauss-network paper (Figures 1-3) and of TailorNetwork training.
 
 Every function draws one fixed-size figure (``SIZE`` inches at ``DPI``, i.e. 600×400 px),
-writes it atomically as ``out`` (PNG) and ``out.with_suffix(".svg")`` (SVG) through
-:mod:`kmtools.io`, and returns the PNG path. An existing file is only replaced with
+writes it atomically as ``out`` (PNG) and, unless ``svg=False``, ``out.with_suffix(".svg")``
+(SVG) through :mod:`kmtools.io`, and returns the PNG path. An existing file is only replaced with
 ``force=True``. Only the Agg canvas is used (no pyplot, no global state), so the functions are
 safe on headless machines and in threads.
 
@@ -44,6 +44,9 @@ NAMES = {
     "onepixel_scatter": "onepixel_scatter.png",
     "onepixel_examples": "onepixel_examples.png",
     "tailor": "tailor_curves.png",
+    "roc": "detection_roc.png",
+    "curvature": "curvature_profile.png",
+    "neon": "neon_heatmaps.png",
 }
 
 _COLOURS = {"softmax": "#d62728", "gauss": "#1f77b4"}
@@ -81,16 +84,18 @@ def _new_figure() -> Figure:
     return fig
 
 
-def _save(fig: Figure, out: str | Path, force: bool) -> Path:
-    """Write ``fig`` as PNG at ``out`` and SVG beside it, both atomically (call inside ``_rc()``)."""
+def _save(fig: Figure, out: str | Path, force: bool, svg: bool = True) -> Path:
+    """Write ``fig`` as PNG at ``out`` and (``svg``) SVG beside it, atomically (call inside ``_rc()``)."""
     png = Path(out).with_suffix(".png")
-    svg = png.with_suffix(".svg")
+    vector = png.with_suffix(".svg")
     # check both before writing either, so a refusal leaves nothing half-written
     io.check_writable(png, force)
-    io.check_writable(svg, force)
+    if svg:
+        io.check_writable(vector, force)
     io.write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), force=force)
-    fig.set_layout_engine("none")  # keep the positions just computed: the SVG needs no second layout pass
-    io.write_with(svg, lambda tmp: fig.savefig(tmp, format="svg", metadata={"Date": None}), force=force)
+    if svg:
+        fig.set_layout_engine("none")  # keep the positions just computed: no second layout pass
+        io.write_with(vector, lambda tmp: fig.savefig(tmp, format="svg", metadata={"Date": None}), force=force)
     return png
 
 
@@ -124,6 +129,7 @@ def confidence_histograms(
     threshold: float | None = None,
     bins: int = 20,
     force: bool = False,
+    svg: bool = True,
 ) -> Path:
     """Histograms of the predicted-class confidence per model, on test data and on noise.
 
@@ -186,7 +192,7 @@ def confidence_histograms(
         axes[0].set_ylabel("share of inputs")
         fig.suptitle("confidence of the predicted class", fontsize=9)
         _style(fig)
-        return _save(fig, out, force)
+        return _save(fig, out, force, svg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +200,7 @@ def confidence_histograms(
 
 
 def fgsm_curves(
-    curves: Mapping[str, Mapping[str, Sequence[float]]], out: str | Path, *, force: bool = False
+    curves: Mapping[str, Mapping[str, Sequence[float]]], out: str | Path, *, force: bool = False, svg: bool = True
 ) -> Path:
     """Accuracy and confidence under FGSM against ε, one colour per model (paper Fig. 2).
 
@@ -244,7 +250,7 @@ def fgsm_curves(
         ax_acc.set_title("accuracy under FGSM")
         ax_conf.set_title("confidence under FGSM")
         _style(fig)
-        return _save(fig, out, force)
+        return _save(fig, out, force, svg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,6 +311,7 @@ def prototypes_outliers(
     classes: Sequence[str] | None = None,
     threshold: float | None = None,
     force: bool = False,
+    svg: bool = True,
 ) -> Path:
     """The most prototypical (top half) and most outlying (bottom half) inputs of each class.
 
@@ -328,7 +335,7 @@ def prototypes_outliers(
         fig = _new_figure()
         if not cls:
             _no_data(fig.add_subplot(1, 1, 1))
-            return _save(fig, out, force)
+            return _save(fig, out, force, svg)
         rows = 2 * per_class
         grid = fig.add_gridspec(
             rows + 1,
@@ -342,9 +349,7 @@ def prototypes_outliers(
         ):
             side = fig.add_subplot(grid[rows_of, 0])
             side.axis("off")
-            side.text(
-                0.5, 0.5, text, rotation=90, ha="center", va="center", fontsize=8, transform=side.transAxes
-            )
+            side.text(0.5, 0.5, text, rotation=90, ha="center", va="center", fontsize=8, transform=side.transAxes)
         for j0, c in enumerate(cls):
             j = j0 + 1
             top, bottom = picks[c]
@@ -372,7 +377,7 @@ def prototypes_outliers(
                         )
         engine: Any = fig.get_layout_engine()
         engine.set(w_pad=0.01, h_pad=0.01, hspace=0.02, wspace=0.02)
-        return _save(fig, out, force)
+        return _save(fig, out, force, svg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -386,6 +391,7 @@ def onepixel_scatter(
     *,
     success: Mapping[str, Any] | None = None,
     force: bool = False,
+    svg: bool = True,
 ) -> Path:
     """Confidence of x against that of its successful one-pixel attack x̃, one panel per model.
 
@@ -423,14 +429,12 @@ def onepixel_scatter(
             counts = Counter(zip(np.round(b, 2).tolist(), np.round(a, 2).tolist(), strict=True))
             pts = np.array(list(counts.keys()))
             n = np.array(list(counts.values()), dtype=float)
-            ax.scatter(
-                pts[:, 0], pts[:, 1], s=12.0 * np.sqrt(n), color=colour(kind, kinds), alpha=0.6, linewidths=0
-            )
+            ax.scatter(pts[:, 0], pts[:, 1], s=12.0 * np.sqrt(n), color=colour(kind, kinds), alpha=0.6, linewidths=0)
         if not kinds:
             _no_data(axes[0])
         axes[0].set_ylabel("confidence of attack x̃")
         _style(fig)
-        return _save(fig, out, force)
+        return _save(fig, out, force, svg)
 
 
 def _changed_pixels(x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
@@ -456,6 +460,7 @@ def onepixel_examples(
     max_examples: int = 8,
     title: str | None = None,
     force: bool = False,
+    svg: bool = True,
 ) -> Path:
     """Fooled one-pixel examples x̃ with the changed pixel circled, and conf(x) → conf(x̃).
 
@@ -482,7 +487,7 @@ def onepixel_examples(
         fig = _new_figure()
         if chosen.size == 0:
             _no_data(fig.add_subplot(1, 1, 1), "no successful one-pixel attacks")
-            return _save(fig, out, force)
+            return _save(fig, out, force, svg)
         ncol = min(4, chosen.size)
         nrow = int(np.ceil(chosen.size / ncol))
         axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
@@ -501,10 +506,8 @@ def onepixel_examples(
             ax.set_title(line, fontsize=7, pad=2)
         for ax in axes[chosen.size :]:
             ax.axis("off")
-        fig.suptitle(
-            title or "fooled one-pixel attacks: confidence of x → x̃ (changed pixel circled)", fontsize=8
-        )
-        return _save(fig, out, force)
+        fig.suptitle(title or "fooled one-pixel attacks: confidence of x → x̃ (changed pixel circled)", fontsize=8)
+        return _save(fig, out, force, svg)
 
 
 def _circle(centre: tuple[float, float], radius: float) -> Any:
@@ -525,7 +528,9 @@ _CURVES = (
 )
 
 
-def training_curves(history: Sequence[Mapping[str, Any]], out: str | Path, *, force: bool = False) -> Path:
+def training_curves(
+    history: Sequence[Mapping[str, Any]], out: str | Path, *, force: bool = False, svg: bool = True
+) -> Path:
     """Loss, accuracy and centroid movement per epoch of ``tailor`` (its ``results.history``).
 
     Each history entry is ``{"epoch": int, "loss": float, "accuracy": float,
@@ -545,14 +550,12 @@ def training_curves(history: Sequence[Mapping[str, Any]], out: str | Path, *, fo
         fig = _new_figure()
         if not panels:
             _no_data(fig.add_subplot(1, 1, 1), "no training history")
-            return _save(fig, out, force)
+            return _save(fig, out, force, svg)
         axes = fig.subplots(1, len(panels), squeeze=False)[0]
         for ax, (title, keys) in zip(axes, panels, strict=True):
             positive = True
             for n, key in enumerate(keys):
-                vals = np.array(
-                    [float(h[key]) if isinstance(h.get(key), (int, float)) else np.nan for h in hist]
-                )
+                vals = np.array([float(h[key]) if isinstance(h.get(key), (int, float)) else np.nan for h in hist])
                 positive &= bool(np.nanmin(vals) > 0)
                 colour_n = "#1f77b4" if n == 0 else _CYCLE[(n - 1) % len(_CYCLE)]
                 ax.plot(epochs, vals, marker="o", markersize=2.5, linewidth=1.3, color=colour_n, label=key)
@@ -562,11 +565,146 @@ def training_curves(history: Sequence[Mapping[str, Any]], out: str | Path, *, fo
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-            if title.startswith("centroid") and positive:
-                ax.set_yscale("log")
+            finite = [float(h[k]) for h in hist for k in keys if isinstance(h.get(k), (int, float))]
+            if title.startswith("centroid") and positive and max(finite) > 10 * min(finite):
+                ax.set_yscale("log")  # only when it spans a decade: else the ticks say little
         fig.suptitle("TailorNetwork fine-tuning", fontsize=9)
         _style(fig)
-        return _save(fig, out, force)
+        return _save(fig, out, force, svg)
+
+
+# --------------------------------------------------------------------------------------------
+# (e) NEON heatmaps, boundary curvature and the detection ROC (geometry / explain results)
+
+
+def relevance_heatmaps(
+    images: Any,
+    relevance: Any,
+    out: str | Path,
+    *,
+    titles: Sequence[str] | None = None,
+    max_examples: int = 6,
+    title: str | None = None,
+    force: bool = False,
+    svg: bool = True,
+) -> Path:
+    """Inputs (top row) and their NEON pixel relevance (bottom row), red for, blue against.
+
+    ``images`` (N, C, H, W) or (N, H, W); ``relevance`` of the same shape (summed over
+    channels) or (N, H, W). The colour scale of each heatmap is symmetric around zero at its
+    largest absolute value, as in the NEON paper's Figures 7-8.
+    """
+    x = _array(images)
+    r = _array(relevance).astype(float)
+    n = min(len(x), len(r), max_examples)
+    with _rc():
+        fig = _new_figure()
+        if n == 0:
+            _no_data(fig.add_subplot(1, 1, 1), "no explanations")
+            return _save(fig, out, force, svg)
+        axes = fig.subplots(2, n, squeeze=False)
+        for j in range(n):
+            _show(axes[0, j], x[j])
+            if titles is not None and j < len(titles):
+                axes[0, j].set_title(str(titles[j]), fontsize=7, pad=2)
+            rel = r[j]
+            if rel.ndim == 3:
+                rel = rel.sum(axis=0) if rel.shape[0] in (1, 3, 4) else rel.sum(axis=-1)
+            lim = float(np.nanmax(np.abs(rel))) if rel.size else 0.0
+            axes[1, j].imshow(rel, cmap="bwr", vmin=-(lim or 1.0), vmax=lim or 1.0, interpolation="nearest")
+            axes[1, j].set_xticks([])
+            axes[1, j].set_yticks([])
+        axes[0, 0].set_ylabel("input", fontsize=7)
+        axes[1, 0].set_ylabel("relevance", fontsize=7)
+        fig.suptitle(title or "NEON: pixel relevance for the assigned cluster (red: for, blue: against)", fontsize=8)
+        return _save(fig, out, force, svg)
+
+
+def curvature_profiles(
+    profiles: Mapping[str, Mapping[str, Any]], out: str | Path, *, force: bool = False, svg: bool = True
+) -> Path:
+    """Average principal curvatures at boundary points near inputs (boundary-geometry Fig. 4b).
+
+    ``profiles`` is ``{name: {"top_mean_profile": [...], "bottom_mean_profile": [...],
+    "dim": d}}`` (``CurvatureResult.to_dict()``: top descending, bottom ascending): the k
+    largest curvatures on the left, the k smallest on the right at indices d-k .. d-1 (the
+    smallest last), one colour per name.
+    """
+    names = model_order(list(profiles))
+    with _rc():
+        fig = _new_figure()
+        ax = fig.add_subplot(1, 1, 1)
+        drawn = False
+        for name in names:
+            p = profiles[name]
+            top = np.array([np.nan if v is None else float(v) for v in p.get("top_mean_profile") or []])
+            bot = np.array([np.nan if v is None else float(v) for v in p.get("bottom_mean_profile") or []])
+            if top.size + bot.size == 0:
+                continue
+            dim = int(p.get("dim") or (top.size + bot.size + 1))
+            right = bot[::-1]  # ascending (smallest first) -> drawn so the smallest is at d - 1
+            xs_top = np.arange(1, top.size + 1)
+            first = max(dim - right.size, top.size + 1)
+            xs_bot = np.arange(first, first + right.size)
+            c = colour(name, names)
+            ax.plot(xs_top, top, marker="o", markersize=3, color=c, label=label(name) if name else None)
+            ax.plot(xs_bot, right, marker="o", markersize=3, color=c)
+            if top.size and right.size:  # the d - 1 - 2k curvatures in between are not computed
+                ax.plot([xs_top[-1], xs_bot[0]], [top[-1], right[0]], linestyle=":", color=c, linewidth=1)
+            drawn = True
+        if not drawn:
+            _no_data(ax)
+        else:
+            ax.axhline(0.0, color="0.5", linewidth=0.8)
+            ax.legend(fontsize=7, frameon=False)
+        ax.set_xlabel("index i of the principal curvature (1 = largest)")
+        ax.set_ylabel("average curvature κ_i")
+        ax.set_title("principal curvatures of the decision boundary near the inputs")
+        _style(fig)
+        return _save(fig, out, force, svg)
+
+
+def roc_curves(
+    curves: Mapping[str, Mapping[str, Any]], out: str | Path, *, force: bool = False, svg: bool = True
+) -> Path:
+    """ROC-style curves, one per name: ``{"false_positive": [...], "true_positive": [...],
+    "auc": float, "point": (fp, tp)}`` (e.g. Algorithm 2 of the boundary-geometry paper, Fig. 8:
+    clean inputs declared clean against perturbed inputs declared clean over the threshold)."""
+    names = model_order(list(curves))
+    with _rc():
+        fig = _new_figure()
+        ax = fig.add_subplot(1, 1, 1)
+        ax.plot([0, 1], [0, 1], linestyle="--", color="0.7", linewidth=0.8)
+        drawn = False
+        for name in names:
+            cv = curves[name]
+            fp = np.asarray(cv.get("false_positive") or [], dtype=float)
+            tp = np.asarray(cv.get("true_positive") or [], dtype=float)
+            if fp.size == 0 or fp.size != tp.size:
+                continue
+            order = np.argsort(fp, kind="stable")
+            auc = cv.get("auc")
+            text = label(name) if name else "detector"
+            if isinstance(auc, (int, float)):
+                text += f" (AUC {float(auc):.3f})"
+            c = colour(name, names)
+            ax.plot(fp[order], tp[order], color=c, linewidth=1.5, label=text)
+            point = cv.get("point")
+            if point is not None:
+                ax.plot([float(point[0])], [float(point[1])], marker="o", color=c)
+            drawn = True
+        if not drawn:
+            _no_data(ax)
+        else:
+            ax.legend(fontsize=7, frameon=False, loc="lower right")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_aspect("equal")
+        ax.set_xlabel("false positives (perturbed inputs declared clean)")
+        ax.set_ylabel("true positives (clean inputs declared clean)")
+        ax.set_title("detection over the threshold (dot: t = 0)")
+        _style(fig)
+        return _save(fig, out, force, svg)
 
 
 def _rc() -> Any:

@@ -194,26 +194,46 @@ def per_kind(doc: Mapping[str, Any] | None, key: str | None = None) -> dict[str,
     return subs
 
 
+SUMMARY_KEYS = ("accuracy", "confidence", "attack_rate", "attack_confidence")
+
+
 def summary(run: Run) -> dict[str, dict[str, Any]]:
-    """Table 1 numbers per head kind: accuracy, confidence, attack rate, confidence in fooled."""
-    ev = per_kind(run.docs.get("evaluate"))
-    op = per_kind(run.docs.get("attack-onepixel"), "onepixel")
-    out: dict[str, dict[str, Any]] = {}
-    for kind in figures.model_order(sorted({*ev, *op})):
-        out[kind] = {
-            "accuracy": _num(ev.get(kind, {}).get("accuracy")),
-            "confidence": _num(ev.get(kind, {}).get("mean_confidence")),
-            "attack_rate": _num(op.get(kind, {}).get("rate")),
-            "attack_confidence": _num(op.get(kind, {}).get("mean_conf_fooled")),
-        }
-    tailor = run.results("tailor")
-    for kind, key in (("softmax", "accuracy_before"), ("gauss", "accuracy_after")):
-        if _num(tailor.get(key)) is not None and out.get(kind, {}).get("accuracy") is None:
-            out.setdefault(
-                kind, dict.fromkeys(("accuracy", "confidence", "attack_rate", "attack_confidence"))
-            )
-            out[kind]["accuracy"] = _num(tailor[key])
-    return {k: out[k] for k in figures.model_order(list(out))}
+    """Table 1 numbers per head kind: accuracy, confidence, attack rate, confidence in fooled.
+
+    Accuracy and mean confidence come from ``evaluate`` when it ran, else from ``tailor``'s
+    test-set evaluation, else from the clean images of ``attack onepixel``; the attack rate and
+    the confidence in fooled predictions from ``attack onepixel``. :func:`summary_sources`
+    says which file gave each number.
+    """
+    return {kind: {k: v for k, (v, _) in vals.items()} for kind, vals in _summary(run).items()}
+
+
+def summary_sources(run: Run) -> dict[str, dict[str, str | None]]:
+    """``{kind: {field: command}}``: where each number of :func:`summary` comes from."""
+    return {kind: {k: src for k, (_, src) in vals.items()} for kind, vals in _summary(run).items()}
+
+
+def _summary(run: Run) -> dict[str, dict[str, tuple[float | None, str | None]]]:
+    ev = per_kind(run.doc("evaluate"))
+    tl = per_kind(run.doc("tailor"))
+    op = per_kind(run.doc("attack-onepixel"), "onepixel")
+    kinds = figures.model_order(sorted({*ev, *tl, *op}))
+    out: dict[str, dict[str, tuple[float | None, str | None]]] = {}
+    for kind in kinds:
+        row: dict[str, tuple[float | None, str | None]] = {}
+        for field_, key in (("accuracy", "accuracy"), ("confidence", "mean_confidence")):
+            row[field_] = (None, None)
+            for cmd, table in (("evaluate", ev), ("tailor", tl), ("attack-onepixel", op)):
+                v = _num(table.get(kind, {}).get(key))
+                if v is not None:
+                    row[field_] = (v, cmd)
+                    break
+        for field_, key in (("attack_rate", "rate"), ("attack_confidence", "mean_conf_fooled")):
+            v = _num(op.get(kind, {}).get(key))
+            row[field_] = (v, "attack-onepixel" if v is not None else None)
+        if any(v is not None for v, _ in row.values()):
+            out[kind] = row
+    return out
 
 
 TABLE1_FIELDS = (
@@ -232,6 +252,30 @@ def _model_name(run: Run) -> str:
             if name:
                 return str(name)
     return "model"
+
+
+def table1_note(run: Run) -> str:
+    """Which command and how many inputs each column of Table 1 comes from."""
+    src = summary_sources(run)
+    parts = []
+    for field_, what in (("accuracy", "accuracy and confidence"), ("attack_rate", "attack columns")):
+        cmds = sorted({c for s in src.values() if (c := s.get(field_))})
+        if not cmds:
+            continue
+        described = []
+        for cmd in cmds:
+            doc = run.doc(cmd) or {}
+            data: Mapping[str, Any] = doc["data"] if isinstance(doc.get("data"), Mapping) else {}
+            n = _num(_get(run.results(cmd), "onepixel.images")) if cmd == "attack-onepixel" else None
+            n = n if n is not None else _num(data.get("n"))
+            bits = (data.get("name"), data.get("split"), f"{int(n)} inputs" if n is not None else None)
+            detail = ", ".join(str(x) for x in bits if x)
+            label = "attack onepixel" if cmd == "attack-onepixel" else cmd
+            if cmd == "tailor":
+                detail = "its test-set evaluation"
+            described.append(f"{label} ({detail})" if detail else label)
+        parts.append(f"{what} from {' and '.join(described)}")
+    return ("Sources: " + "; ".join(parts) + ".") if parts else ""
 
 
 def table1(run: Run) -> Table | None:
@@ -294,7 +338,7 @@ def _image_kappa(arrays: Mapping[str, np.ndarray], n: int) -> np.ndarray | None:
     return None
 
 
-def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str, list[FigureRef]]:
+def draw_figures(run: Run, out_dir: str | Path, force: bool = False, *, svg: bool = True) -> dict[str, list[FigureRef]]:
     """Draw every figure the run's data allows into ``out_dir``.
 
     Returns ``{section: [FigureRef]}`` with sections ``confidence``, ``fgsm``, ``onepixel``,
@@ -320,6 +364,7 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
                 noise=noise or None,
                 threshold=_threshold(run),
                 force=force,
+                svg=svg,
             )
             add(
                 "confidence",
@@ -338,17 +383,21 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
                     classes=_classes(run),
                     threshold=_threshold(run),
                     force=force,
+                    svg=svg,
                 )
+                kinds = per_kind(ev_doc)
+                whose = "gauss" if "gauss" in kinds else primary
+                measure = "Gauss confidence κ" if whose == "gauss" else f"{figures.label(whose)}'s confidence"
                 add(
                     "prototypes",
-                    "Prototypes (top) and outliers (bottom) of each class by Gauss "
-                    "confidence κ, printed above each image (cf. the paper's Figure 3).",
+                    f"Prototypes (top) and outliers (bottom) of each class by the {measure}, printed "
+                    "above each image; red: below the outlier threshold (cf. the paper's Figure 3).",
                     p,
                 )
 
     fg = per_kind(run.docs.get("attack-fgsm"), "fgsm")
     if fg:
-        p = figures.fgsm_curves(fg, out / figures.NAMES["fgsm"], force=force)
+        p = figures.fgsm_curves(fg, out / figures.NAMES["fgsm"], force=force, svg=svg)
         add(
             "fgsm",
             "Accuracy and mean confidence under FGSM against the step size ε (cf. the paper's Figure 2).",
@@ -367,7 +416,7 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
                 success[kind] = np.asarray(success[kind], bool) & ~np.asarray(skipped, bool)
         if before and after:
             p = figures.onepixel_scatter(
-                before, after, out / figures.NAMES["onepixel_scatter"], success=success, force=force
+                before, after, out / figures.NAMES["onepixel_scatter"], success=success, force=force, svg=svg
             )
             add(
                 "onepixel",
@@ -394,6 +443,7 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
                 classes=_classes(run),
                 title=f"{figures.label(kind)}: fooled one-pixel attacks, conf(x) → conf(x̃)",
                 force=force,
+                svg=svg,
             )
             add(
                 "onepixel",
@@ -403,9 +453,111 @@ def draw_figures(run: Run, out_dir: str | Path, force: bool = False) -> dict[str
 
     history = run.results("tailor").get("history")
     if isinstance(history, list) and history:
-        p = figures.training_curves(history, out / figures.NAMES["tailor"], force=force)
+        p = figures.training_curves(history, out / figures.NAMES["tailor"], force=force, svg=svg)
         add("tailor", "TailorNetwork fine-tuning: loss, accuracy and centroid movement per epoch.", p)
+
+    _draw_explain(run, out, force, add, svg)
+    _draw_geometry(run, out, force, add, svg)
     return got
+
+
+_GENERIC_PARTS = {"results", "detect", "detection", "evaluation", "curvature", "roc", "summary", "metrics"}
+
+
+def find_objects(obj: Any, test: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Mapping]]:
+    """Every mapping inside ``obj`` (depth first, ``obj`` included) for which ``test(m)`` holds."""
+    found: list[tuple[tuple[str, ...], Mapping]] = []
+    if isinstance(obj, Mapping):
+        if test(obj):
+            found.append((path, obj))
+        for k, v in obj.items():
+            found.extend(find_objects(v, test, (*path, str(k))))
+    return found
+
+
+def _series_name(path: tuple[str, ...], command: str, doc: Mapping[str, Any]) -> str:
+    """A legend name for a result found at ``path``: the head kind / model key it sits under."""
+    parts = [p for p in path if p not in _GENERIC_PARTS]
+    if parts:
+        return ".".join(parts)
+    kind = _primary_kind(doc)
+    return kind if kind != "model" else command
+
+
+def _draw_explain(run: Run, out: Path, force: bool, add: Any, svg: bool = True) -> None:
+    """NEON heatmaps from an explain command's arrays: inputs and image-shaped relevance."""
+    for cmd in run.family("explain"):
+        if run.figures_of(cmd):
+            continue  # the command drew its heatmaps itself: those are shown
+        arr = run.arrays(cmd)
+        rel_key = next(
+            (k for k in ("relevance", "heatmaps", "heatmap", "R") if k in arr and arr[k].ndim >= 3),
+            next((k for k in arr if k.endswith("_relevance") and arr[k].ndim >= 3), None),
+        )
+        img_key = next((k for k in ("x", "inputs", "images") if k in arr and arr[k].ndim >= 3), None)
+        if rel_key is None or img_key is None:
+            continue
+        assign = next((arr[k] for k in ("assignments", "clusters", "assignment", "labels") if k in arr), None)
+        titles = [f"cluster {int(a)}" for a in assign.ravel()] if assign is not None else None
+        name = Path(figures.NAMES["neon"])
+        p = figures.relevance_heatmaps(
+            arr[img_key], arr[rel_key], out / f"{name.stem}_{cmd}{name.suffix}", titles=titles, force=force, svg=svg
+        )
+        add(
+            cmd,
+            f"NEON explanations ({cmd}): inputs and the relevance of each pixel for the assigned "
+            "cluster, red for and blue against (cf. the NEON paper's Figures 7-8).",
+            p,
+        )
+
+
+def _draw_geometry(run: Run, out: Path, force: bool, add: Any, svg: bool = True) -> None:
+    """Curvature profiles and detection ROC curves found anywhere in geometry results."""
+    for cmd in run.family("geometry"):
+        doc = run.docs[cmd]
+        res = run.results(cmd)
+        profiles = {
+            _series_name(path, cmd, doc): m
+            for path, m in find_objects(
+                res, lambda m: isinstance(m.get("top_mean_profile"), list) and bool(m["top_mean_profile"])
+            )
+        }
+        if profiles:
+            name = Path(figures.NAMES["curvature"])
+            p = figures.curvature_profiles(profiles, out / f"{name.stem}_{cmd}{name.suffix}", force=force, svg=svg)
+            add(
+                cmd,
+                "Average principal curvatures of the decision boundary at boundary points near the "
+                "inputs, largest on the left and smallest on the right (boundary-geometry paper, Fig. 4b).",
+                p,
+            )
+        curves: dict[str, dict[str, Any]] = {}
+        for path, m in find_objects(res, lambda m: isinstance(m.get("roc"), Mapping)):
+            roc = m["roc"]
+            fp = roc.get("false_positive", roc.get("fpr"))
+            tp = roc.get("true_positive", roc.get("tpr"))
+            if not isinstance(fp, list) or not isinstance(tp, list):
+                continue
+            t0: Mapping[str, Any] = m["t0"] if isinstance(m.get("t0"), Mapping) else {}
+            point = None
+            if _num(t0.get("false_positive")) is not None and _num(t0.get("true_positive")) is not None:
+                point = (float(t0["false_positive"]), float(t0["true_positive"]))
+            curves[_series_name(path, cmd, doc)] = {
+                "false_positive": fp,
+                "true_positive": tp,
+                "auc": m.get("auc"),
+                "point": point,
+            }
+        if curves:
+            name = Path(figures.NAMES["roc"])
+            p = figures.roc_curves(curves, out / f"{name.stem}_{cmd}{name.suffix}", force=force, svg=svg)
+            add(
+                cmd,
+                "Detection of small adversarial perturbations by the sign of the average boundary "
+                "curvature (Algorithm 2): clean inputs declared clean against perturbed inputs declared "
+                "clean over the threshold t (boundary-geometry paper, Fig. 8).",
+                p,
+            )
 
 
 def _pick(arr: Mapping[str, np.ndarray], kind: str, *names: str) -> np.ndarray | None:
@@ -468,6 +620,7 @@ def _outlier_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section |
             kind,
             str(_get(m, "theorem2.space") or MISSING),
             *(dec(_get(m, f"theorem2.{s}"), 4) for s in ("mean", "median", "min", "p05")),
+            pct(_get(m, "theorem2.vacuous_share")),
         ]
         for kind, m in ((k, ev[k]) for k in figures.model_order(list(ev)))
         if isinstance(m.get("theorem2"), Mapping)
@@ -475,8 +628,9 @@ def _outlier_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section |
     if t2:
         sec.add(
             "Theorem 2: lower bound on the perturbation that can change a prediction, over the test "
-            "set: in input space when a Lipschitz modulus was given, else the feature-space margin.",
-            Table(["model", "space", "mean", "median", "min", "5th percentile"], t2),
+            "set: in input space when a Lipschitz modulus was given, else the feature-space margin; "
+            "vacuous: inputs whose bound is zero.",
+            Table(["model", "space", "mean", "median", "min", "5th percentile", "vacuous"], t2),
         )
     sec.add(*figs.get("confidence", []), *figs.get("prototypes", []))
     return sec if sec.has_content() else None
@@ -490,19 +644,14 @@ def _onepixel_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section 
         rows = [
             [
                 kind,
-                *(
-                    pct(op[kind].get(k)) if k in ("rate", "outlier_share") else fmt(op[kind].get(k))
-                    for k in keys
-                ),
+                *(pct(op[kind].get(k)) if k in ("rate", "outlier_share") else fmt(op[kind].get(k)) for k in keys),
             ]
             for kind in figures.model_order(list(op))
         ]
         sec.add(
             "Differential evolution over one pixel's position and colour (Su et al.); the rate is the share "
             "of attacked (correctly classified) images whose prediction changed.",
-            Table(
-                ["model", "attacked", "skipped", "fooled", "rate", "conf in fooled", "fooled flagged"], rows
-            ),
+            Table(["model", "attacked", "skipped", "fooled", "rate", "conf in fooled", "fooled flagged"], rows),
         )
     sec.add(*figs.get("onepixel", []))
     return sec if sec.has_content() else None
@@ -540,22 +689,102 @@ def _fgsm_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section | No
     return sec if sec.has_content() else None
 
 
+def _deepfool_section(run: Run) -> Section | None:
+    df = per_kind(run.doc("attack-deepfool"), "deepfool")
+    if not df:
+        return None
+    keys = ("images", "converged", "norm_mean", "norm_median", "norm_min", "norm_max", "iterations_mean")
+    rows = [[kind, *(fmt(df[kind].get(k)) for k in keys)] for kind in figures.model_order(list(df))]
+    lp = next((str(d.get("norm")) for d in df.values() if d.get("norm")), "")
+    return Section("DeepFool").add(
+        "The minimal perturbation r(x) that changes the prediction (Moosavi-Dezfooli et al.); norms "
+        f"{'(' + lp + ') ' if lp else ''}over the inputs whose prediction flipped.",
+        Table(["model", "inputs", "flipped", "‖r‖ mean", "‖r‖ median", "‖r‖ min", "‖r‖ max", "steps"], rows),
+    )
+
+
+_TAILOR_SETTINGS = ("config", "files", "export", "history")
+
+
 def _tailor_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section | None:
     res = run.results("tailor")
     if not res and not figs.get("tailor"):
         return None
     sec = Section("TailorNetwork fine-tuning")
-    rows = [[k, fmt(v)] for k, v in _flatten({k: v for k, v in res.items() if k != "history"})]
+    kinds = per_kind(run.doc("tailor"))
+    if kinds:
+        rows = [
+            [kind, pct(m.get("accuracy")), dec(m.get("mean_confidence")), dec(m.get("threshold"), 4)]
+            for kind, m in ((k, kinds[k]) for k in figures.model_order(list(kinds)))
+        ]
+        sec.add(
+            "Algorithm 1 (TailorNetwork): the layers below the head are fine-tuned so that the features "
+            "move onto their class centroids; test accuracy and mean confidence before and after.",
+            Table(["model", "accuracy", "mean confidence", "outlier threshold"], rows),
+        )
+    other = {k: v for k, v in res.items() if k not in _TAILOR_SETTINGS and k not in kinds}
+    rows = [[k, fmt(v)] for k, v in _flatten(other)]
     if rows:
         sec.add(Table(["result", "value"], rows))
+    config = res.get("config")
+    if isinstance(config, Mapping) and config:
+        sec.add("Settings: " + ", ".join(f"{k}={fmt(v)}" for k, v in _flatten(config)) + ".")
+    history = res.get("history")
+    if isinstance(history, list) and history and isinstance(history[-1], Mapping):
+        cols = [k for k in ("epoch", "loss", "accuracy", "centroid_shift", "mean_kappa") if k in history[-1]]
+        sec.add(Table(cols, [[fmt(h.get(k)) for k in cols] for h in history if isinstance(h, Mapping)]))
     sec.add(*figs.get("tailor", []))
     return sec
 
 
-def _generic_section(command: str, run: Run) -> Section:
+_MAX_ROWS = 80
+
+
+def _explain_blocks(res: Mapping[str, Any]) -> list[Block]:
+    """The feature-adding AUC of NEON and its baselines (NEON paper, Algorithm 1 and Table I)."""
+    auc = res.get("auc")
+    if not isinstance(auc, Mapping) or not auc:
+        return []
+    ref = _get(res, "reference.auc")
+    ref = ref if isinstance(ref, Mapping) else {}
+    best = max((k for k in auc if _num(auc[k]) is not None), key=lambda k: float(auc[k]), default=None)
+    rows = [
+        [str(m) + (" (best)" if m == best else ""), dec(v, 2), dec(ref.get(m), 2) if ref else MISSING]
+        for m, v in auc.items()
+    ]
+    cols = ["method", "AUC", str(_get(res, "reference.source") or "paper")]
+    how = res.get("evaluation") if isinstance(res.get("evaluation"), Mapping) else {}
+    text = (
+        "Feature-adding AUC (NEON paper, Algorithm 1): features are added in the order of their "
+        "relevance and the cluster assignment is re-scored; higher is better"
+        + (f" ({how.get('imputation')} imputation, {how.get('repeats')} repeats)." if how else ".")
+    )
+    return [text, Table(cols if ref else cols[:2], [r if ref else r[:2] for r in rows])]
+
+
+_SHOWN_ELSEWHERE = {"auc", "reference", "best_method"}
+
+
+def _generic_section(command: str, run: Run, figs: Mapping[str, list[FigureRef]]) -> Section:
+    """Any command's results as a path/value table, with its figures (drawn and its own)."""
     res = run.results(command)
-    rows = [[k, fmt(v)] for k, v in _flatten(res)][:80]
-    return Section(command).add(Table(["result", "value"], rows) if rows else "No results.")
+    sec = Section(command.replace("-", " "))
+    lead = _explain_blocks(res) if command.startswith("explain") else []
+    if lead:
+        sec.add(*lead)
+        res = {k: v for k, v in res.items() if k not in _SHOWN_ELSEWHERE}
+    # file paths are shown as figures and in the provenance; "_private" keys are internals
+    res = {k: v for k, v in res.items() if k != "files" and not str(k).startswith("_")}
+    rows = [[k, fmt(v)] for k, v in _flatten(res)]
+    if rows:
+        sec.add(Table(["result", "value"], rows[:_MAX_ROWS]))
+        if len(rows) > _MAX_ROWS:
+            sec.add(f"{len(rows) - _MAX_ROWS} more values in {run.sources[command].name}.")
+    else:
+        sec.add("No results.")
+    sec.add(*figs.get(command, []))
+    sec.add(*(FigureRef(f"{command}: {p.name}", p) for p in run.figures_of(command)))
+    return sec
 
 
 def _provenance_section(run: Run) -> Section:
@@ -564,13 +793,15 @@ def _provenance_section(run: Run) -> Section:
         model: Mapping[str, Any] = doc.get("model") or {}
         data: Mapping[str, Any] = doc.get("data") or {}
         sha = str(model.get("sha256") or "")
+        dsha = str(data.get("sha256") or "")
         rows.append(
             [
                 cmd,
                 run.sources[cmd].name,
-                str(model.get("path") or model.get("arch") or MISSING)
-                + (f" (sha256 {sha[:12]}…)" if sha else ""),
-                str(data.get("name") or data.get("path") or MISSING),
+                str(model.get("path") or model.get("arch") or MISSING) + (f" (sha256 {sha[:12]}…)" if sha else ""),
+                str(data.get("name") or data.get("path") or MISSING)
+                + (f" {data['split']}" if data.get("split") else "")
+                + (f" (sha256 {dsha[:12]}…)" if dsha else ""),
                 fmt(doc.get("seed")),
                 str(doc.get("device") or MISSING),
                 f"{sum(float(v) for v in (doc.get('timings') or {}).values() if _num(v) is not None):.2f} s",
@@ -582,10 +813,13 @@ def _provenance_section(run: Run) -> Section:
     )
     if run.replaced:
         sec.add("Replaced by a later result of the same command: " + ", ".join(str(p) for p in run.replaced))
+    if run.skipped:
+        sec.add("Not read: " + "; ".join(f"{p.name} ({why})" for p, why in run.skipped))
     return sec
 
 
-_OWN = ("evaluate", "attack-onepixel", "attack-fgsm", "tailor")
+# commands with a section of their own; the others get a generic one
+_OWN = ("evaluate", "attack-onepixel", "attack-fgsm", "attack-deepfool", "tailor")
 
 
 def build(
@@ -595,36 +829,47 @@ def build(
     force: bool = False,
     gates: Sequence[GateResult] | None = None,
     title: str | None = None,
+    svg: bool = True,
 ) -> Report:
-    """The report's document model; figures are drawn into ``fig_dir``."""
-    figs = draw_figures(run, fig_dir, force=force)
+    """The report's document model; figures are drawn into ``fig_dir`` (PNG, and SVG with ``svg``)."""
+    figs = draw_figures(run, fig_dir, force=force, svg=svg)
     sections: list[Section] = []
     if gates:
         sections.append(_gates_section(gates))
     t1 = table1(run)
     if t1 is not None:
-        sections.append(
-            Section("Softmax network vs Gauss network").add(
-                "In the layout of the paper's Table 1: test accuracy, mean confidence of the predicted "
-                "class, share of images misled by a one-pixel attack and the mean confidence in those "
-                "misclassifications (softmax confidences for the softmax network, Gauss confidences κ "
-                "for the Gauss network).",
-                t1,
-            )
+        sec = Section("Softmax network vs Gauss network").add(
+            "In the layout of the paper's Table 1: test accuracy, mean confidence of the predicted "
+            "class, share of images misled by a one-pixel attack and the mean confidence in those "
+            "misclassifications (softmax confidences for the softmax network, Gauss confidences κ "
+            "for the Gauss network).",
+            t1,
         )
-    for part in (
-        _outlier_section(run, figs),
-        _onepixel_section(run, figs),
-        _fgsm_section(run, figs),
-        _tailor_section(run, figs),
+        note = table1_note(run)
+        if note:
+            sec.add(note)
+        sections.append(sec)
+    op_own = run.figures_of("attack-onepixel")
+    superseded: list[Path] = []
+    if any("examples" in r.path.name for r in figs.get("onepixel", [])):
+        op_own, superseded = [], op_own  # the report drew the fooled examples itself
+    fg_own = [FigureRef(f"attack fgsm: {p.name}", p) for p in run.figures_of("attack-fgsm")]
+    df_own = [FigureRef(f"attack deepfool: {p.name}", p) for p in run.figures_of("attack-deepfool")]
+    for part, own in (
+        (_outlier_section(run, figs), []),
+        (_onepixel_section(run, figs), [FigureRef(f"attack onepixel: {p.name}", p) for p in op_own]),
+        (_fgsm_section(run, figs), fg_own),
+        (_deepfool_section(run), df_own),
+        (_tailor_section(run, figs), [FigureRef(f"tailor: {p.name}", p) for p in run.figures_of("tailor")]),
     ):
         if part is not None:
-            sections.append(part)
+            sections.append(part.add(*own))
     for cmd in run.docs:
         if cmd not in _OWN:
-            sections.append(_generic_section(cmd, run))
-    drawn = {r.path.name for refs in figs.values() for r in refs}
-    extra = [FigureRef(p.name, p) for p in run.figures if p.name not in drawn]
+            sections.append(_generic_section(cmd, run, figs))
+    placed = {b.path.resolve() for sec in sections for b in sec.blocks if isinstance(b, FigureRef)}
+    placed |= {p.resolve() for p in superseded}
+    extra = [FigureRef(p.name, p) for p in run.figures if p.resolve() not in placed]
     if extra:
         sections.append(Section("Figures from the runs").add(*extra))
     sections.append(_provenance_section(run))
@@ -782,8 +1027,9 @@ def write_report(
 ) -> Path:
     """Write the report of ``run`` to ``out_path`` (``.html``/``.htm`` or ``.md``/``.markdown``).
 
-    HTML is one self-contained file. Markdown references its figures in ``<stem>_files/``
-    beside it. Nothing is overwritten without ``force``; the report file itself is written
+    HTML is one self-contained file (PNG figures as ``data:`` URIs, no external reference).
+    Markdown references its figures in ``<stem>_files/`` beside it (PNG, with an SVG copy of
+    each figure the report drew). Nothing is overwritten without ``force``; the report file itself is written
     last and atomically, so a failure leaves no half-written report.
     """
     out = Path(out_path)
@@ -793,7 +1039,7 @@ def write_report(
     io.check_writable(out, force)
     if suffix in (".html", ".htm"):
         with tempfile.TemporaryDirectory(prefix="kmtools-report-") as tmp:
-            text = to_html(build(run, tmp, force=True, gates=gates, title=title))
+            text = to_html(build(run, tmp, force=True, gates=gates, title=title, svg=False))
         return io.write_text(out, text, force)
     files = out.with_name(f"{out.stem}_files")
     report = build(run, files, force=force, gates=gates, title=title)

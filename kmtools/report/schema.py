@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -77,30 +78,96 @@ def envelope(
     return doc
 
 
+def _compatible(version: Any) -> bool:
+    """Same major version: a reader of 1.0 reads 1.x (minor versions only add fields)."""
+    if not isinstance(version, str):
+        return False
+    major, _, minor = version.partition(".")
+    return major == SCHEMA_VERSION.split(".")[0] and minor.isdigit()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def validate(doc: Any) -> list[str]:
-    """Problems with ``doc`` as a kmtools result document (empty list when valid)."""
+    """Problems with ``doc`` as a kmtools result document (empty list when valid).
+
+    Checks what :data:`JSON_SCHEMA` says: the required fields and their types, a compatible
+    ``schema_version`` (same major version), sha256 fingerprints of 64 hex digits in ``model``,
+    ``data`` and ``compare_model``. ``results`` is free-form per command (docs/schema.md).
+    """
     problems: list[str] = []
     if not isinstance(doc, Mapping):
         return ["a result document must be a JSON object"]
     for key in REQUIRED:
         if key not in doc:
             problems.append(f"missing field {key!r}")
-    if doc.get("schema_version") not in (None, SCHEMA_VERSION) and "schema_version" in doc:
-        problems.append(f"schema_version {doc.get('schema_version')!r} is not {SCHEMA_VERSION!r}")
-    if "command" in doc and not isinstance(doc["command"], str):
-        problems.append("command must be a string")
+    if "schema_version" in doc and not _compatible(doc["schema_version"]):
+        problems.append(
+            f"schema_version {doc['schema_version']!r} is not supported (this kmtools reads "
+            f"{SCHEMA_VERSION.split('.')[0]}.x)"
+        )
+    if "command" in doc and not (isinstance(doc["command"], str) and doc["command"].strip()):
+        problems.append("command must be a non-empty string")
     if "results" in doc and not isinstance(doc["results"], Mapping):
         problems.append("results must be an object")
-    if "timings" in doc and not isinstance(doc["timings"], Mapping):
-        problems.append("timings must be an object")
+    timings = doc.get("timings")
+    if "timings" in doc and not (isinstance(timings, Mapping) and all(_is_number(v) for v in timings.values())):
+        problems.append("timings must be an object of numbers (seconds)")
     versions = doc.get("versions")
-    if "versions" in doc and not (isinstance(versions, Mapping) and "kmtools" in versions and "torch" in versions):
+    if "versions" in doc and not (
+        isinstance(versions, Mapping) and isinstance(versions.get("kmtools"), str) and "torch" in versions
+    ):
         problems.append("versions must name kmtools and torch")
-    for key in ("model", "data"):
+    seed = doc.get("seed")
+    if seed is not None and not (isinstance(seed, int) and not isinstance(seed, bool)):
+        problems.append("seed must be an integer or null")
+    if doc.get("device") is not None and not isinstance(doc["device"], str):
+        problems.append("device must be a string or null")
+    for key in ("model", "data", "compare_model"):
         val = doc.get(key)
-        if val is not None and not isinstance(val, Mapping):
+        if val is None:
+            continue
+        if not isinstance(val, Mapping):
             problems.append(f"{key} must be an object or null")
+        elif "sha256" in val and not (isinstance(val["sha256"], str) and _HEX64.match(val["sha256"])):
+            problems.append(f"{key}.sha256 must be 64 hex digits")
     return problems
+
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+_FINGERPRINT = {
+    "type": ["object", "null"],
+    "properties": {"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}},
+}
+#: The envelope as a JSON Schema (draft 2020-12), for tools outside kmtools; :func:`validate`
+#: checks the same constraints without needing a JSON Schema library.
+JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "kmtools-result-1",
+    "title": "kmtools result document",
+    "type": "object",
+    "required": list(REQUIRED),
+    "properties": {
+        "schema_version": {"type": "string", "pattern": "^1\\.[0-9]+$"},
+        "command": {"type": "string", "minLength": 1},
+        "versions": {
+            "type": "object",
+            "required": ["kmtools", "torch"],
+            "properties": {"kmtools": {"type": "string"}, "torch": {"type": "string"}, "python": {"type": "string"}},
+        },
+        "model": _FINGERPRINT,
+        "compare_model": _FINGERPRINT,
+        "data": _FINGERPRINT,
+        "seed": {"type": ["integer", "null"]},
+        "device": {"type": ["string", "null"]},
+        "timings": {"type": "object", "additionalProperties": {"type": "number"}},
+        "results": {"type": "object"},
+    },
+    "additionalProperties": True,
+}
 
 
 def strip_volatile(doc: Mapping[str, Any]) -> dict[str, Any]:
