@@ -9,6 +9,7 @@ vectors of the batch. Prints one table with the ratios measured in the same run.
     python benchmarks/neon_speed.py                               # CPU, ResNet18, batch 32
     python benchmarks/neon_speed.py --device cuda --batch 256     # on a GPU
     python benchmarks/neon_speed.py --arch smallcnn --shape 1,28,28
+    python benchmarks/neon_speed.py --write docs/explain.md       # also records the table there
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kmtools.device import resolve
 from kmtools.explain.deep import DeepNeonExplainer, deep_integrated_gradients
+from kmtools.io import write_text
 from kmtools.models import zoo
 from kmtools.models.core import KmModel, Normalize, split
+
+BEGIN, END = "<!-- neon-speed:begin -->", "<!-- neon-speed:end -->"
 
 
 def timeit(fn: Callable[[], object], device: torch.device, reps: int) -> float:
@@ -54,9 +58,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ig-steps", type=int, default=50)
     ap.add_argument("--gamma", type=float, default=0.25)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
+    ap.add_argument("--write", default=None, help=f"a Markdown file whose {BEGIN} … {END} block gets this table")
     args = ap.parse_args()
 
     dev = resolve(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else zoo.default_input_shape(args.arch)
     net = zoo.create(args.arch, in_channels=shape[0]).eval()
@@ -88,16 +96,35 @@ def main() -> None:
     t_ig = timeit(ig, dev, max(1, args.reps // 2))
     explainer.close()
     threads = torch.get_num_threads()
-    print(f"{args.arch} {shape}, batch {args.batch}, K = {args.k}, device {dev} "
-          f"({threads} CPU threads), median of {args.reps} runs")
-    print("| step | seconds | images/s | × forward |")
-    print("|---|---|---|---|")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {threads} threads"
+    head = (f"**{args.arch} {shape}, batch {args.batch}, K = {args.k}, {dev.type}** "
+            f"({where}, median of {args.reps} runs)")
+    lines = [head, "", "| step | seconds | images/s | × forward |", "|---|---|---|---|"]
     rows = (("forward (model(x))", t_fwd), ("NEON (LRP-γ, zennit)", t_neon), (f"IG-{args.ig_steps}", t_ig))
     for name, t in rows:
-        print(f"| {name} | {t:.4f} | {args.batch / t:,.0f} | {t / t_fwd:.2f} |")
-    print(f"\nNEON / forward = {t_neon / t_fwd:.2f} (target ≤ 3); "
-          f"IG-{args.ig_steps} / NEON = {t_ig / t_neon:.1f}; "
-          f"explainer set-up (copy + canonizers + hooks, once) {t_setup:.3f} s")
+        lines.append(f"| {name} | {t:.4f} | {args.batch / t:,.0f} | {t / t_fwd:.2f} |")
+    lines += ["", f"NEON / forward = {t_neon / t_fwd:.2f} (target ≤ 3); "
+              f"IG-{args.ig_steps} / NEON = {t_ig / t_neon:.1f}; "
+              f"explainer set-up (copy + canonizers + hooks, once) {t_setup:.3f} s."]
+    print("\n".join(lines))
+    if args.write:
+        update(Path(args.write), head, lines)
+
+
+def update(path: Path, head: str, lines: list[str]) -> None:
+    """Put ``lines`` into the marked block of ``path``, replacing an earlier table with the same set-up."""
+    text = path.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        sys.exit(f"{path} has no {BEGIN} … {END} block to replace")
+    before, rest = text.split(BEGIN, 1)
+    inner, after = rest.split(END, 1)
+    key = head.split("** (")[0]
+    sections = [sec.strip() for sec in inner.split("\n\n**") if sec.strip()]
+    sections = [sec if sec.startswith("**") else "**" + sec for sec in sections]
+    sections = [sec for sec in sections if not sec.startswith(key)] + ["\n".join(lines)]
+    block = "\n\n".join(sections)
+    write_text(path, f"{before}{BEGIN}\n\n{block}\n\n{END}{after}", force=True)
+    print(f"updated {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="small settings for a CPU smoke run (< 1 min): -n 8, --popsize 60, --steps 10, "
-                    "--epochs 4 unless given")
+                    "--epochs 4, --size 8, --threads 1 unless given")
     ap.add_argument("--model", help="kmtools checkpoint (or a state dict with --arch); needs --data")
     ap.add_argument("--arch", default="smallcnn",
                     help="without --model: smallcnn (trained on digits in-script) or resnet18/vgg16 "
@@ -148,20 +148,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--popsize", type=int, default=None,
                     help="torchattacks' popsize (default 400, Su et al.; see the note on fairness)")
     ap.add_argument("--steps", type=int, default=None, help="generations (default 100, Su et al.)")
-    ap.add_argument("--size", type=int, default=16, help="smallcnn: digits upsampled to size x size")
+    ap.add_argument("--size", type=int, default=None,
+                    help="smallcnn: digits resized to size x size (default 16; 8, the original, with --quick)")
     ap.add_argument("--epochs", type=int, default=None, help="smallcnn: training epochs (default 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the model, the image sample and the attack")
     ap.add_argument("--batch-size", type=int, default=None, help="kmtools: images evolved together")
     ap.add_argument("--no-amp", action="store_true", help="kmtools: no bf16 autocast on CUDA")
     ap.add_argument("--skip-torchattacks", action="store_true", help="time kmtools only")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for torch (default torch's choice; 1 is faster on a loaded machine)")
     args = ap.parse_args(argv)
-    quick = {"n": 8, "popsize": 60, "steps": 10, "epochs": 4}
-    real = {"n": 40, "popsize": 400, "steps": 100, "epochs": 8}
+    quick = {"n": 8, "popsize": 60, "steps": 10, "epochs": 4, "size": 8, "threads": 1}
+    real = {"n": 40, "popsize": 400, "steps": 100, "epochs": 8, "size": 16, "threads": None}
     for k, v in (quick if args.quick else real).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
 
     dev = resolve(args.device)
+    if args.threads and dev.type == "cpu":
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     model, x, y, what = _load(args)

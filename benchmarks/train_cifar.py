@@ -32,7 +32,7 @@ from kmtools.models.checkpoint import NORM_PRESETS
 from kmtools.tailor import crop_flip
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tailor_epoch import time_epochs  # noqa: E402
+from tailor_epoch import time_epochs
 
 
 def _sync(dev: torch.device) -> None:
@@ -65,7 +65,8 @@ def train(model: KmModel, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: flo
             sched.step()
             correct += (out.argmax(1) == yb).sum()
         _sync(dev)
-        hist.append({"epoch": ep + 1, "train_acc": float(correct) / (steps * bs), "seconds": time.perf_counter() - t0})
+        secs = time.perf_counter() - t0
+        hist.append({"epoch": ep + 1, "train_acc": float(correct) / (steps * bs), "seconds": secs})
         print(json.dumps(hist[-1]), flush=True)
     model.eval()
     return hist
@@ -88,7 +89,8 @@ def main() -> None:
     t0 = time.perf_counter()
     tr = load_dataset(args.data, split="train")
     te = load_dataset(args.data, split="test")
-    print(f"data loaded in {time.perf_counter() - t0:.1f}s: {len(tr.dataset)} train, {len(te.dataset)} test", flush=True)
+    print(f"data loaded in {time.perf_counter() - t0:.1f}s: {len(tr.dataset)} train, {len(te.dataset)} test",
+          flush=True)
     x, y = as_tensors(tr.dataset)  # type: ignore[misc]
     x, y = x.to(dev), y.to(dev)
     mean, std = NORM_PRESETS["cifar10"]

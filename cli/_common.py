@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,18 +19,26 @@ from kmtools.report.schema import model_info
 
 
 def floats(text: str | None, name: str) -> list[float] | None:
-    """Parse ``"0.1,0.2"``; ``None`` stays ``None``."""
+    """Parse ``"0.1,0.2"`` into finite floats; ``None`` stays ``None``."""
     if text is None:
         return None
     try:
-        return [float(t) for t in text.replace(" ", "").split(",") if t]
+        vals = [float(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError as exc:
         raise ConfigError(f"{name} must be comma-separated numbers, got {text!r}") from exc
+    if not all(math.isfinite(v) for v in vals):
+        raise ConfigError(f"{name} must be finite numbers, got {text!r}")
+    return vals
 
 
 def ints(text: str | None, name: str) -> list[int] | None:
+    """Parse ``"3,32,32"`` into integers; ``None`` stays ``None``."""
     vals = floats(text, name)
-    return [int(v) for v in vals] if vals is not None else None
+    if vals is None:
+        return None
+    if not all(v == int(v) for v in vals):
+        raise ConfigError(f"{name} must be comma-separated whole numbers, got {text!r}")
+    return [int(v) for v in vals]
 
 
 def open_model(

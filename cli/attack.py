@@ -179,6 +179,8 @@ def _signals() -> Iterator[list[int]]:
 
 
 def _resume_hint() -> str:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "resume by re-running the same torchrun command with --resume"
     argv = list(sys.argv[1:])
     if "attack" in argv and Path(sys.argv[0]).name in ("kmtools", "__main__.py", "main.py"):
         if "--resume" not in argv:
@@ -636,18 +638,18 @@ def _check_gates(gate: list[str] | None) -> None:
 
 
 
-def _table1(title: str, names: Sequence[str], d: dict[str, dict[str, Any]], keys: Sequence[str]) -> Table:
+def _table1(title: str, files: Sequence[str], d: dict[str, dict[str, Any]], keys: Sequence[str]) -> Table:
     """The paper's Table 1 columns, one row per model: prediction (accuracy, mean confidence)
     and one-pixel attack (rate, mean confidence of the fooled predictions), plus the share of
     the fooled predictions flagged as outliers."""
     t = Table(title=title, title_justify="left")
-    for i, col in enumerate(("network", "head", "accuracy", "conf", "attack rate", "attack conf", "outliers")):
+    for i, col in enumerate(("model", "file", "accuracy", "conf", "attack rate", "attack conf", "outliers")):
         t.add_column(col, justify="left" if i < 2 else "right", style="bold" if i == 0 else None)
-    for name, k in zip(names, keys, strict=True):
+    for name, k in zip(files, keys, strict=True):
         s = d[k]
         t.add_row(
+            k,
             name,
-            str(s["head_kind"]),
             _pct(s["accuracy"]),
             fmt(s["mean_confidence"]),
             _pct(s["rate"]),
@@ -666,7 +668,9 @@ def attack_onepixel(
         int, typer.Option("--pixels", help="Pixels changed per candidate (Su et al.: 1, 3, 5).")
     ] = 1,
     popsize: Annotated[int, typer.Option("--popsize", help="Candidates per image (Su et al.: 400).")] = 400,
-    steps: Annotated[int, typer.Option("--steps", help="Maximum DE generations (Su et al.: 100).")] = 100,
+    steps: Annotated[
+        int, typer.Option("--steps", "--max-iter", help="Maximum DE generations (Su et al.: 100).")
+    ] = 100,
     target: Annotated[
         str | None,
         typer.Option(
@@ -912,8 +916,8 @@ def _onepixel(
             )
         )
         if s.other is not None:
-            names = [p.name for p in s.paths]
-            con.print(_table1("Table 1 layout (Gauss-network paper)", names, d, list(res)))
+            files = [p.stem for p in s.paths]
+            con.print(_table1("Table 1 layout (Gauss-network paper)", files, d, list(res)))
 
     out.emit(doc, human)
     out.gate(gate, doc)
@@ -1208,7 +1212,7 @@ def _deepfool(
         recs = ordered[key]
         d = DeepFoolResult.summarize(recs, lp, overshoot, m.threshold)
         pred = torch.tensor([r["label"] for r in recs])
-        d["accuracy"] = float((pred == s.y).float().mean()) if len(s.y) else None
+        d["accuracy"] = int((pred == s.y).sum()) / len(s.y) if len(s.y) else None
         summaries[key] = d
     results = s.results("deepfool", summaries)
     doc = s.doc("attack deepfool", results, seed, new)

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 
 import torch
 import typer
+from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, QuietOpt, SeedOpt
+from kmtools_cli._output import Output
 from rich.console import Console
 from rich.table import Table
 
@@ -26,17 +28,15 @@ from kmtools.io import write_text
 from kmtools.models import save_model, wrap, zoo
 from kmtools.report.schema import envelope
 from kmtools.train import train_classifier
-from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, QuietOpt, SeedOpt
-from kmtools_cli._output import Output
 
 
 def _run(out: Output, args: list[str], log: Path) -> dict[str, Any]:
     """Run ``kmtools ARGS --format json`` in-process; return its JSON document."""
     import typer.main
-
     from kmtools_cli.main import app
 
     out.info(f"$ kmtools {shlex.join(args)}")
+    t0 = time.perf_counter()
     cmd = typer.main.get_command(app)
     buf, err = io.StringIO(), io.StringIO()
     code: Any = 0
@@ -52,6 +52,7 @@ def _run(out: Output, args: list[str], log: Path) -> dict[str, Any]:
                            f"{err.getvalue().strip().splitlines()[-1:] or ''}; see {log}")
     text = buf.getvalue().strip()
     doc: dict[str, Any] = json.loads(text) if text else {}
+    out.info(f"  ({time.perf_counter() - t0:.1f} s)")
     return doc
 
 
@@ -114,12 +115,13 @@ def demo(
     docs["evaluate"] = _run(out, ["evaluate", s, "--compare", g, *d, "--out", str(out_dir / "evaluate"),
                                   "--force"], log)
     docs["onepixel"] = _run(out, ["attack", "onepixel", s, "--compare", g, *d, "-n", str(attack_n),
-                                  "--popsize", "100", "--max-iter", "20", "--out", str(out_dir / "onepixel"),
+                                  "--popsize", "100", "--steps", "20", "--out", str(out_dir / "onepixel"),
                                   "--force"], log)
     docs["fgsm"] = _run(out, ["attack", "fgsm", s, "--compare", g, *d, "--eps", "0,0.05,0.1,0.2,0.3",
                               "--out", str(out_dir / "fgsm"), "--force"], log)
-    docs["report"] = _run(out, ["report", str(out_dir), "--out", str(out_dir / "report.html"), "--force"], log)
-    _run(out, ["report", str(out_dir), "--out", str(out_dir / "report.md"), "--force"], log)
+    runs = [str(out_dir / d) for d in ("gauss", "evaluate", "onepixel", "fgsm")]
+    docs["report"] = _run(out, ["report", *runs, "--out", str(out_dir / "report.html"), "--force"], log)
+    _run(out, ["report", *runs, "--out", str(out_dir / "report.md"), "--force"], log)
 
     rows = _summary_rows(docs)
     seconds = time.perf_counter() - t0
@@ -147,21 +149,21 @@ def demo(
 
 
 def _summary_rows(docs: dict[str, dict[str, Any]]) -> list[tuple[str, Any, Any]]:
-    """The paper's Table 1 layout, read from the commands' JSON documents."""
-    ev = _get(docs["evaluate"], "results", "models") or []
-    op = _get(docs["onepixel"], "results", "models") or []
-    rows: list[tuple[str, Any, Any]] = []
-
-    def pair(seq: Any, *path: str) -> tuple[Any, Any]:
-        vals = [_get(m, *path) for m in seq][:2] if isinstance(seq, list) else []
-        return (vals + [None, None])[0], (vals + [None, None])[1]
-
-    rows.append(("test accuracy", *pair(ev, "accuracy")))
-    rows.append(("mean confidence", *pair(ev, "mean_confidence")))
-    rows.append(("noise AUROC", *pair(ev, "ood", "auroc")))
-    rows.append(("one-pixel attack rate", *pair(op, "rate")))
-    rows.append(("confidence in fooled", *pair(op, "mean_fooled_confidence")))
-    return rows
+    """The paper's Table 1 layout (plus noise rows), read from the commands' JSON documents."""
+    ev = _get(docs["evaluate"], "results") or {}
+    op = _get(docs["onepixel"], "results") or {}
+    rows = [
+        ("test accuracy", ("accuracy",)),
+        ("mean confidence (test)", ("mean_confidence",)),
+        ("mean confidence (uniform noise)", ("ood", "mean_ood_confidence")),
+        ("noise flagged as outlier", ("ood", "ood_outlier_rate")),
+        ("noise AUROC", ("ood", "auroc")),
+    ]
+    out: list[tuple[str, Any, Any]] = [(name, _get(ev, "softmax", *p), _get(ev, "gauss", *p)) for name, p in rows]
+    for name, key in (("one-pixel attack rate", "rate"), ("confidence in fooled", "mean_conf_fooled"),
+                      ("fooled flagged as outlier", "outlier_share")):
+        out.append((name, _get(op, "softmax", "onepixel", key), _get(op, "gauss", "onepixel", key)))
+    return out
 
 
 def _fmt(v: Any) -> str:

@@ -81,6 +81,13 @@ NNoiseOpt = Annotated[int, typer.Option(
 LipschitzOpt = Annotated[str | None, typer.Option("--lipschitz", help=_LIP_HELP, show_default=False)]
 PerClassOpt = Annotated[int, typer.Option(
     "--per-class", help=f"Prototypes and outliers kept per class (paper Fig. 3) in {NPZ_NAME}.")]
+PROTOTYPE_HEADS = ("rbf", "rslvq", "glvq")
+NBallOpt = Annotated[bool | None, typer.Option(
+    "--nball/--no-nball", show_default=False,
+    help="Also fit the n-ball reject option (prototype-layers paper, Sec. 7.4) on the train split of "
+    "--data and report it as reject.nball: one ball per prototype (class means for a softmax head), "
+    "radius covering 95% of its correctly classified training points. Default: on for prototype heads "
+    f"({', '.join(PROTOTYPE_HEADS)}), off otherwise (it costs a pass over the training set).")]
 OutDirOpt = Annotated[Path | None, typer.Option(
     "--out", "-o", show_default=False,
     help=f"Folder for {JSON_NAME} (the result document) and {NPZ_NAME} (per-input arrays), "
@@ -188,6 +195,10 @@ _ROWS: list[tuple[str, str]] = [
     ("Thm 2 bound ‖Δ‖: min", "theorem2.input_bound.min"),
     ("accuracy-reject AUC", "reject.auc"),
     ("accuracy rejecting 10%", "reject.acc_at_reject_10"),
+    ("min-cost reject (λ_r=0.25): reject rate", "reject.operating_point.reject_rate"),
+    ("min-cost reject (λ_r=0.25): accuracy", "reject.operating_point.accuracy"),
+    ("n-ball reject: reject rate", "reject.nball.operating_point.reject_rate"),
+    ("n-ball reject: accuracy on accepted", "reject.nball.operating_point.accuracy"),
 ]
 _OOD_ROWS: list[tuple[str, str]] = [
     ("inputs", "n"),
@@ -256,6 +267,29 @@ def _ood_args(specs: list[str] | None, *, n_noise: int, model: KmModel, info: Da
     return out
 
 
+def _nball(model: KmModel, info: DataInfo, data: str, *, explicit: bool, root: Path | None, download: bool,
+           batch_size: int, device: torch.device, out: Output) -> dict[str, Any] | None:
+    """The n-ball section of :func:`kmtools.heads.reject.reject_curve`, fitted on the train
+    split; None (with a warning) when it cannot be computed and was not asked for."""
+    try:
+        from kmtools.heads.reject import reject_curve
+    except ImportError as exc:  # pragma: no cover - depends on the heads module
+        if explicit:
+            raise ConfigError("--nball needs kmtools.heads.reject") from exc
+        return None
+    try:
+        train = load_dataset(data, root=root, split="train", download=download)
+        check_compatible(train, model.num_classes, model.input_shape)
+        doc = reject_curve(model, info, train=train, batch_size=batch_size, device=device)
+    except (DataError, ConfigError) as exc:
+        if explicit:
+            raise
+        out.warn(f"n-ball reject option skipped: {exc}")
+        return None
+    section: dict[str, Any] | None = doc.get("nball")
+    return section
+
+
 def evaluate(
     model_path: ModelArg,
     data: DataOpt = None,
@@ -264,6 +298,7 @@ def evaluate(
     n_noise: NNoiseOpt = 1000,
     lipschitz: LipschitzOpt = None,
     per_class: PerClassOpt = 2,
+    nball: NBallOpt = None,
     out_dir: OutDirOpt = None,
     force: ForceOpt = False,
     gate: GateOpt = None,
@@ -347,6 +382,11 @@ def evaluate(
     per_model: dict[str, dict[str, Any]] = {}
     for key, res in evals.items():
         d = res.to_dict()
+        m = models[keys.index(key)]
+        if (nball if nball is not None else m.head_kind in PROTOTYPE_HEADS) and d.get("reject") is not None:
+            with timer(f"nball_{key}"):
+                d["reject"]["nball"] = _nball(m, info, str(data), explicit=nball is True, root=data_root,
+                                              download=download, batch_size=batch_size, device=dev, out=out)
         how = lip_info.get(key)
         if d.get("theorem2") is not None and how:
             d["theorem2"]["lipschitz_method"] = how["method"]

@@ -59,14 +59,14 @@ GRID_MAX = 32  # inputs shown in heatmaps.png
 CLUSTER_MAX = 16  # members shown per cluster_<k>.png
 LABELS = {"x2": "x²", "grad2": "(∇f)²", "gradxinput": "∇f⊙x"}
 
-ModelOptArg = Annotated[Path | None, typer.Argument(help="Checkpoint (optional). Without it, k-means runs on the data itself; with it, on a layer's features (or a Gauss network's class centroids).", show_default=False)]
+ModelOptArg = Annotated[Path | None, typer.Argument(metavar="MODEL", help="Checkpoint (optional). Without it, k-means runs on the data itself; with it, on a layer's features (or a Gauss network's class centroids).", show_default=False)]
 NeonOpt = Annotated[bool, typer.Option("--neon", help="Explain with NEON (the default; the relevance saved and plotted is NEON's, --evaluate scores the baselines too).")]
 SplitAllOpt = Annotated[str | None, typer.Option("--split", help="train, test or all (default: all without MODEL, as in the paper's Table I; test with MODEL).", show_default=False)]
 KOpt = Annotated[int | None, typer.Option("-k", "--clusters", help="Number of k-means clusters. Default: the elbow method without MODEL; the number of classes with MODEL (a Gauss network uses its class centroids unless -k or --layer is given).", show_default=False)]
 LayerOpt = Annotated[str | None, typer.Option("--layer", help="Module of the backbone whose activations are clustered (see `kmtools inspect`); default the penultimate features.", show_default=False)]
 KernelOpt = Annotated[int, typer.Option("--kernel", help="Without MODEL: kernel k-means with this many support vectors per cluster (paper Sec. III, App. F); 0 = standard k-means.")]
 StandardizeOpt = Annotated[bool | None, typer.Option("--standardize/--no-standardize", help="Without MODEL: scale each feature to mean 0, std 1 first (paper App. H). Default: on for tabular data, off for images.", show_default=False)]
-BetaOpt = Annotated[float | None, typer.Option("--beta", help="Stiffness of the min-take-most rule (Eq. 2); default 1/E[f_c] over the clustered data (Eq. 3).", show_default=False)]
+BetaOpt = Annotated[float | None, typer.Option("--beta", help="Stiffness of the min-take-most rule (Eq. 2); default 1/E(f_c) over the clustered data (Eq. 3).", show_default=False)]
 GammaOpt = Annotated[float, typer.Option("--gamma", help="LRP-γ of the convolution layers (paper: 0.25 in VGG blocks 1–3, 0.1 beyond).")]
 FitNOpt = Annotated[int, typer.Option("--fit-n", help="With MODEL: inputs whose activations are clustered and give β (and the AUC of --evaluate); -n inputs are explained.")]
 EvaluateOpt = Annotated[bool, typer.Option("--evaluate", help="Score NEON and every baseline with the paper's Algorithm 1 (feature-adding AUC in [0, 100], Table I).")]
@@ -174,7 +174,8 @@ def _write_files(run: NeonRun, out_dir: Path, names: list[str], force: bool) -> 
 def _auc_table(run: NeonRun, reference: dict[str, float] | None) -> Table:
     """Table I as rows per method (narrow terminals): kmtools' AUC, and the paper's where it applies."""
     assert run.auc is not None
-    t = Table(title=f"feature-adding AUC (Algorithm 1, {run.evaluation.get('imputation')} imputation, "
+    where = f" at layer {run.layer}" if run.layer != "input" else ""
+    t = Table(title=f"feature-adding AUC{where} (Algorithm 1, {run.evaluation.get('imputation')} imputation, "
               f"{run.evaluation.get('repeats')} repeats; higher is better)", title_justify="left")
     t.add_column("method", style="bold")
     t.add_column("kmtools", justify="right")
@@ -228,7 +229,7 @@ def explain(
 
     Without MODEL, k-means (K by -k, else the elbow method) runs on the data itself, each
     feature standardised; NEON neuralizes it (f_c = min over k≠c of linear functions,
-    Prop. 1) and propagates f_c to the features (min-take-most with β = 1/E[f_c], then the
+    Prop. 1) and propagates f_c to the features (min-take-most with β = 1/E(f_c), then the
     midpoint rule; the relevance of an input sums to f_c). With MODEL, the clusters live on
     a layer of the network: k-means on its activations (--layer, -k) or, for a Gauss
     network, its class centroids; relevance reaches the pixels through zennit's LRP rules

@@ -37,7 +37,7 @@ OutDirOpt = Annotated[str | None, typer.Option(
     "--out", "-o", help="Output folder (files model.safetensors, model.pt2, model.onnx), or a "
     "NAME.onnx/.pt2/.safetensors path whose stem names every file.", show_default=False)]
 FormatsOpt = Annotated[str, typer.Option(
-    "--formats", help=f"Comma-separated formats to write: {', '.join(FORMATS)}.")]
+    "--formats", help=f"Comma-separated formats to write: {', '.join(FORMATS)} (torchscript = pt2).")]
 OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (17 or higher).")]
 CheckOpt = Annotated[bool, typer.Option(
     "--check/--no-check", help="Reload every written file and compare it with the eager model "

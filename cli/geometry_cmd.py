@@ -607,6 +607,11 @@ def geometry_path(
     ] = 16,
     max_depth: Annotated[int, typer.Option("--max-depth", min=1, help="Recursion limit of FINDPATH.")] = 10,
     max_anchors: Annotated[int, typer.Option("--max-anchors", min=3, help="Limit on the anchors of one path.")] = 256,
+    min_push: Annotated[
+        float,
+        typer.Option("--min-push", min=0.0, help="A projected midpoint moves at least this fraction of the segment "
+                     "being split into the region (0 = the paper's minimal projection, which can stall at kinks)."),
+    ] = 0.1,
     overshoot: OvershootOpt = 0.02,
     max_iter: MaxIterOpt = 50,
     out_dir: OutDirOpt = None,
@@ -667,7 +672,7 @@ def geometry_path(
     with run.timer("paths"), run.out.progress("Algorithm 1", len(todo)) as prog:
         for done, (i, j) in enumerate(todo, 1):
             res = find_path(run.model, x[i], x[j], samples=samples, max_depth=max_depth, max_anchors=max_anchors,
-                            overshoot=overshoot, max_iter=max_iter, device=run.dev)
+                            overshoot=overshoot, max_iter=max_iter, min_push=min_push, device=run.dev)
             found.append(res)
             recs.append({"pair": [i, j], **res.to_dict()})
             prog(done, len(todo))

@@ -35,6 +35,10 @@ class _Group(TyperGroup):
             raise SystemExit(1) from None
         except (typer.Exit, typer.Abort, ClickException):
             raise
+        except BrokenPipeError:  # `kmtools ... | head`: the reader left; not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(0) from None
         except Exception as exc:  # a bug in kmtools, not the user's mistake: a failed run, exit 1
             if "out of memory" in str(exc).lower():
                 typer.echo("error: the device ran out of memory: pass a smaller --batch-size", err=True)
@@ -59,6 +63,7 @@ app = typer.Typer(
     "Gauss network, attack, explain and gate on the results.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

@@ -42,7 +42,8 @@ from kmtools.features import extract
 from kmtools.io import write_json
 from kmtools.models import KmModel, require_split, save_model
 from kmtools.report.schema import envelope
-from kmtools.tailor import TailorConfig, init_distributed, tailor
+from kmtools.tailor import HEADS as HEAD_KINDS
+from kmtools.tailor import TailorConfig, check_train_from, init_distributed, tailor
 
 
 def _accuracy(model: KmModel, data: Any, batch: int, dev: torch.device, amp: bool) -> tuple[float, float]:
@@ -68,9 +69,13 @@ def tailor_cmd(
     gamma: Annotated[str, typer.Option("--gamma", help="κ = exp(-γ‖f-C‖²): 'auto' (1/mean within-class sq. distance) or a number (1 = paper).")] = "auto",
     centroid_update: Annotated[str, typer.Option("--centroid-update", help="epoch (class means of each epoch's features) or ema (also per batch).")] = "epoch",
     augment: Annotated[str, typer.Option("--augment", help="auto (crop+flip on images >= 28 px), none, crop-flip.")] = "auto",
-    head_kind: Annotated[str, typer.Option("--head-kind", "--head-type", help="New head: gauss, rbf, rslvq or glvq.")] = "gauss",
+    head_kind: Annotated[str, typer.Option("--head-kind", "--head-type", help="New head: gauss, rbf, rslvq or glvq (`--head glvq` works too).")] = "gauss",
     prototypes_per_class: Annotated[int, typer.Option("--prototypes-per-class", help="Prototypes per class (rslvq/glvq).")] = 1,
-    temperature: Annotated[float, typer.Option("--temperature", help="Temperature T of the rbf head.")] = 1.0,
+    temperature: Annotated[str, typer.Option("--temperature", help="Temperature T of the rbf head: 'auto' (T = 2σ², the RSLVQ width) or a number.")] = "auto",
+    sigma: Annotated[float | None, typer.Option("--sigma", help="RSLVQ width σ (fitted when omitted).")] = None,
+    squashing: Annotated[str, typer.Option("--squashing", help="GLVQ loss squashing: identity or sigmoid.")] = "identity",
+    slope: Annotated[float, typer.Option("--slope", help="Slope of the GLVQ sigmoid squashing.")] = 1.0,
+    proto_init: Annotated[str | None, typer.Option("--proto-init", help="Prototype init: means (M = 1) or kmeans (per class); default by M.")] = None,
     normaliser: Annotated[str, typer.Option("--normaliser", help="rbf responsibilities: softmax or entmax15.")] = "softmax",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/tailor-checkpoint.pt.")] = False,
     export_formats: Annotated[str, typer.Option("--export", help="Also export: comma list of pt2, onnx ('' for none).")] = "pt2,onnx",
@@ -98,7 +103,7 @@ def tailor_cmd(
 
     Features move onto their class centroid C = f(X)Y(YᵀY)⁻¹ (re-estimated every epoch) while
     a cross-entropy on the nearest-centroid logits keeps accuracy. Writes OUT/gauss.safetensors
-    (kmtools format), OUT/gauss.pt2 and OUT/gauss.onnx, OUT/tailor.json and a per-epoch
+    (kmtools format; OUT/KIND.safetensors for --head rbf/rslvq/glvq), OUT/gauss.pt2 and OUT/gauss.onnx, OUT/tailor.json and a per-epoch
     checkpoint for --resume. Runs under torchrun (DDP) with statistics summed across ranks.
 
     Example: kmtools tailor model.pt --arch resnet18 --norm cifar10 --data cifar10 --epochs 5 --out runs/r18
@@ -112,7 +117,9 @@ def tailor_cmd(
     distributed = init_distributed(dev)
     rank = torch.distributed.get_rank() if distributed else 0
     out_dir = out_dir or Path(f"{model_path.stem}-gauss")
-    target = out_dir / "gauss.safetensors"
+    if head in HEAD_KINDS:
+        head_kind = head
+    target = out_dir / f"{head_kind}.safetensors"
     if target.exists() and not (force or resume):
         raise ConfigError(f"{target} already exists: pass --force to overwrite it (or --resume)")
     g_val: float | None = None
@@ -121,11 +128,23 @@ def tailor_cmd(
             g_val = float(gamma)
         except ValueError as exc:
             raise ConfigError(f"--gamma must be 'auto' or a number, not {gamma!r}") from exc
+    if head in HEAD_KINDS:  # `--head glvq` (issue 7's spelling) names the new head's kind
+        head_kind, head = head, None
     opts: dict[str, Any] = {}
-    if head_kind in ("rslvq", "glvq"):
-        opts["prototypes_per_class"] = prototypes_per_class
+    if head_kind in ("rslvq", "glvq", "rbf"):
+        opts.update(prototypes_per_class=prototypes_per_class, init=proto_init)
     if head_kind == "rbf":
-        opts.update(temperature=temperature, normaliser=normaliser)
+        t_val: float | None = None
+        if temperature != "auto":
+            try:
+                t_val = float(temperature)
+            except ValueError as exc:
+                raise ConfigError(f"--temperature must be 'auto' or a number, not {temperature!r}") from exc
+        opts.update(temperature=t_val, normaliser=normaliser)
+    if head_kind == "rslvq":
+        opts["sigma"] = sigma
+    if head_kind == "glvq":
+        opts.update(squashing=squashing, slope=slope)
     cfg = TailorConfig(
         epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
         batch_size=batch_size, train_from=train_from, init=init, ce_weight=ce_weight, gamma=g_val,
@@ -137,6 +156,7 @@ def tailor_cmd(
         model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
                            trust=trust_checkpoint, norm=norm, mean=mean, std=std)
     require_split(model, "kmtools tailor")
+    check_train_from(model.backbone, train_from)
     if model.head_kind != "softmax":
         raise ConfigError(f"{model_path} already has a {model.head_kind} head: tailor starts from a softmax network")
     train = open_data(data, root=data_root, split="train", n=split_n, model=model)

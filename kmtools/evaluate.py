@@ -1,8 +1,8 @@
 """Evaluate a classifier the way "Softmax is k-means" does (Sec. 4-5, Theorem 2, Figs. 1-3).
 
 :func:`evaluate` streams a dataset through a :class:`~kmtools.models.KmModel` once (plus
-once through noise or a second dataset) and keeps only a few scalars per input, so it runs
-in bounded memory on any number of inputs. It reports:
+once through each OOD source: noise images or another dataset) and keeps only a few scalars
+per input, so it runs in bounded memory on any number of inputs. It reports:
 
 * **accuracy** and **mean confidence** of the predicted class: the softmax probability for a
   softmax network, the Gauss confidence κ_k(x) = exp(-γ‖f_p(x) - C_k‖²) (Definition 1,
@@ -25,6 +25,9 @@ in bounded memory on any number of inputs. It reports:
   min and 5th percentile; divided by a Lipschitz modulus L_p it is a certified lower bound
   on the size of an input perturbation that can change the prediction.
 * the **most prototypical and most outlying** input of each class (Fig. 3).
+* **reject options** on the confidence (prototype-layers paper, Sec. 7.4): the
+  accuracy-reject curve, the cost-optimal threshold and Chow's rule, through
+  :func:`kmtools.heads.reject.reject_curve`.
 
 Per-sample arrays are kept in the :class:`EvalResult` for figures and reports.
 """
@@ -371,6 +374,11 @@ class EvalResult:
                                      torch.from_numpy(self.correct), max_points=max_points)
 
     def _reject_dict(self) -> dict[str, Any] | None:
+        """Reject options on the predicted-class confidence (prototype-layers paper, Sec. 7.4,
+        via :func:`kmtools.heads.reject.reject_curve`): ``auc`` of the accuracy-reject curve,
+        flat gate-friendly ``acc_at_reject_05/10/20`` and ``thr_at_reject_05/10/20``, the
+        ``curve`` (≤ 21 points), the cost-optimal ``operating_point`` (λ_e = 1, λ_r = 0.25)
+        and Chow's rule (``chow``, for confidences in [0, 1])."""
         curve = self.reject_curve()
         if curve is None:
             return None
@@ -380,6 +388,15 @@ class EvalResult:
             tag = f"{round(rate * 100):02d}"
             out[f"acc_at_reject_{tag}"] = float(acc)
             out[f"thr_at_reject_{tag}"] = float(thr)
+        try:
+            from kmtools.heads.reject import reject_curve
+        except ImportError:  # pragma: no cover - older heads module: the curve summary only
+            return out
+        doc = reject_curve(self.confidence.astype(np.float64), self.correct, reject_rates=REJECT_RATES)
+        section = doc["confidence"]
+        out["cost_error"], out["cost_reject"] = doc["cost_error"], doc["cost_reject"]
+        for key in ("curve", "operating_point", "chow"):
+            out[key] = section.get(key)
         return out
 
     def to_dict(self) -> dict[str, Any]:

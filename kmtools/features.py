@@ -140,7 +140,7 @@ def _forward(model: KmModel, x: torch.Tensor, chunk: int, device: torch.device, 
     """Features and head scores of ``x`` in pieces of ``chunk`` rows (float32, on the CPU).
 
     Eval-mode features do not depend on how a batch is split, so a smaller ``chunk`` after
-    an out-of-memory error gives the same result."""
+    an out-of-memory error gives the same result (up to float rounding)."""
     fs, ss = [], []
     for i in range(0, len(x), chunk):
         with autocast(device, amp):

@@ -156,12 +156,17 @@ def init_distributed(device: torch.device) -> bool:
     return True
 
 
-def freeze_until(backbone: nn.Module, train_from: str | None) -> int:
-    """Freeze backbone parameters registered before module ``train_from``; return #trainable."""
+def check_train_from(backbone: nn.Module, train_from: str | None) -> None:
+    """``--train-from`` must name a backbone module that has parameters."""
     names = [n for n, _ in backbone.named_parameters()]
     if train_from is not None and not any(n == train_from or n.startswith(train_from + ".") for n in names):
         mods = [n for n, m in backbone.named_children()]
         raise ConfigError(f"--train-from {train_from!r} is not a backbone module; top-level modules: {', '.join(mods)}")
+
+
+def freeze_until(backbone: nn.Module, train_from: str | None) -> int:
+    """Freeze backbone parameters registered before module ``train_from``; return #trainable."""
+    check_train_from(backbone, train_from)
     trainable = train_from is None
     count = 0
     for n, p in backbone.named_parameters():

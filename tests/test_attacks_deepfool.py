@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kmtools.attacks.deepfool import decision_scores, deepfool
+from kmtools.attacks.deepfool import DeepFoolResult, decision_scores, deepfool
 from kmtools.errors import ConfigError
 from kmtools.models.core import GaussHead, KmModel
 
@@ -159,3 +159,20 @@ def test_mode_restored_and_bad_options() -> None:
         deepfool(model, torch.randn(4, 3), norm="l7")
     with pytest.raises(ConfigError):
         deepfool(model, torch.randn(4, 3), num_classes=5)
+
+
+def test_confidence_at_x_adv_and_summary_from_records() -> None:
+    torch.manual_seed(7)
+    backbone = nn.Sequential(nn.Linear(5, 4))
+    model = KmModel(backbone, GaussHead(torch.randn(3, 4), gamma=3.0))
+    x = torch.randn(11, 5)
+    res = deepfool(model, x, batch_size=4)
+    kappa = model(res.x_adv).detach()
+    assert torch.allclose(res.conf_adv, kappa.amax(1), atol=1e-6)
+    assert res.threshold == pytest.approx(1 / 3)
+    assert torch.equal(res.outlier, res.conf_adv < 1 / 3)
+    d = res.to_dict()
+    flip = res.converged & (res.iterations > 0)
+    assert d["flipped"] == int(flip.sum())
+    assert d["outlier_share"] == pytest.approx(float((res.conf_adv[flip] < 1 / 3).float().mean()))
+    assert DeepFoolResult.summarize(res.records(), "l2", 0.02, res.threshold) == d

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from kmtools.attacks.fgsm import fgsm, fgsm_sweep, parse_eps
+from kmtools.attacks.fgsm import FGSMResult, fgsm, fgsm_sweep, parse_eps
 from kmtools.errors import ConfigError
 from kmtools.models.core import GaussHead, KmModel
 
@@ -102,3 +102,28 @@ def test_parse_eps_and_errors() -> None:
     x, y, model = _data(n=4)
     with pytest.raises(ConfigError):
         fgsm_sweep(model, x, y[:3])
+
+
+def test_outlier_share_of_fooled_and_records_round_trip() -> None:
+    torch.manual_seed(4)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(6, 4))
+    model = KmModel(backbone, GaussHead(torch.randn(3, 4), gamma=2.0))
+    x = torch.rand(40, 6)
+    y = model(x).argmax(1)
+    y[:5] = (y[:5] + 1) % 3  # five start wrong: never "fooled"
+    res = fgsm_sweep(model, x, y, eps=[0.0, 0.2, 0.5], clip=None, batch_size=16)
+    kappa = model(x).detach()
+    clean_ok = kappa.argmax(1) == y
+    for i, e in enumerate(res.eps):
+        adv = fgsm(model, x, y, e, clip=None)
+        conf, pred = model(adv).detach().max(1)
+        fooled = clean_ok & (pred != y)
+        want = float((conf[fooled] < 1 / 3).float().mean()) if fooled.any() else None
+        got = res.outlier_share_fooled[i]
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got == pytest.approx(want)
+    assert res.outlier_share_fooled[0] is None
+    back = FGSMResult.from_records(res.records(), threshold=res.threshold, head_kind="gauss", clip=None,
+                                   settings=res.settings)
+    assert back.to_dict() == res.to_dict()

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from kmtools.attacks.onepixel import _distinct_parents, _image_keys, class_confidences, onepixel
+from kmtools.attacks.onepixel import (
+    OnePixelResult,
+    _distinct_parents,
+    _image_keys,
+    class_confidences,
+    onepixel,
+)
 from kmtools.errors import ConfigError
 from kmtools.models.core import GaussHead, KmModel
 
@@ -263,3 +269,41 @@ def test_build_nhwc_equals_nchw() -> None:
     r, c = int(cand[0, 0]), int(cand[0, 1])
     assert torch.equal(a[0, :, r, c], cand[0, 6:8])
     assert (_changed(a, base[slot]) <= 2).all()
+
+
+def test_index_keys_the_search_and_callback_streams_final_results() -> None:
+    """Image i is attacked the same way alone, in a shard or among all (its id keys the
+    random numbers); the callback's parts are the final per-image results."""
+    model = _small_cnn(7)
+    x = torch.rand(6, 3, 7, 7)
+    y = class_confidences(model, x).argmax(1)
+    y[2] = (y[2] + 1) % 4  # one misclassified image: skipped, reported first
+    parts: list[OnePixelResult] = []
+    full = onepixel(model, x, y, popsize=10, maxiter=4, seed=5, batch_size=2, callback=parts.append)
+    assert parts[0].index.tolist() == [2] and parts[0].skipped.all()
+    got = sorted(i for p in parts for i in p.index.tolist())
+    assert got == list(range(6))
+    for p in parts:
+        ref = full.take(p.index)
+        assert p.records() == ref.records()
+        assert torch.equal(p.x_adv, ref.x_adv)
+    shard = torch.tensor([5, 1, 3])
+    part = onepixel(model, x[shard], y[shard], popsize=10, maxiter=4, seed=5, index=shard, batch_size=1)
+    assert part.records() == full.take(shard).records()
+    assert torch.equal(part.x_adv, full.x_adv[shard])
+
+
+def test_records_round_trip_exactly() -> None:
+    model = _small_cnn(8)
+    x = torch.rand(5, 3, 6, 6)
+    y = class_confidences(model, x).argmax(1)
+    y[0] = (y[0] + 1) % 4
+    for pixels, target in ((1, None), (3, None), (1, 2)):
+        res = onepixel(model, x, y, pixels=pixels, popsize=10, maxiter=3, seed=2, target=target)
+        back = OnePixelResult.from_records(
+            res.records(), x, pixels=pixels, popsize=10, maxiter=3, threshold=res.threshold,
+            head_kind=res.head_kind, seed=2, settings=res.settings,
+        )
+        assert torch.equal(back.x_adv, res.x_adv)
+        assert back.to_dict() == res.to_dict()
+        assert back.records() == res.records()

@@ -434,7 +434,12 @@ def digits_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     from tests.helpers import digits_model
 
     root = tmp_path_factory.mktemp("digits")
-    soft = digits_model()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny CNN trains no faster on 2 threads, and far slower on a busy CPU
+    try:
+        soft = digits_model()
+    finally:
+        torch.set_num_threads(threads)
     save_model(soft, root / "softmax.safetensors")
     save_model(_digits_gauss(soft), root / "gauss.safetensors")
     return str(root / "softmax.safetensors"), str(root / "gauss.safetensors")
@@ -512,6 +517,17 @@ def test_cli_human_table_and_errors(digits_pair: tuple[str, str], tmp_path: Path
     assert r.exit_code == 0, r.output
     ood = json.loads(r.stdout)["results"]["ood"]
     assert ood["n"] == 60 and ood["source"] == "inverted" and 0.0 <= ood["auroc"] <= 1.0
+    # the n-ball reject option (prototype-layers Sec. 7.4) fitted on the whole train split (its
+    # maths is tested in test_heads_reject.py): balls around the 10 centroids, applied to the
+    # 100 test inputs evaluated
+    r = _cli("evaluate", gauss, "--data", "digits", "-n", "100", "--ood", "none", "--nball", "--format", "json")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]
+    nb = res["reject"]["nball"]
+    assert nb["operating_point"]["rule"] == "nball" and nb["prototypes"] == 10 and nb["train_n"] == 1348
+    assert 0 <= nb["operating_point"]["reject_rate"] < 0.5 and nb["curve"]["accepted"][-1] <= 100
+    r = _cli("evaluate", gauss, "--data", "digits", "-n", "50", "--ood", "none", "--format", "json")
+    assert "nball" not in json.loads(r.stdout)["results"]["reject"]  # off by default for a Gauss head
     # clear one-line errors, exit 1 (usage errors of Typer: 2)
     r = _cli("evaluate", gauss, "--data", "digits", "--ood", "wine")
     assert r.exit_code == 1 and "shape" in r.output

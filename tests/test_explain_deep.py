@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -14,15 +13,6 @@ from kmtools.explain import DeepNeonExplainer, explain_deep, neon
 from kmtools.models.core import GaussHead, KmModel, Normalize, split
 
 pytest.importorskip("zennit")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread (thread synchronisation dominates on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class TinyCNN(nn.Module):

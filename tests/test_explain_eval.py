@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from kmtools.explain import (
     KDE,
     METHODS,
     cluster_score,
+    explain_data,
     feature_adding_auc,
     feature_adding_curves,
     loo_sigma,
@@ -21,15 +21,6 @@ from kmtools.explain import (
 )
 from kmtools.explain.baselines import integrated_gradients, nca, pda, random_relevance, sensitivity, squared
 from kmtools.explain.plots import feature_bars, heatmap, heatmap_grid
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread (thread synchronisation dominates on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _informative(n: int = 60, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,3 +143,37 @@ def test_plots_write_pngs(tmp_path) -> None:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(Exception, match="exists"):
         heatmap(tmp_path / "a.png", img, rel)
+
+
+def test_explain_data_elbow_standardisation_and_conservation() -> None:
+    g = torch.Generator().manual_seed(4)
+    centers = 8.0 * torch.eye(4, 3, dtype=torch.float64)  # 4 separated blobs (one at the origin)
+    x = centers[torch.arange(120) % 4] + 0.5 * torch.randn(120, 3, generator=g, dtype=torch.float64)
+    run = explain_data(x, None, standardize_features=False)
+    assert run.k_choice == "elbow" and run.num_clusters == 4  # the elbow finds the 4 blobs
+    assert (run.score > 0).all()
+    assert torch.allclose(run.relevance.sum(1), run.score, atol=1e-9)  # Σ_i R_i = f_c
+    # standardisation (App. H) makes the result independent of each feature's unit
+    scaled = explain_data(x * torch.tensor([1.0, 100.0, 0.01], dtype=torch.float64), 4)
+    plain = explain_data(x, 4)
+    assert torch.allclose(scaled.inputs.mean(0), torch.zeros(3, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(scaled.inputs.std(0, unbiased=False), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(scaled.relevance, plain.relevance, atol=1e-6)
+    assert scaled.to_dict()["conservation"]["max_abs_error"] < 1e-9
+
+
+def test_small_work_runs_on_one_thread_and_restores() -> None:
+    from kmtools.explain._threads import single_thread_if_small, small_work
+
+    torch.set_num_threads(2)
+    with single_thread_if_small(100):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with single_thread_if_small(10**9):
+        assert torch.get_num_threads() == 2  # large work keeps the caller's threads
+
+    @small_work
+    def threads(x: torch.Tensor) -> int:
+        return torch.get_num_threads()
+
+    assert threads(torch.zeros(3)) == 1 and torch.get_num_threads() == 2

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import torch
 
 from kmtools.explain import KernelKMeans, fit_kernel_kmeans, kernel_neon, neon
 from kmtools.explain.kernel import lme
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread (thread synchronisation dominates on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _blobs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

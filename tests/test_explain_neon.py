@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,15 +11,6 @@ import torch
 from kmtools.errors import ConfigError
 from kmtools.explain import assign, cluster_score, min_take_most, neon, neuralize, stiffness
 from kmtools.explain.baselines import nca
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread (thread synchronisation dominates on a busy 2-core machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _data(n: int = 40, d: int = 5, k: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from kmtools_cli.main import app
 from typer.testing import CliRunner
 
 from kmtools.data import load_dataset
 from kmtools.features import extract
 from kmtools.heads import GLVQHead, decision_scores
 from kmtools.models import load_model
-from kmtools_cli.main import app
 from tests.helpers import digits_model
 
 
@@ -68,19 +68,15 @@ def test_tailor_glvq_head_end_to_end(model_path: Path, tmp_path: Path) -> None:
     assert torch.equal(pred, wta)
     assert float((pred == f.labels).double().mean()) == pytest.approx(after, abs=1e-9)
     # kmtools evaluate accepts the GLVQ model and reports its accuracy-reject curve
-    r = CliRunner().invoke(app, ["evaluate", str(saved), "--data", "digits", "--ood", "none", "--format", "json",
-                                 "--quiet", "--device", "cpu"])
+    args = ["evaluate", str(saved), "--data", "digits", "--ood", "none", "--format", "json", "--quiet",
+            "--device", "cpu"]
+    r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     ev = json.loads(r.stdout)["results"]
     assert ev["head_kind"] == "glvq" and ev["accuracy"] == pytest.approx(after, abs=1e-9)
     assert ev["reject"]["auc"] >= ev["accuracy"]  # rejecting the least confident helps
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 7 spells the option `--head glvq`, but in `kmtools tailor` `--head` is the shared "
-    "HeadPathOpt (module path of the final nn.Linear) and is ignored for kmtools checkpoints, so "
-    "a Gauss head is trained instead; the head kind is `--head-kind`. Remove this xfail when "
-    "tailor accepts `--head gauss|rbf|rslvq|glvq`."))
 def test_tailor_head_option_spelled_as_in_issue_7(model_path: Path, tmp_path: Path) -> None:
     doc = _tailor(model_path, tmp_path / "run", "--head", "glvq")
     res = doc["results"]

@@ -250,3 +250,15 @@ def test_rebuild_rejects_broken_metadata() -> None:
         GLVQHead.from_config(head.config(), {})  # type: ignore[operator]
     with pytest.raises(ConfigError, match="unknown head"):
         rebuild_head("lvq3", {}, head.state_dict())
+
+
+def test_gauss_auto_gamma_is_tailors() -> None:
+    """``build_head("gauss", temperature=None)`` starts from the γ that ``kmtools tailor``
+    uses (1 / mean squared distance to the own class mean: an average point has κ_y = e⁻¹)."""
+    from kmtools.tailor import auto_gamma
+
+    x, y = _xor()
+    head = build_head("gauss", x, y, 2, temperature=None)
+    assert isinstance(head, GaussHead)
+    assert float(head.gamma) == pytest.approx(auto_gamma(x, y, head.centroids.detach()), rel=1e-5)
+    assert float(build_head("gauss", x, y, 2).gamma) == 1.0  # type: ignore[arg-type]  # the paper's κ

@@ -63,9 +63,9 @@ def test_select_prototypes_orders_by_confidence() -> None:
 
 
 def test_prototypes_outliers_grey_and_colour(tmp_path: Path) -> None:
-    grey = RNG.random((30, 1, 8, 8))
-    labels = np.arange(30) % 10
-    kappa = RNG.random(30)
+    grey = RNG.random((20, 1, 8, 8))
+    labels = np.arange(20) % 5
+    kappa = RNG.random(20)
     assert_figure(figures.prototypes_outliers(grey, labels, kappa, tmp_path / "p.png", threshold=0.1))
     colour = RNG.normal(size=(12, 3, 16, 16))  # normalised inputs: stretched per image
     assert_figure(

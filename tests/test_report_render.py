@@ -21,7 +21,7 @@ CLASSES = ["c0", "c1", "c2"]
 
 # as `kmtools evaluate softmax.pt --compare gauss.safetensors` writes them: the top level is a copy
 # of the first model's metrics, each model under its head kind
-_SOFTMAX = {
+_SOFTMAX: dict[str, Any] = {
     "head_kind": "softmax",
     "n": 200,
     "accuracy": 0.9351,
@@ -33,7 +33,7 @@ _SOFTMAX = {
     "theorem2": None,
     "reject": {"auc": 0.97, "acc_at_reject_05": 0.95},
 }
-_GAUSS = {
+_GAUSS: dict[str, Any] = {
     "head_kind": "gauss",
     "n": 200,
     "accuracy": 0.9342,
@@ -45,13 +45,13 @@ _GAUSS = {
     "theorem2": {"space": "feature", "mean": 0.0123, "median": 0.0111, "min": 0.0004, "p05": 0.0021},
     "reject": {"auc": 0.98, "acc_at_reject_05": 0.96},
 }
-EVALUATE = {
+EVALUATE: dict[str, Any] = {
     **_SOFTMAX,
     "softmax": _SOFTMAX,
     "gauss": _GAUSS,
     "models": {"softmax": "net.pt", "gauss": "g.safetensors"},
 }
-_OP_SOFTMAX = {
+_OP_SOFTMAX: dict[str, Any] = {
     "rate": 0.34375,
     "attacked": 32,
     "skipped": 3,
@@ -59,7 +59,7 @@ _OP_SOFTMAX = {
     "mean_conf_fooled": 0.7733,
     "outlier_share": 0.0,
 }
-_OP_GAUSS = {
+_OP_GAUSS: dict[str, Any] = {
     "rate": 0.0625,
     "attacked": 32,
     "skipped": 3,
@@ -67,14 +67,14 @@ _OP_GAUSS = {
     "mean_conf_fooled": 0.5912,
     "outlier_share": 0.5,
 }
-ONEPIXEL = {
+ONEPIXEL: dict[str, Any] = {
     "head_kind": "softmax",
     "onepixel": _OP_SOFTMAX,
     "softmax": {"onepixel": _OP_SOFTMAX},
     "gauss": {"onepixel": _OP_GAUSS},
 }
 _EPS = [0.0, 0.1, 0.2]
-FGSM = {
+FGSM: dict[str, Any] = {
     "softmax": {
         "fgsm": {
             "eps": _EPS,
@@ -93,7 +93,7 @@ FGSM = {
     },
 }
 # as `kmtools tailor` writes it (cli/tailor_cmd.py)
-TAILOR = {
+TAILOR: dict[str, Any] = {
     "softmax": {"accuracy": 0.9351, "mean_confidence": 0.9712},
     "gauss": {"accuracy": 0.9342, "mean_confidence": 0.7071, "threshold": 1 / 3},
     "accuracy_change": -0.0009,
@@ -178,7 +178,7 @@ def make_run_dir(root: Path) -> Path:
             f"{kind}_conf_adv": rng.random(m),
             f"{kind}_success": rng.random(m) < 0.5,
         }
-    np.savez(root / "attack-onepixel.npz", **arrays)
+    np.savez(root / "attack-onepixel.npz", **arrays)  # type: ignore[arg-type]  # numpy stub: **kwds as bool
     (root / "figures").mkdir(exist_ok=True)
     figures.training_curves(TAILOR["history"], root / "figures" / "neon_heatmap.png")
     return root
@@ -294,6 +294,7 @@ def test_directory_tolerates_unknown_files(run_dir: Path, tmp_path: Path) -> Non
     (d / "gauss.safetensors").write_bytes(b"\0" * 16)
     (d / "attack-onepixel.jsonl").write_text('{"index": 0}\n', encoding="utf-8")
     (d / "metadata.json").write_text('{"arch": "smallcnn"}', encoding="utf-8")
+    (d / "attack-onepixel.run.json").write_text('{"command": "attack onepixel"}', encoding="utf-8")
     (d / "zz-old.json").write_text('{"schema_version": "0.1", "command": "x"}', encoding="utf-8")
     (d / "notes.json").write_text('{"schema_version": ', encoding="utf-8")  # truncated
     io.write_json(d / "report.json", envelope("report", {"out": "r.html"}))
@@ -302,11 +303,11 @@ def test_directory_tolerates_unknown_files(run_dir: Path, tmp_path: Path) -> Non
     assert run.commands == ["explain-neon", "evaluate", "tailor"]
     assert run.sources["explain-neon"].name == "custom-run.json"
     skipped = {p.name: why for p, why in run.skipped}
-    assert set(skipped) == {"metadata.json", "zz-old.json", "notes.json", "report.json"}
-    assert "no schema_version" in skipped["metadata.json"] and "not valid JSON" in skipped["notes.json"]
+    assert set(skipped) == {"zz-old.json", "notes.json", "report.json"}  # metadata.json: silently
+    assert "not valid JSON" in skipped["notes.json"]
     assert "schema_version '0.1'" in skipped["zz-old.json"] and "report document" in skipped["report.json"]
     text = render.write_report(run, tmp_path / "r.md").read_text(encoding="utf-8")
-    assert "Not read: " in text and "metadata.json" in text
+    assert "Not read: " in text and "zz-old.json" in text and "metadata.json" not in text
 
 
 def test_figures_belong_to_their_command(run_dir: Path, tmp_path: Path) -> None:
@@ -335,7 +336,7 @@ def make_explain_geometry_dir(root: Path) -> Path:
     }
     _write(root, "geometry-detect", {"softmax": {"detection": detect}, "gauss": {"detection": {**detect, "auc": 0.9}}})
     curv = {"inputs": 10, "valid": 9, "dim": 64, "top_mean_profile": [0.5, 0.2], "bottom_mean_profile": [-0.6, -0.1]}
-    _write(root, "geometry-curvature", {"head_kind": "softmax", "curvature": curv})
+    _write(root, "geometry-curvature", {"head_kind": "softmax", **curv})  # as `geometry curvature` writes it
     _write(root, "explain-neon", {"n": 4, "layer": "penultimate", "conservation_mean": 0.998, "auc": {"neon": 0.71}})
     np.savez(
         root / "explain-neon.npz",
@@ -389,6 +390,15 @@ def test_explain_geometry_and_deepfool_sections(tmp_path: Path) -> None:
     assert "| detection.auc | 0.9 |" not in text  # the generic table lists the full paths
     assert "| gauss.detection.auc | 0.9 |" in text and "| softmax.detection.auc | 0.8123 |" in text
     assert "## explain neon" in text and "| conservation_mean | 0.998 |" in text
+
+
+def test_commands_own_geometry_figure_is_shown_instead(tmp_path: Path) -> None:
+    d = make_explain_geometry_dir(tmp_path / "geo")
+    figures.roc_curves({}, d / "geometry-detect.png", svg=False)  # what `geometry detect --out` writes
+    report = render.build(collect.load_run([d]), tmp_path / "figs", svg=False)
+    sec = next(s for s in report.sections if s.title == "geometry detect")
+    shown = [b.path.name for b in sec.blocks if isinstance(b, render.FigureRef)]
+    assert shown == ["geometry-detect.png"]  # the command's own, not a second drawing
 
 
 def test_series_names_of_nested_results() -> None:
@@ -568,7 +578,7 @@ def test_markdown_escapes_pipes() -> None:
 
 
 def test_report_needs_force_and_a_known_suffix(run_dir: Path, tmp_path: Path) -> None:
-    run = collect.load_run([run_dir / "tailor.json"])
+    run = collect.load_run([json_only(run_dir, tmp_path / "j", "evaluate")])  # no arrays: no figures
     out = tmp_path / "r.md"
     render.write_report(run, out)
     first = out.read_text(encoding="utf-8")
@@ -578,6 +588,34 @@ def test_report_needs_force_and_a_known_suffix(run_dir: Path, tmp_path: Path) ->
     assert out.read_text(encoding="utf-8") != first
     with pytest.raises(ConfigError, match=r"\.html or \.md"):
         render.write_report(run, tmp_path / "r.pdf")
+
+
+@pytest.mark.parametrize(
+    ("command", "section", "has_table1"),
+    [
+        ("evaluate", "Confidence and outliers", True),
+        ("attack-onepixel", "One-pixel attack", True),
+        ("attack-fgsm", "FGSM", False),
+        ("tailor", "TailorNetwork fine-tuning", True),
+        ("explain", "explain", False),
+    ],
+)
+def test_any_single_command_makes_a_report(
+    run_dir: Path, tmp_path: Path, command: str, section: str, has_table1: bool
+) -> None:
+    """Each result alone (with its arrays) is enough for a report with its own section."""
+    d = json_only(run_dir, tmp_path / "one", command)
+    if (run_dir / f"{command}.npz").is_file():
+        (d / f"{command}.npz").write_bytes((run_dir / f"{command}.npz").read_bytes())
+    report = render.build(collect.load_run([d]), tmp_path / "figs", svg=False)
+    titles = [sec.title for sec in report.sections]
+    assert section in titles and titles[-1] == "Provenance"
+    assert ("Softmax network vs Gauss network" in titles) is has_table1
+    for sec in report.sections:
+        for block in sec.blocks:
+            if isinstance(block, render.FigureRef):
+                assert block.path.is_file() and imread(block.path).shape[:2] == (400, 600)
+    assert not any((tmp_path / "figs").glob("*.svg"))  # svg=False: PNG only
 
 
 def test_report_of_partial_run(tmp_path: Path) -> None:
@@ -651,3 +689,23 @@ def test_cli_check(cli: Any, run_dir: Path) -> None:
     assert none.exit_code == 2 and "--gate" in none.output
     js = cli("check", run_dir / "evaluate.json", "--gate", "accuracy>=0.99", "-f", "json")
     assert js.exit_code == 3 and json.loads(js.stdout)["results"]["passed"] is False
+
+
+def test_cli_check_paths_lists_and_elements(cli: Any, run_dir: Path) -> None:
+    paths = cli("check", run_dir / "attack-fgsm.json", "--paths")
+    assert paths.exit_code == 0, paths.output
+    listed = paths.stdout.split()
+    assert "gauss.fgsm.accuracy[i<3]" in listed and "softmax.fgsm.eps[i<3]" in listed
+    last = cli("check", run_dir / "attack-fgsm.json", "--gate", "gauss.fgsm.accuracy[-1]>softmax.fgsm.accuracy[-1]")
+    assert last.exit_code == 0 and "0.41" in last.output
+    js = cli("check", run_dir, "--paths", "-f", "json")
+    assert "attack_onepixel.gauss.onepixel.rate" in json.loads(js.stdout)["results"]["paths"]
+
+
+def test_cli_check_refuses_code(cli: Any, run_dir: Path, tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    for expr in ("__import__('os').system('touch pwned')", "accuracy>=__import__('os').system('touch pwned')"):
+        res = cli("check", run_dir / "evaluate.json", "--gate", expr)
+        assert res.exit_code == 2, res.output
+        assert "must be one comparison" in res.output or "only numbers" in res.output
+    assert not (tmp_path / "pwned").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 import kmtools
 from kmtools.report import schema
@@ -131,12 +132,21 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
     Names: ``<command>`` (stdout of ``--format json``) and ``<command>:file`` (the JSON file).
     Commands that are not registered (yet) are left out; one that fails is an error.
     """
+    tmp = tmp_path_factory.mktemp("schema")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: one thread is faster, and far faster on a busy machine
+    try:
+        return _run_commands(tmp)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_commands(tmp: Path) -> dict[str, dict[str, Any]]:
     from kmtools_cli.main import app
     from typer.testing import CliRunner
 
     from tests.helpers import digits_model
 
-    tmp = tmp_path_factory.mktemp("schema")
     digits_model(tmp, epochs=1)
     model = tmp / "digits.safetensors"
     run = tmp / "run"
@@ -171,6 +181,16 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
             ["attack", "deepfool", str(model), *common, "-n", "4", "--max-iter", "3", "--candidates", "3"],
             None,
         ),
+        (
+            "explain",
+            ["explain", "--neon", "--data", "wine", "-k", "3", "--out", str(tmp / "x"), "-f", "json", "-q"],
+            tmp / "x" / "explain.json",
+        ),
+        (
+            "geometry distance",
+            ["geometry", "distance", str(model), *common, "-n", "4", "--out", str(run)],
+            run / "geometry-distance.json",
+        ),
         ("report", ["report", str(run), "--out", str(tmp / "r.html"), "-f", "json", "-q"], None),
         ("check", ["check", str(run), "--gate", "evaluate.accuracy>=0", "-f", "json"], None),
     ]
@@ -196,7 +216,7 @@ def _named(documents: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, An
 
 def test_every_command_writes_a_valid_envelope(documents: dict[str, dict[str, Any]]) -> None:
     names = [k for k, _ in _named(documents)]
-    for must in ("inspect", "centroids", "evaluate", "evaluate:file", "report", "check"):
+    for must in ("inspect", "centroids", "evaluate", "evaluate:file", "tailor:file", "report", "check"):
         assert must in names, names
     for name, doc in _named(documents):
         assert schema.validate(doc) == [], name
@@ -211,6 +231,9 @@ def test_documents_fingerprint_model_and_data(documents: dict[str, dict[str, Any
     for name, doc in _named(documents):
         if name.startswith(("report", "check")):
             assert doc["model"] is None and doc["data"] is None  # about other documents
+            continue
+        if name.startswith("explain"):  # k-means on the wine data itself: no model
+            assert doc["model"] is None and doc["data"]["name"] == "wine" and HEX64.match(doc["data"]["sha256"])
             continue
         assert doc["model"]["sha256"] == sha, name
         assert doc["device"] == "cpu", name
@@ -233,3 +256,14 @@ def test_seeded_commands_record_their_seed(documents: dict[str, dict[str, Any]])
     for name in ("evaluate", "tailor", "attack fgsm", "attack onepixel"):
         if name in documents:
             assert documents[name]["seed"] == 0, name
+
+
+def test_report_reads_what_the_commands_wrote(documents: dict[str, dict[str, Any]]) -> None:
+    """The report of the run directory names every command that wrote into it."""
+    res = documents["report"]["results"]
+    wrote = {k.split(":")[0].replace(" ", "-") for k in documents if k.endswith(":file")}
+    in_run = wrote - {"tailor", "explain"}  # those wrote to folders of their own
+    assert in_run <= set(res["commands"]), (in_run, res["commands"])
+    assert "softmax" in res["summary"] and res["summary"]["softmax"]["accuracy"] is not None
+    gate = documents["check"]["results"]["gates"][0]
+    assert gate["passed"] and gate["value"] == documents["evaluate"]["results"]["accuracy"]

@@ -67,7 +67,10 @@ def test_gauss_network_keeps_accuracy_and_doubts_noise(trained: tuple[KmModel, T
     assert float((kappa < gm.threshold).double().mean()) > 0.5
 
 
-def test_final_centroids_are_class_means_of_final_network(trained: tuple[KmModel, TensorDataset, TensorDataset]) -> None:
+Trained = tuple[KmModel, TensorDataset, TensorDataset]
+
+
+def test_final_centroids_are_class_means_of_final_network(trained: Trained) -> None:
     model, train, _ = trained
     gm = tailor(model, train, TailorConfig(epochs=2, lr=0.01, batch_size=64, amp=False)).model
     f = extract(gm, train)

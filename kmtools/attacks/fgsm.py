@@ -142,7 +142,7 @@ class FGSMResult:
             ok = preds[i] == labels
             low = confs[i] < threshold
             fool = ~ok & clean
-            acc.append(float(ok.float().mean()) if n else 0.0)
+            acc.append(int(ok.sum()) / n if n else 0.0)
             fooled.append(float(fool.sum()) / max(int(clean.sum()), 1))
             cm.append(float(confs[i].mean()) if n else 0.0)
             cw.append(float(confs[i][~ok].mean()) if (~ok).any() else None)
@@ -159,7 +159,7 @@ class FGSMResult:
             outlier_share=out,
             outlier_share_fooled=outf,
             images=n,
-            clean_accuracy=float(clean.float().mean()) if n else 0.0,
+            clean_accuracy=int(clean.sum()) / n if n else 0.0,
             labels=labels,
             preds=preds,
             confs=confs,

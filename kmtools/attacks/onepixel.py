@@ -273,7 +273,7 @@ class OnePixelResult:
             "targeted": self.target is not None,
             "seed": self.seed,
             "images": n,
-            "accuracy": float((self.preds == self.labels).float().mean()) if n else None,
+            "accuracy": int((self.preds == self.labels).sum()) / n if n else None,
             "mean_confidence": float(self.conf_clean.mean()) if n else None,
             "attacked": self.attacked,
             "skipped": int(self.skipped.sum()),

@@ -133,7 +133,7 @@ def _sklearn(key: str, split: str) -> DataInfo:
         classes = [str(c) for c in bunch.target_names]
     y = torch.tensor(bunch.target, dtype=torch.long)
     idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    cut = int(round(0.75 * len(y)))
+    cut = round(0.75 * len(y))
     sel = idx[:cut] if split == "train" else idx[cut:]
     info = _finish(TensorDataset(x[sel], y[sel]), key, split, classes, "scikit-learn (bundled)")
     if key == "wine":  # tabular: recommended standardisation from the training split
@@ -171,7 +171,9 @@ def _npz(path: Path, split: str) -> DataInfo:
             kx = f"x_{split}" if f"x_{split}" in files else "x"
             ky = f"y_{split}" if f"y_{split}" in files else "y"
             if kx not in files or ky not in files:
-                raise DataError(f"{path} must hold arrays 'x' and 'y' (or 'x_{split}', 'y_{split}'); it has {sorted(files)}")
+                raise DataError(
+                    f"{path} must hold arrays 'x' and 'y' (or 'x_{split}', 'y_{split}'); it has {sorted(files)}"
+                )
             x, y = z[kx], z[ky]
     except (ValueError, OSError) as exc:
         raise DataError(f"{path} is not a readable .npz file ({exc})") from exc

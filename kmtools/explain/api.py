@@ -156,7 +156,7 @@ class NeonRun:
             "mean_score": float(self.score.double().mean()),
             "assigned_fraction": float((self.score > 0).double().mean()),
             "conservation": self.conservation(),
-            **self.settings,
+            **{k: v for k, v in self.settings.items() if not k.startswith("_")},  # "_mean": arrays only
         }
         if self.features is not None:
             out["feature_dim"] = int(self.features.shape[1])

@@ -2,9 +2,12 @@
 
 * r(x) = argmin ‖r‖₂ s.t. k̂(x + r) ≠ k̂(x) (Fawzi et al., Sec. II) is approximated by
   DeepFool (:func:`kmtools.attacks.deepfool.deepfool`, with its overshoot), then refined:
-  a bisection along the segment x → x_adv finds the point z where the pairwise score
-  difference F = s_adv - s_label crosses 0, so z = x + r lies *on* the boundary and
-  ``distance = ‖z - x‖`` (≤ DeepFool's norm). r(x) is orthogonal to the boundary at z.
+  a bisection along the segment x → x_adv finds the point z where the segment leaves the
+  region of the input's class k (the prediction changes), so z = x + r lies *on* the
+  boundary of that region, between k and the class l entered there (usually DeepFool's
+  label; another class when the segment passes through a third region first), F = s_l - s_k
+  = 0 at z, and ``distance = ‖z - x‖`` (≤ DeepFool's norm). For the minimal r(x), r is
+  orthogonal to the boundary at z.
 
 * For a Gauss network (``model.head_kind == "gauss"``, centroids C of shape (c, d)),
   Theorem 2 of "Gauss networks / softmax is k-means" bounds any perturbation Δ that moves
@@ -76,10 +79,11 @@ class BoundaryResult:
         z: (N, ...) points on the boundary between ``labels`` and ``adv_labels``.
         r: (N, ...) ``z - x``; distance: (N,) ‖r‖₂ (NaN where not converged).
         x_adv: (N, ...) DeepFool's iterate (just past the boundary); deepfool_norm: (N,).
-        labels: (N,) the classes the inputs were on; adv_labels: (N,) the other side.
+        labels: (N,) the classes the inputs were on; adv_labels: (N,) the class entered at z
+            (the prediction just past z); deepfool_labels: (N,) the prediction at ``x_adv``.
         converged: (N,) DeepFool flipped the label; iterations: (N,).
-        on_boundary: (N,) at z the top-scoring class is ``labels`` or ``adv_labels``
-            (False when a third class took over along the segment).
+        on_boundary: (N,) at z the two top scores are those of ``labels`` and ``adv_labels``
+            (they tie there; False only where a third class is as high, at a corner).
         bound_at_adv, bound_any, bound_margin: (N,) Theorem 2 bounds (Gauss heads only).
         lipschitz: how L_p was obtained.
     """
@@ -94,6 +98,7 @@ class BoundaryResult:
     converged: torch.Tensor
     iterations: torch.Tensor
     on_boundary: torch.Tensor
+    deepfool_labels: torch.Tensor | None = None
     bound_at_adv: torch.Tensor | None = None
     bound_any: torch.Tensor | None = None
     bound_margin: torch.Tensor | None = None
@@ -140,16 +145,19 @@ class BoundaryResult:
         return out
 
     def violations(self) -> int:
-        """Inputs where a bound exceeds DeepFool's perturbation norm (impossible when L_p
-        is a true Lipschitz modulus; possible with ``lipschitz="local"``)."""
+        """Inputs where a bound exceeds a perturbation that changed the prediction: DeepFool's
+        ‖x_adv - x‖ for all three bounds, and also ‖z - x‖ for the two x̃-free ones (z is just
+        outside the input's region). Impossible when L_p is a true Lipschitz modulus;
+        possible with ``lipschitz="local"``."""
         if self.bound_any is None:
             return 0
         ok = self.converged.bool().cpu()
         dfn = self.deepfool_norm.cpu()
+        ref = torch.minimum(self.distance.cpu(), dfn)
         bad = torch.zeros_like(ok)
-        for b in (self.bound_at_adv, self.bound_any, self.bound_margin):
+        for b, r in ((self.bound_at_adv, dfn), (self.bound_any, ref), (self.bound_margin, ref)):
             if b is not None:
-                bad |= b.cpu() > dfn * (1 + 1e-5) + 1e-7
+                bad |= b.cpu() > r * (1 + 1e-5) + 1e-7
         return int((bad & ok).sum())
 
     def records(self) -> list[dict[str, Any]]:
@@ -177,19 +185,18 @@ def _bview(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _bisect(
-    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, lab: torch.Tensor, adv: torch.Tensor, steps: int
+    model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, lab: torch.Tensor, steps: int
 ) -> torch.Tensor:
-    """t ∈ [0, 1] per row with F(x + t (x_adv - x)) ≈ 0 from above, F = s_adv - s_lab."""
+    """t ∈ [0, 1] per row: x + t (x_adv - x) is just outside the region of ``lab`` (k̂ ≠ lab)
+    and x + (t - 2^-steps)(x_adv - x) inside it; x is inside, x_adv outside."""
     lo = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     hi = torch.ones_like(lo)
     r = x_adv - x
     for _ in range(steps):
         mid = (lo + hi) / 2
-        s = decision_scores(model, x + _bview(mid, x) * r)
-        F = s.gather(1, adv[:, None]).squeeze(1) - s.gather(1, lab[:, None]).squeeze(1)
-        over = F >= 0
-        hi = torch.where(over, mid, hi)
-        lo = torch.where(over, lo, mid)
+        out = decision_scores(model, x + _bview(mid, x) * r).argmax(1) != lab
+        hi = torch.where(out, mid, hi)
+        lo = torch.where(out, lo, mid)
     return hi
 
 
@@ -210,8 +217,9 @@ def boundary_points(
     """r(x) and z = x + r(x) on the boundary, batched (Sec. II, Sec. IV).
 
     DeepFool (the attacks module's) gives x_adv just past the boundary; ``bisection_steps``
-    halvings along x → x_adv put z on F = s_adv - s_label = 0 (from the adv side, to
-    2^-steps of the segment). Non-converged inputs keep z = x and distance NaN.
+    halvings along x → x_adv put z where the segment leaves the input's region (on its
+    far side, to 2^-steps of the segment), on F = s_l - s_k = 0 with l the class entered.
+    Non-converged inputs keep z = x and distance NaN.
     """
     dev = model_device(model, device)
     if not x.is_floating_point():
@@ -223,7 +231,8 @@ def boundary_points(
     )
     n = x.shape[0]
     ok = df.converged.bool() & (df.iterations > 0)
-    lab, adv = df.labels.to(dev), df.adv_labels.to(dev)
+    lab, dfl = df.labels.to(dev), df.adv_labels.to(dev)
+    adv = dfl.clone()
     z = x.clone()
     t = torch.zeros(n, dtype=x.dtype, device=dev)
     on = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -232,12 +241,17 @@ def boundary_points(
         idx_all = ok.nonzero().flatten()
         for start in range(0, idx_all.numel(), bs):
             idx = idx_all[start : start + bs]
-            ti = _bisect(model, x[idx], df.x_adv[idx].to(dev), lab[idx], adv[idx], bisection_steps)
+            ti = _bisect(model, x[idx], df.x_adv[idx].to(dev), lab[idx], bisection_steps)
             t[idx] = ti
             z[idx] = x[idx] + _bview(ti, x[idx]) * (df.x_adv[idx].to(dev) - x[idx])
             with torch.no_grad():
-                top = decision_scores(model, z[idx]).argmax(1)
-            on[idx] = (top == lab[idx]) | (top == adv[idx])
+                s = decision_scores(model, z[idx])
+            # at z the scores of k and l tie (to float precision): l = the best class other than k
+            top2 = s.topk(2, dim=1).indices
+            adv[idx] = s.scatter(1, lab[idx][:, None], -math.inf).argmax(1)
+            on[idx] = ((top2[:, 0] == lab[idx]) & (top2[:, 1] == adv[idx])) | (
+                (top2[:, 0] == adv[idx]) & (top2[:, 1] == lab[idx])
+            )
     r = z - x
     dist = r.flatten(1).norm(dim=1)
     dist = torch.where(ok, dist, torch.full_like(dist, math.nan))
@@ -245,7 +259,7 @@ def boundary_points(
     return BoundaryResult(
         z=z.detach(), r=r.detach(), distance=dist.detach(), x_adv=df.x_adv.detach(),
         deepfool_norm=dfn.detach(), labels=lab, adv_labels=adv, converged=ok,
-        iterations=df.iterations, on_boundary=on,
+        iterations=df.iterations, on_boundary=on, deepfool_labels=dfl,
         notes=[f"DeepFool (overshoot {overshoot}, {max_iter} steps max) + {bisection_steps} bisection steps"],
     )
 
@@ -295,7 +309,7 @@ def _op_norm(
             vg = v.clone().requires_grad_(True)
             u = fn(vg)
             (w,) = torch.autograd.grad(u, vg, u)
-        sigma = float(u.norm())
+        sigma = float(u.detach().norm())
         nw = w.norm()
         if float(nw) == 0.0:
             return 0.0
@@ -435,6 +449,8 @@ def lipschitz_upper_bound(
     import copy
 
     bb = copy.deepcopy(backbone).cpu().float().eval()
+    if not list(bb.children()):  # a single layer: trace it as a module call, not its functional body
+        bb = nn.Sequential(bb)
     try:
         gm = torch.fx.symbolic_trace(bb)
         ShapeProp(gm).propagate(x)
@@ -568,9 +584,9 @@ def lipschitz_local(
 ) -> LipschitzEstimate:
     """Per-input empirical modulus: max over points of the segment x → x_adv of ‖J_{f_p}‖₂.
 
-    ‖J‖₂ by power iteration on JᵀJ (torch.func jvp + vjp, all inputs of the batch at
-    once). With ``x_adv=None`` only x itself is used. Not a guarantee: the supremum over
-    the segment (and over other directions) may be larger.
+    ‖J‖₂ by power iteration on JᵀJ (J v by the double-backward trick, Jᵀu by backward;
+    all inputs of the batch at once). With ``x_adv=None`` only x itself is used. Not a
+    guarantee: the supremum over the segment (and over other directions) may be larger.
     """
     f = _features_fn(model)
     gen = torch.Generator().manual_seed(seed)
@@ -581,13 +597,17 @@ def lipschitz_local(
             xt = (x if x_adv is None else x + t * (x_adv.to(x.device) - x)).detach()
             v = torch.randn(xt.shape, generator=gen, dtype=xt.dtype).to(xt.device)
             v = v / _bview(v.flatten(1).norm(dim=1).clamp_min(1e-30), v)
-            vjp_fn = torch.func.vjp(f, xt)[1]
-            for _ in range(iters):
-                jv = torch.func.jvp(f, (xt,), (v,))[1]
-                (w,) = vjp_fn(jv)
-                v = w / _bview(w.flatten(1).norm(dim=1).clamp_min(1e-30), w)
-            jv = torch.func.jvp(f, (xt,), (v,))[1]
-            best = torch.maximum(best, jv.flatten(1).norm(dim=1).double().cpu())
+            with torch.enable_grad():  # one forward; J v by the double-backward trick
+                xg = xt.clone().requires_grad_(True)
+                y = f(xg)
+                u = torch.zeros_like(y, requires_grad=True)
+                (jtu,) = torch.autograd.grad(y, xg, u, create_graph=True)  # Jᵀu, linear in u
+                for _ in range(iters):
+                    (jv,) = torch.autograd.grad(jtu, u, v, retain_graph=True)
+                    (w,) = torch.autograd.grad(y, xg, jv, retain_graph=True)
+                    v = w / _bview(w.flatten(1).norm(dim=1).clamp_min(1e-30), w)
+                (jv,) = torch.autograd.grad(jtu, u, v)
+            best = torch.maximum(best, jv.detach().flatten(1).norm(dim=1).double().cpu())
     return LipschitzEstimate(
         value=best.float(),
         method="local",
@@ -688,7 +708,8 @@ def boundary_distance(
         est = lipschitz_local(model, xd, res.x_adv)
     else:
         raise ConfigError(f"--lipschitz must be product, local or a number, got {lipschitz!r}")
-    b1, b2, b3 = theorem2_bounds(model, xd, res.x_adv, res.labels, res.adv_labels, est.value)
+    dfl = res.deepfool_labels if res.deepfool_labels is not None else res.adv_labels
+    b1, b2, b3 = theorem2_bounds(model, xd, res.x_adv, res.labels, dfl, est.value)
     nan = torch.full_like(b1, math.nan)
     ok = res.converged.cpu()
     res.bound_at_adv = torch.where(ok, b1, nan)

@@ -13,6 +13,7 @@ import json
 import math
 import pickle
 import pickletools
+import re
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -116,7 +117,9 @@ def read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:
-        raise CheckpointError(f"{p} is not a valid safetensors file ({_short(exc)}): re-save or re-download it") from exc
+        raise CheckpointError(
+            f"{p} is not a valid safetensors file ({_short(exc)}): re-save or re-download it"
+        ) from exc
     return tensors, meta
 
 
@@ -144,6 +147,8 @@ def read_state(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, st
         return _read_state(p, trust)
     except (KmtoolsError, MemoryError):
         raise
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {p} cannot be read ({exc.strerror or _short(exc)})") from exc
     except Exception as exc:  # any other parser failure on a hostile file is a one-line error
         raise CheckpointError(
             f"{p} is corrupt or not a supported checkpoint ({type(exc).__name__}: {_short(exc)}): "
@@ -195,8 +200,10 @@ def _read_state(p: Path, trust: bool) -> tuple[Any, dict[str, str]]:
                 f"{p} is corrupt or not a PyTorch checkpoint ({_unpickle_reason(exc)}): re-save or re-download it"
             ) from exc
         if not trust:
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            what = f"it names {found.group(1)}" if found else "e.g. a whole nn.Module"
             raise UntrustedCheckpointError(
-                f"{p} contains pickled Python objects (e.g. a whole nn.Module) and loading it could run code "
+                f"{p} contains pickled Python objects ({what}) and loading it could run code "
                 "from the file: save a state dict instead, or pass --trust-checkpoint if you trust its source"
             ) from exc
         try:
@@ -204,7 +211,9 @@ def _read_state(p: Path, trust: bool) -> tuple[Any, dict[str, str]]:
         except Exception as exc2:
             raise CheckpointError(f"{p} could not be unpickled ({_short(exc2)})") from exc2
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"{p} is corrupt or not a PyTorch checkpoint ({_short(exc)}): re-save or re-download it") from exc
+        raise CheckpointError(
+            f"{p} is corrupt or not a PyTorch checkpoint ({_short(exc)}): re-save or re-download it"
+        ) from exc
     return obj, {}
 
 
@@ -233,7 +242,9 @@ def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
 def check_finite(sd: Mapping[str, torch.Tensor]) -> None:
     for k, v in sd.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise CheckpointError(f"tensor {k!r} holds NaN or Inf values: the checkpoint is broken (diverged training?)")
+            raise CheckpointError(
+                f"tensor {k!r} holds NaN or Inf values: the checkpoint is broken (diverged training?)"
+            )
 
 
 def in_module_order(sd: Mapping[str, torch.Tensor], arch: str | None = None) -> dict[str, torch.Tensor]:
@@ -261,7 +272,9 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "che
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
+    shapes = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape
+    ]
     dtypes = [
         f"{k} is {sd[k].dtype}"
         for k in own
@@ -352,6 +365,10 @@ def load_model(
                 f"{path}: kmtools metadata does not describe a loadable model ({type(exc).__name__}: "
                 f"{_short(exc)}): the file is corrupt or forged"
             ) from exc
+        if num_classes is not None and num_classes != model.num_classes:
+            raise ConfigError(
+                f"{path} is a kmtools model with {model.num_classes} classes, not {num_classes}: drop --num-classes"
+            )
         if m_mean is not None:
             model.normalize = Normalize(m_mean, m_std)
         return model.eval()
@@ -543,7 +560,33 @@ def save_model(model: KmModel, path: str | Path, force: bool = False, extra: dic
             raise CheckpointError(f"refusing to save: tensor {k!r} holds NaN or Inf")
     text = json.dumps(meta, default=_json_safe)
     header = {"kmtools": text, "format": FORMAT, "sha256": digest(tensors, text)}
-    return write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=header), force)
+
+    def writer(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=header)
+        _sort_metadata(tmp)
+
+    return write_with(path, writer, force)
+
+
+def _sort_metadata(p: Path) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` keys sorted, in place.
+
+    safetensors serialises metadata from a Rust HashMap, whose order changes from process to
+    process; sorting makes a saved model byte-for-byte reproducible. The header keeps its
+    length (same keys and values, same compact JSON), so only its bytes are rewritten."""
+    with open(p, "r+b") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(n)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        if not meta:
+            return
+        ordered = {"__metadata__": dict(sorted(meta.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n or raw.rstrip(b" ") == text:
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (n - len(text)))
 
 
 def _json_safe(o: Any) -> Any:

@@ -44,7 +44,7 @@ def register(
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY) + ["torchvision:<name>"]
+    return [*sorted(_REGISTRY), "torchvision:<name>"]
 
 
 def spec(name: str) -> ArchSpec:
@@ -136,7 +136,7 @@ class ResNet(nn.Module):
         return self.linear(self.flatten(self.pool(out)))
 
 
-_VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
+_VGG16: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
 class VGG(nn.Module):

@@ -8,9 +8,10 @@ exported models, metadata JSON). :func:`load_run` accepts directories and single
 checks every document with :func:`kmtools.report.schema.validate` and merges them.
 
 In a directory, any subset of the commands may be present and unknown files are tolerated:
-a JSON file that is no kmtools result (no ``schema_version``), or one that cannot be read or
-does not validate and is not named after a command, is skipped and listed in
-:attr:`Run.skipped`. A file named after a command (``evaluate.json``) that is broken, and any
+a JSON file that is no kmtools result (no ``schema_version``: settings such as
+``attack-onepixel.run.json``, model metadata) is ignored; one that names a ``schema_version``
+but cannot be read, does not validate, or is a ``report``/``check`` document is skipped and
+listed in :attr:`Run.skipped`. A file named after a command (``evaluate.json``) that is broken, and any
 file given explicitly, is an error.
 """
 
@@ -73,7 +74,8 @@ class Run:
     figures: PNG files the commands wrote (``figures/`` folders, PNGs beside the results and
         those a document lists in ``results.files``), in name order per directory.
     owned: ``{command: [PNG]}`` for figures a document lists in its ``results.files``.
-    skipped: ``(path, reason)`` of files in run directories that were not read.
+    skipped: ``(path, reason)`` of files in run directories that look like results (they name a
+        ``schema_version``) but could not be used; other JSON files are ignored silently.
     """
 
     docs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -219,8 +221,7 @@ def _scan_dir(path: Path, run: Run) -> list[tuple[Path, dict[str, Any]]]:
         if _named_result(f):
             doc = read_doc(f)  # named after a command: broken is an error
         elif not _looks_like_result(f):
-            run.skipped.append((f, "not a kmtools result (no schema_version)"))
-            continue
+            continue  # settings, metadata, …: not a result, nothing to say
         else:
             try:
                 doc = read_doc(f)

@@ -7,8 +7,14 @@ URL at all) or as Markdown with its figures in ``<stem>_files/`` beside it.
 Contents, each only where the run has the data: gate outcomes; the softmax-vs-Gauss summary in
 the layout of the paper's Table 1 (accuracy, mean confidence, one-pixel attack rate, confidence
 in fooled predictions); outlier thresholds; OOD detection; the Theorem 2 bound; confidence
-histograms; FGSM curves; one-pixel examples and scatter; prototypes and outliers; TailorNetwork
-training; other commands' results and figures; provenance.
+histograms; FGSM curves; one-pixel examples and scatter; prototypes and outliers; DeepFool
+norms; TailorNetwork training; NEON feature-adding AUC and heatmaps; boundary curvature profiles
+and the detection ROC; other commands' results and figures; provenance (docs/report.md).
+
+References: Hess et al., "Softmax-based Classification is k-means Clustering" (Table 1, Figures
+1-3); Kauffmann et al., "From clustering to cluster explanations via neural networks" (NEON,
+Algorithm 1, Table I); Fawzi et al., "Empirical study of the topology and geometry of deep
+networks" (Fig. 4b, Algorithm 2).
 """
 
 from __future__ import annotations
@@ -122,6 +128,8 @@ def fmt(v: Any) -> str:
     if isinstance(v, float):
         return MISSING if not math.isfinite(v) else f"{v:.4g}"
     if isinstance(v, (list, tuple)):
+        if not v:
+            return MISSING
         if len(v) <= 8 and all(not isinstance(x, (Mapping, list, tuple)) for x in v):
             return ", ".join(fmt(x) for x in v)
         return f"[{len(v)} values]"
@@ -512,8 +520,11 @@ def _draw_explain(run: Run, out: Path, force: bool, add: Any, svg: bool = True) 
 
 
 def _draw_geometry(run: Run, out: Path, force: bool, add: Any, svg: bool = True) -> None:
-    """Curvature profiles and detection ROC curves found anywhere in geometry results."""
+    """Curvature profiles and detection ROC curves found anywhere in geometry results (for
+    results without the command's own figure, e.g. copied JSON or several models merged)."""
     for cmd in run.family("geometry"):
+        if run.figures_of(cmd):
+            continue  # the command drew its curvature profile / ROC itself: those are shown
         doc = run.docs[cmd]
         res = run.results(cmd)
         profiles = {
@@ -737,6 +748,12 @@ def _tailor_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section | 
     return sec
 
 
+def own_figures(run: Run, command: str, paths: Sequence[Path] | None = None) -> list[FigureRef]:
+    """The figures ``command`` wrote itself, captioned with their file and the command."""
+    chosen = run.figures_of(command) if paths is None else paths
+    return [FigureRef(f"{p.name}, written by kmtools {command.replace('-', ' ')}.", p) for p in chosen]
+
+
 _MAX_ROWS = 80
 
 
@@ -783,7 +800,7 @@ def _generic_section(command: str, run: Run, figs: Mapping[str, list[FigureRef]]
     else:
         sec.add("No results.")
     sec.add(*figs.get(command, []))
-    sec.add(*(FigureRef(f"{command}: {p.name}", p) for p in run.figures_of(command)))
+    sec.add(*own_figures(run, command))
     return sec
 
 
@@ -853,14 +870,14 @@ def build(
     superseded: list[Path] = []
     if any("examples" in r.path.name for r in figs.get("onepixel", [])):
         op_own, superseded = [], op_own  # the report drew the fooled examples itself
-    fg_own = [FigureRef(f"attack fgsm: {p.name}", p) for p in run.figures_of("attack-fgsm")]
-    df_own = [FigureRef(f"attack deepfool: {p.name}", p) for p in run.figures_of("attack-deepfool")]
+    fg_own = own_figures(run, "attack-fgsm")
+    df_own = own_figures(run, "attack-deepfool")
     for part, own in (
         (_outlier_section(run, figs), []),
-        (_onepixel_section(run, figs), [FigureRef(f"attack onepixel: {p.name}", p) for p in op_own]),
+        (_onepixel_section(run, figs), own_figures(run, "attack-onepixel", op_own)),
         (_fgsm_section(run, figs), fg_own),
         (_deepfool_section(run), df_own),
-        (_tailor_section(run, figs), [FigureRef(f"tailor: {p.name}", p) for p in run.figures_of("tailor")]),
+        (_tailor_section(run, figs), own_figures(run, "tailor")),
     ):
         if part is not None:
             sections.append(part.add(*own))
