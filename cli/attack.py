@@ -1220,9 +1220,14 @@ def _deepfool(
         return
 
     if paths:
-        arrays: dict[str, np.ndarray] = {"labels": s.y.numpy()}
-        for key in s.keys:
+        arrays: dict[str, np.ndarray] = {"x": s.x.numpy().astype(np.float32), "labels": s.y.numpy()}
+        for key, m in zip(s.keys, s.models, strict=True):
             recs = ordered[key]
+            # x + r(x) for `kmtools geometry detect --adversarial` (recomputed: DeepFool is deterministic
+            # and the per-input records hold only its summary)
+            blocks = [deepfool(m, s.x[idx], **kw).x_adv.cpu() for idx in _blocks(list(range(len(s.y))), batch_size)]
+            if blocks:
+                arrays[f"{key}_x_adv"] = torch.cat(blocks).numpy().astype(np.float32)
             arrays |= {
                 f"{key}_norms": np.asarray([r["norm"] for r in recs], dtype=np.float32),
                 f"{key}_pred": np.asarray([r["label"] for r in recs]),

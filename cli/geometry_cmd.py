@@ -142,12 +142,11 @@ class _Run:
     def data(
         self, data: str | None, root: Path | None, split: str, n: int | None, default_n: int, download: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if n is None:
-            self.out.info(f"using the first {default_n} inputs (-n to change)")
-            n = default_n
-        if n < 1:
+        if n is not None and n < 1:
             raise ConfigError("-n must be at least 1")
-        self.info = open_data(data, root=root, split=split, n=n, download=download, model=self.model)
+        self.info = open_data(data, root=root, split=split, n=n or default_n, download=download, model=self.model)
+        if n is None:
+            self.out.info(f"using the first {len(self.info)} inputs (-n to change)")
         return _tensors(self.info)
 
     def paths(self, out_dir: Path | None, force: bool, **files: str) -> dict[str, Path]:
@@ -408,7 +407,7 @@ def geometry_detect(
         typer.Option(
             "--adversarial",
             help="Perturbed inputs to detect instead of DeepFool's: the .npz of `kmtools attack onepixel --out` "
-            "(or any attack file with <model>_x_adv), a set saved by --save-adversarial, or an .npz with x and "
+            "(or any attack file with KEY_x_adv arrays), a set saved by --save-adversarial, or an .npz with x and "
             "labels (the labels before the attack).",
             show_default=False,
         ),

@@ -215,6 +215,9 @@ def test_attack_files_keep_only_fooled_rows(tmp_path: Path) -> None:
     # files without perturbed inputs are refused with the reason
     with pytest.raises(DataError, match="predictions only"):
         load_adversarial_set(_npz(tmp_path / "attack-fgsm.npz", labels=labels, softmax_preds=labels[None]))
+    with pytest.raises(DataError, match="without --adversarial"):
+        load_adversarial_set(_npz(tmp_path / "attack-df.npz", labels=labels, softmax_pred=labels,
+                                  softmax_norms=np.ones(6, np.float32)))
     with pytest.raises(DataError, match="labels"):
         load_adversarial_set(_npz(tmp_path / "nolabels.npz", x=x))
     with pytest.raises(DataError, match="does not exist"):

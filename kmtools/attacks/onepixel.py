@@ -72,7 +72,9 @@ def class_confidences(model: nn.Module, x: torch.Tensor, *, amp: bool = False) -
             f = model.features(x)  # type: ignore[operator]
             with torch.autocast(device_type=x.device.type, enabled=False):
                 head = model.head
-                scores = head(f.float())  # type: ignore[operator]
+                p = next(head.parameters(), None)  # type: ignore[union-attr]
+                dtype = p.dtype if p is not None and p.dtype in (torch.float32, torch.float64) else torch.float32
+                scores = head(f.to(dtype))  # type: ignore[operator]
                 fn = getattr(head, "confidences", None)
                 conf = fn(scores) if callable(fn) else torch.softmax(scores.float(), dim=-1)
             return conf.float()  # type: ignore[no-any-return]

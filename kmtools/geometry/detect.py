@@ -556,9 +556,12 @@ def load_adversarial_set(
         xk = next((k for k in ("x", "inputs") if k in tens), None)
         if xk is None:
             names = ", ".join(sorted(tens)) or "none"
-            hint = " (kmtools attack fgsm stores predictions only, no perturbed inputs)" if any(
-                k.endswith("_preds") for k in tens
-            ) else ""
+            attack = any(k.endswith(("_preds", "_pred", "_norms", "_pred_adv")) for k in tens)
+            hint = (
+                ": a `kmtools attack fgsm|deepfool` file holds predictions only, no perturbed inputs; run "
+                "`kmtools geometry detect` without --adversarial (it runs DeepFool itself) or save a set "
+                "with --save-adversarial" if attack else ""
+            )
             raise DataError(
                 f"adversarial set {p} has no x_adv, <model>_x_adv or x array (keys: {names}){hint}"
             )
