@@ -23,6 +23,20 @@ from typing import IO, Annotated, Any
 import numpy as np
 import torch
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmtools.attacks import FGSMResult, OnePixelResult, deepfool, fgsm, fgsm_sweep, onepixel, parse_eps
+from kmtools.attacks.deepfool import DeepFoolResult
+from kmtools.attacks.onepixel import class_confidences
+from kmtools.data import DataInfo
+from kmtools.data.registry import check_compatible
+from kmtools.errors import ConfigError, DataError, KmtoolsError, OutputExistsError
+from kmtools.features import as_tensors
+from kmtools.io import check_writable, write_json, write_text, write_with
+from kmtools.models import KmModel
+from kmtools.report import gates
+from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 from kmtools_cli._options import (
     ArchOpt,
@@ -48,20 +62,6 @@ from kmtools_cli._options import (
     TrustOpt,
 )
 from kmtools_cli._output import Output, fmt
-from rich.console import Console
-from rich.table import Table
-
-from kmtools.attacks import FGSMResult, OnePixelResult, deepfool, fgsm, fgsm_sweep, onepixel, parse_eps
-from kmtools.attacks.deepfool import DeepFoolResult
-from kmtools.attacks.onepixel import class_confidences
-from kmtools.data import DataInfo
-from kmtools.data.registry import check_compatible
-from kmtools.errors import ConfigError, DataError, KmtoolsError, OutputExistsError
-from kmtools.features import as_tensors
-from kmtools.io import check_writable, write_json, write_text, write_with
-from kmtools.models import KmModel
-from kmtools.report import gates
-from kmtools.report.schema import envelope
 
 app = typer.Typer(
     name="attack",
@@ -717,6 +717,7 @@ def attack_onepixel(
         typer.Option(
             "--batch-size",
             "-b",
+            min=1,
             help="Images evolved together (default 8192/popsize on CUDA, 2048/popsize on the CPU).",
             show_default=False,
         ),

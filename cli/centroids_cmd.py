@@ -6,6 +6,14 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.console import Console
+
+from kmtools.centroids import augment, class_means, equidistant, kmeans, nearest, spread, theorem1_agreement
+from kmtools.errors import ConfigError
+from kmtools.features import extract
+from kmtools.io import write_with
+from kmtools.models import require_split
+from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 from kmtools_cli._options import (
     ArchOpt,
@@ -30,14 +38,6 @@ from kmtools_cli._options import (
     TrustOpt,
 )
 from kmtools_cli._output import Output, kv_table
-from rich.console import Console
-
-from kmtools.centroids import augment, class_means, equidistant, kmeans, nearest, spread, theorem1_agreement
-from kmtools.errors import ConfigError
-from kmtools.features import extract
-from kmtools.io import write_with
-from kmtools.models import require_split
-from kmtools.report.schema import envelope
 
 METHODS = ("equidistant", "means", "kmeans")
 
@@ -108,6 +108,8 @@ def centroids(
             assign = nearest(f_space, c)
             results["nearest_mean_accuracy"] = float((assign == feats.labels).double().mean())
         else:
+            if k is not None and k < 1:
+                raise ConfigError("-k must be at least 1 (or leave it out for one cluster per class)")
             kk = k or model.num_classes
             with out.progress("k-means restarts", n_init) as prog:
                 km = kmeans(feats.features, kk, n_init=n_init, seed=seed, device=dev, progress=prog)

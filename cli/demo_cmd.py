@@ -17,8 +17,6 @@ from typing import Annotated, Any
 
 import torch
 import typer
-from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, QuietOpt, SeedOpt
-from kmtools_cli._output import Output
 from rich.console import Console
 from rich.table import Table
 
@@ -28,11 +26,14 @@ from kmtools.io import write_text
 from kmtools.models import save_model, wrap, zoo
 from kmtools.report.schema import envelope
 from kmtools.train import train_classifier
+from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, QuietOpt, SeedOpt
+from kmtools_cli._output import Output
 
 
 def _run(out: Output, args: list[str], log: Path) -> dict[str, Any]:
     """Run ``kmtools ARGS --format json`` in-process; return its JSON document."""
     import typer.main
+
     from kmtools_cli.main import app
 
     out.info(f"$ kmtools {shlex.join(args)}")

@@ -9,6 +9,18 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmtools.data import DataInfo, load_dataset, subset
+from kmtools.data.registry import check_compatible
+from kmtools.errors import ConfigError, DataError, OutputExistsError
+from kmtools.evaluate import NOISE_KINDS, EvalResult
+from kmtools.evaluate import evaluate as run_evaluate
+from kmtools.io import write_json, write_with
+from kmtools.models import KmModel
+from kmtools.report import gates
+from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 from kmtools_cli._options import (
     AmpOpt,
@@ -36,18 +48,6 @@ from kmtools_cli._options import (
     WorkersOpt,
 )
 from kmtools_cli._output import Output, fmt
-from rich.console import Console
-from rich.table import Table
-
-from kmtools.data import DataInfo, load_dataset, subset
-from kmtools.data.registry import check_compatible
-from kmtools.errors import ConfigError, DataError, OutputExistsError
-from kmtools.evaluate import NOISE_KINDS, EvalResult
-from kmtools.evaluate import evaluate as run_evaluate
-from kmtools.io import write_json, write_with
-from kmtools.models import KmModel
-from kmtools.report import gates
-from kmtools.report.schema import envelope
 
 JSON_NAME = "evaluate.json"
 NPZ_NAME = "evaluate.npz"

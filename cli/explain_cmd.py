@@ -15,6 +15,20 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import typer
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import ConcatDataset
+
+from kmtools.data import DataInfo, load_dataset, subset
+from kmtools.data.registry import check_compatible
+from kmtools.errors import ConfigError, OutputExistsError
+from kmtools.explain import METHODS, TABLE_I_WINER, NeonRun, auc_key, explain_data, explain_network
+from kmtools.explain.deep import require_zennit
+from kmtools.explain.plots import feature_bars, heatmap_grid
+from kmtools.features import as_tensors, loader
+from kmtools.io import write_json, write_with
+from kmtools.report import gates
+from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of, open_model
 from kmtools_cli._options import (
     ArchOpt,
@@ -37,20 +51,6 @@ from kmtools_cli._options import (
     TrustOpt,
 )
 from kmtools_cli._output import Output, kv_table
-from rich.console import Console
-from rich.table import Table
-from torch.utils.data import ConcatDataset
-
-from kmtools.data import DataInfo, load_dataset, subset
-from kmtools.data.registry import check_compatible
-from kmtools.errors import ConfigError, OutputExistsError
-from kmtools.explain import METHODS, TABLE_I_WINER, NeonRun, auc_key, explain_data, explain_network
-from kmtools.explain.deep import require_zennit
-from kmtools.explain.plots import feature_bars, heatmap_grid
-from kmtools.features import as_tensors, loader
-from kmtools.io import write_json, write_with
-from kmtools.report import gates
-from kmtools.report.schema import envelope
 
 JSON_NAME = "explain.json"
 NPZ_NAME = "relevance.npz"

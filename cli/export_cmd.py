@@ -7,6 +7,12 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmtools.errors import ConfigError
+from kmtools.export import FORMATS, export, parse_formats
+from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, ints, open_data, open_model
 from kmtools_cli._options import (
     ArchOpt,
@@ -26,12 +32,6 @@ from kmtools_cli._options import (
     TrustOpt,
 )
 from kmtools_cli._output import Output, fmt, kv_table
-from rich.console import Console
-from rich.table import Table
-
-from kmtools.errors import ConfigError
-from kmtools.export import FORMATS, export, parse_formats
-from kmtools.report.schema import envelope
 
 OutDirOpt = Annotated[str | None, typer.Option(
     "--out", "-o", help="Output folder (files model.safetensors, model.pt2, model.onnx), or a "

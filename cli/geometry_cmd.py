@@ -15,6 +15,15 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import typer
+from rich.console import Console
+
+from kmtools.data import DataInfo
+from kmtools.errors import ConfigError, DataError
+from kmtools.features import as_tensors
+from kmtools.io import check_writable, write_json, write_with
+from kmtools.models import KmModel
+from kmtools.report import gates
+from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 from kmtools_cli._options import (
     ArchOpt,
@@ -40,15 +49,6 @@ from kmtools_cli._options import (
     TrustOpt,
 )
 from kmtools_cli._output import Output, kv_table
-from rich.console import Console
-
-from kmtools.data import DataInfo
-from kmtools.errors import ConfigError, DataError
-from kmtools.features import as_tensors
-from kmtools.io import check_writable, write_json, write_with
-from kmtools.models import KmModel
-from kmtools.report import gates
-from kmtools.report.schema import envelope
 
 app = typer.Typer(
     name="geometry",

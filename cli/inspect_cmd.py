@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import typer
+from rich.console import Console
+
+from kmtools.centroids import theorem1_agreement
+from kmtools.data import subset
+from kmtools.features import extract
+from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 from kmtools_cli._options import (
     ArchOpt,
@@ -24,12 +30,6 @@ from kmtools_cli._options import (
     TrustOpt,
 )
 from kmtools_cli._output import Output, kv_table
-from rich.console import Console
-
-from kmtools.centroids import theorem1_agreement
-from kmtools.data import subset
-from kmtools.features import extract
-from kmtools.report.schema import envelope
 
 
 def inspect(

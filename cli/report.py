@@ -6,8 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, GateOpt, QuietOpt
-from kmtools_cli._output import Output
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -17,6 +15,8 @@ from kmtools.report import gates
 from kmtools.report.collect import load_run
 from kmtools.report.render import summary, write_report
 from kmtools.report.schema import envelope
+from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, GateOpt, QuietOpt
+from kmtools_cli._output import Output
 
 RunArgs = Annotated[
     list[Path],

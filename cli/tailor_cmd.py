@@ -8,6 +8,16 @@ from typing import Annotated, Any
 
 import torch
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from kmtools.errors import ConfigError
+from kmtools.features import extract
+from kmtools.io import write_json
+from kmtools.models import KmModel, require_split, save_model
+from kmtools.report.schema import envelope
+from kmtools.tailor import HEADS as HEAD_KINDS
+from kmtools.tailor import TailorConfig, check_train_from, init_distributed, tailor
 from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 from kmtools_cli._options import (
     AmpOpt,
@@ -34,16 +44,6 @@ from kmtools_cli._options import (
 )
 from kmtools_cli._output import Output
 from kmtools_cli._output import fmt as fmtv
-from rich.console import Console
-from rich.table import Table
-
-from kmtools.errors import ConfigError
-from kmtools.features import extract
-from kmtools.io import write_json
-from kmtools.models import KmModel, require_split, save_model
-from kmtools.report.schema import envelope
-from kmtools.tailor import HEADS as HEAD_KINDS
-from kmtools.tailor import TailorConfig, check_train_from, init_distributed, tailor
 
 
 def _accuracy(model: KmModel, data: Any, batch: int, dev: torch.device, amp: bool) -> tuple[float, float]:

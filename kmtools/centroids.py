@@ -56,7 +56,15 @@ def equidistant(head: nn.Linear) -> Equidistant:
     sq = (wt**2).sum(1)
     rhs = sq[1:] - sq[0]
     v = torch.linalg.pinv(a) @ rhs
-    return Equidistant(centroids=wt + v, v=v)
+    out = Equidistant(centroids=wt + v, v=v)
+    scale = float(sq.abs().max().clamp_min(1e-30))
+    if float((a @ v - rhs).abs().max()) > 1e-8 * scale:
+        raise ConfigError(
+            "Theorem 1 has no equidistant centroids for this head: the differences of its (bias-augmented) "
+            "weight rows are linearly dependent, so 2(W̃_1 - W̃_l)ᵀv = ‖W̃_l‖² - ‖W̃_1‖² has no solution; "
+            "use --method means or kmeans"
+        )
+    return out
 
 
 def nearest(f: torch.Tensor, centroids: torch.Tensor, chunk: int = 65536) -> torch.Tensor:

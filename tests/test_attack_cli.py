@@ -11,17 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import kmtools_cli.attack as attack_cli
 import numpy as np
 import pytest
 import torch
-from kmtools_cli.main import app
 from typer.testing import CliRunner
 
+import kmtools_cli.attack as attack_cli
 from kmtools.centroids import class_means
 from kmtools.data import load_dataset
 from kmtools.features import as_tensors
 from kmtools.models import GaussHead, save_model
+from kmtools_cli.main import app
 from tests.helpers import digits_model
 
 runner = CliRunner()

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from kmtools_cli.main import app
 from typer.testing import CliRunner
 
+from kmtools_cli.main import app
 from tests.helpers import digits_model
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kmtools_cli.main import app
 from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
@@ -24,6 +23,7 @@ from kmtools.device import is_oom, resolve, retry_oom
 from kmtools.errors import ConfigError, DataError, DeviceError
 from kmtools.features import extract
 from kmtools.models import KmModel, save_model, wrap, zoo
+from kmtools_cli.main import app
 
 
 def cli(*args: Any, **kw: Any) -> Any:

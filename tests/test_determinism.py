@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kmtools_cli.main import app
 from typer.testing import CliRunner
 
 from kmtools.report.schema import sha256_file, strip_volatile
+from kmtools_cli.main import app
 from tests.helpers import digits_model
 
 

@@ -446,8 +446,9 @@ def digits_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 def _cli(*args: str) -> Any:
-    from kmtools_cli.main import app
     from typer.testing import CliRunner
+
+    from kmtools_cli.main import app
 
     return CliRunner().invoke(app, list(args), env={"COLUMNS": "200"})
 

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from kmtools_cli.main import app
 from typer.testing import CliRunner
 
 from kmtools.centroids import class_means
@@ -18,6 +17,7 @@ from kmtools.data import load_dataset
 from kmtools.features import as_tensors
 from kmtools.models import GaussHead, save_model
 from kmtools.report.schema import validate
+from kmtools_cli.main import app
 from tests.helpers import digits_model
 
 runner = CliRunner()

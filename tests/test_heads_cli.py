@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from kmtools_cli.main import app
 from typer.testing import CliRunner
 
 from kmtools.data import load_dataset
 from kmtools.features import extract
 from kmtools.heads import GLVQHead, decision_scores
 from kmtools.models import load_model
+from kmtools_cli.main import app
 from tests.helpers import digits_model
 
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import pytest
 import torch
-from kmtools_cli.main import app
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from kmtools.errors import CheckpointError, KmtoolsError, UntrustedCheckpointError
 from kmtools.models import load_model, save_model, wrap, zoo
 from kmtools.models.checkpoint import FORMAT, digest
+from kmtools_cli.main import app
 
 SECONDS = 10.0  # generous: the test machine is shared; a healthy refusal takes ~0.2 s
 

@@ -22,12 +22,12 @@ from typing import Any
 
 import pytest
 import torch
-from kmtools_cli.main import app
 from typer.testing import CliRunner
 
 from kmtools.errors import OutputExistsError
 from kmtools.io import check_writable, write_bytes, write_json, write_with
 from kmtools.report.schema import strip_volatile
+from kmtools_cli.main import app
 from tests.helpers import digits_model
 
 ROOT = Path(__file__).resolve().parents[1]

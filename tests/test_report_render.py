@@ -642,9 +642,10 @@ def test_report_shows_gates(run_dir: Path, tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def cli() -> Any:
     import typer
+    from typer.testing import CliRunner
+
     from kmtools_cli import report as report_cmd
     from kmtools_cli.main import _Group
-    from typer.testing import CliRunner
 
     app = typer.Typer(cls=_Group, pretty_exceptions_enable=False)
     report_cmd.register(app)

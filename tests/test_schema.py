@@ -142,9 +142,9 @@ def documents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, A
 
 
 def _run_commands(tmp: Path) -> dict[str, dict[str, Any]]:
-    from kmtools_cli.main import app
     from typer.testing import CliRunner
 
+    from kmtools_cli.main import app
     from tests.helpers import digits_model
 
     digits_model(tmp, epochs=1)

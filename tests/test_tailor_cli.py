@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from kmtools_cli.main import app
 from typer.testing import CliRunner
 
 from kmtools.models import GaussHead, load_model
+from kmtools_cli.main import app
 from tests.helpers import digits_model
 
 runner = CliRunner()

@@ -165,10 +165,9 @@ class _Finder:
                 return [m, b], False
             step = pm[0] - m
             need, got = self.min_push * float((b - a).norm()), float(step.norm())
-            if 0 < got < need and self.in_region(m + step * (need / got)):
-                m = m + step * (need / got)  # at least min_push · |b - a| away: clears kinks at any scale
-            else:
-                m = pm[0]
+            pushed = m + step * (need / got) if got > 0 else pm[0]
+            # at least min_push · |b - a| away from the midpoint: clears kinks at any scale
+            m = pushed if 0 < got < need and self.in_region(pushed) else pm[0]
         self.anchors_count += 1
         out: list[torch.Tensor] = []
         success = True

@@ -185,7 +185,10 @@ def _eval(node: ast.AST, values: _Values, expr: str) -> float:
     if path is not None:
         return values.scalar(path, expr)
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and type(node.value) is not bool:
-        return float(node.value)
+        try:
+            return float(node.value)
+        except OverflowError:
+            raise GateError(f"gate {expr!r}: the number {str(node.value)[:20]}... is too large") from None
     if isinstance(node, ast.Subscript):
         base = _path_of(node.value)
         index = _index_of(node.slice)

@@ -171,5 +171,14 @@ JSON_SCHEMA: dict[str, Any] = {
 
 
 def strip_volatile(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """``doc`` without timings, for byte-for-byte comparison of two runs."""
-    return {k: v for k, v in doc.items() if k != "timings"}
+    """``doc`` without timings and wall-clock ``seconds``, for byte-for-byte comparison of two runs."""
+    return _drop_seconds({k: v for k, v in doc.items() if k != "timings"})
+
+
+def _drop_seconds(obj: Any) -> Any:
+    """Remove wall-clock ``seconds`` fields (e.g. tailor's per-epoch history) at any depth."""
+    if isinstance(obj, Mapping):
+        return {k: _drop_seconds(v) for k, v in obj.items() if k not in ("seconds", "train_seconds")}
+    if isinstance(obj, list):
+        return [_drop_seconds(v) for v in obj]
+    return obj
