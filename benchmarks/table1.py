@@ -69,12 +69,12 @@ def main() -> None:
     ap.add_argument("--popsize", type=int, default=400)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--small", action="store_true",
-                    help="CPU scale: SmallCNN (width 32), 10k training images, 8 epochs, 100 images, pop 100, 30 gen.")
+                    help="CPU scale: SmallCNN (width 32), 10k training images, 8 epochs, 50 images, pop 50, 20 gen.")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="skip steps whose outputs exist")
     args = ap.parse_args()
     if args.small:
-        args.arch, args.epochs, args.tailor_epochs, args.n, args.popsize, args.steps = "smallcnn", 8, 3, 100, 100, 30
+        args.arch, args.epochs, args.tailor_epochs, args.n, args.popsize, args.steps = "smallcnn", 8, 3, 50, 50, 20
     out_dir: Path = args.out
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,7 +105,8 @@ def main() -> None:
     d = ["--data", str(folder), "--seed", str(args.seed)]
     s, g = str(softmax), str(out_dir / "gauss" / "gauss.safetensors")
     if not (args.resume and Path(g).is_file()):
-        _run(out, ["tailor", s, *d, "--epochs", str(args.tailor_epochs), "--out", str(out_dir / "gauss"),
+        small = ["-n", "10000"] if args.small else []
+        _run(out, ["tailor", s, *d, *small, "--epochs", str(args.tailor_epochs), "--out", str(out_dir / "gauss"),
                    "--export", "", "--force"], log)
     ev = _run(out, ["evaluate", s, "--compare", g, *d, "--out", str(out_dir / "evaluate"), "--force"], log)
     op = _run(out, ["attack", "onepixel", s, "--compare", g, *d, "-n", str(args.n), "--popsize", str(args.popsize),

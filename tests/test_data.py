@@ -77,3 +77,21 @@ def test_subset_too_large() -> None:
     info = load_dataset("wine", split="test")
     with pytest.raises(DataError, match="larger than the dataset"):
         subset(info, 10_000)
+
+
+def test_n_on_a_class_sorted_imagefolder_keeps_every_class(tmp_path: Path) -> None:
+    """`-n` on an ImageFolder (files in class blocks) must not return only the first class."""
+    from PIL import Image
+
+    from kmtools.data.registry import class_sorted
+
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            Image.new("RGB", (4, 4), color=(i * 20, 0, 0)).save(tmp_path / c / f"{i}.png")
+    info = load_dataset(str(tmp_path))
+    assert class_sorted(info.dataset)
+    sub = subset(info, 9, seed=0)
+    labels = [int(sub.dataset[i][1]) for i in range(9)]
+    assert len(set(labels)) == 3 and labels == sorted(labels)
+    assert [int(subset(info, 9, seed=0).dataset[i][1]) for i in range(9)] == labels  # seeded

@@ -418,8 +418,27 @@ def _download(key: str, root: Path, split: str) -> DataInfo:
     return _named(key, [root], split, False)
 
 
+def _labels(ds: Any) -> torch.Tensor | None:
+    """All labels without loading inputs, for the in-memory and ImageFolder datasets."""
+    if isinstance(ds, TensorDataset) and len(ds.tensors) == 2:
+        return ds.tensors[1]
+    if isinstance(ds, _U8Dataset):
+        return ds.y
+    if isinstance(ds, ImageFiles):
+        return torch.tensor([label for _, label in ds.files])
+    return None
+
+
+def class_sorted(ds: Any) -> bool:
+    """True when the labels are in blocks by class (ImageFolder order), so the first ``n``
+    samples would hold only the first classes."""
+    y = _labels(ds)
+    return y is not None and len(y) > 1 and bool((y[1:] >= y[:-1]).all()) and int(y[0]) != int(y[-1])
+
+
 def subset(info: DataInfo, n: int | None, seed: int = 0, shuffle: bool = False) -> DataInfo:
-    """The first ``n`` samples (or a seeded random ``n`` with ``shuffle``)."""
+    """The first ``n`` samples, or a seeded random ``n`` (kept in dataset order) with ``shuffle``
+    or when the dataset is sorted by class (an ImageFolder), so that every class is present."""
     if n is None:
         return info
     total = len(info)
@@ -429,6 +448,8 @@ def subset(info: DataInfo, n: int | None, seed: int = 0, shuffle: bool = False) 
         raise DataError(f"-n {n} is larger than the dataset ({info.name} {info.split} has {total} samples)")
     if shuffle:
         idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    elif n < total and class_sorted(info.dataset):
+        idx = sorted(torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].tolist())
     else:
         idx = list(range(n))
     return DataInfo(Subset(info.dataset, idx), info.name, info.split, info.classes, info.input_shape,

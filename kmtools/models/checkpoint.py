@@ -440,6 +440,14 @@ def _opaque(net: nn.Module, path: str | Path, input_shape: Sequence[int] | None,
 
     Commands that need penultimate features refuse such a model (see :func:`require_split`).
     """
+    if classes is None and input_shape is not None:  # count the outputs on one example input
+        try:
+            with torch.no_grad():
+                out = net(torch.zeros(1, *input_shape))
+            if isinstance(out, torch.Tensor) and out.dim() == 2:
+                classes = [str(i) for i in range(out.shape[1])]
+        except Exception:  # an opaque model may reject zeros; its class count stays unknown
+            classes = None
     model = KmModel(_Opaque(net), nn.Identity(), Normalize(mean, std), classes=classes,
                     input_shape=input_shape, head_path=None)
     return model.eval()
