@@ -13,18 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from kmtools.data import load_dataset, subset
-from kmtools.device import resolve
+from kmtools.device import resolve, synchronize
 from kmtools.features import as_tensors
 from kmtools.geometry.detect import detect
 from kmtools.models import load_model
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def main() -> None:
@@ -54,18 +47,18 @@ def main() -> None:
 
     for _ in range(3):
         fwd_bwd()
-    _sync(dev)
+    synchronize(dev)
     t0 = time.perf_counter()
     reps = 10
     for _ in range(reps):
         fwd_bwd()
-    _sync(dev)
+    synchronize(dev)
     fb = (time.perf_counter() - t0) / reps
     detect(model, x[:4], samples=args.samples, device=dev)  # warm-up
-    _sync(dev)
+    synchronize(dev)
     t0 = time.perf_counter()
     detect(model, x, samples=args.samples, device=dev)
-    _sync(dev)
+    synchronize(dev)
     det = time.perf_counter() - t0
     print(f"{len(x)} inputs on {dev}: forward+backward {fb * 1e3:.1f} ms, Algorithm 2 (T={args.samples}) "
           f"{det:.2f} s = {det / fb:.0f}x one forward+backward; {len(x) / det:.1f} inputs/s")

@@ -24,15 +24,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from kmtools.data import load_dataset, subset
-from kmtools.device import autocast, resolve
+from kmtools.device import autocast, resolve, synchronize
 from kmtools.features import as_tensors
 from kmtools.models import KmModel, wrap, zoo
 from kmtools.tailor import TailorConfig, _bn_eval, crop_flip, tailor
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def finetune_epoch_seconds(model: KmModel, data: Dataset[Any], bs: int, dev: torch.device) -> float:
@@ -51,7 +46,7 @@ def finetune_epoch_seconds(model: KmModel, data: Dataset[Any], bs: int, dev: tor
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9, weight_decay=5e-4, nesterov=True)
     n = len(y_all)
     order = torch.randperm(n, generator=g)
-    _sync(dev)
+    synchronize(dev)
     t0 = time.perf_counter()
     with _bn_eval(model.backbone, True):
         for s in range((n + bs - 1) // bs):
@@ -68,7 +63,7 @@ def finetune_epoch_seconds(model: KmModel, data: Dataset[Any], bs: int, dev: tor
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
-    _sync(dev)
+    synchronize(dev)
     model.eval()
     return time.perf_counter() - t0
 

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from kmtools.data import load_dataset
+from kmtools.device import synchronize
 from kmtools.features import as_tensors, extract
 from kmtools.models import KmModel, save_model, wrap, zoo
 from kmtools.models.checkpoint import NORM_PRESETS
@@ -33,11 +34,6 @@ from kmtools.tailor import crop_flip
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tailor_epoch import time_epochs
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def train(model: KmModel, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, bs: int,
@@ -64,7 +60,7 @@ def train(model: KmModel, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: flo
             opt.step()
             sched.step()
             correct += (out.argmax(1) == yb).sum()
-        _sync(dev)
+        synchronize(dev)
         secs = time.perf_counter() - t0
         hist.append({"epoch": ep + 1, "train_acc": float(correct) / (steps * bs), "seconds": secs})
         print(json.dumps(hist[-1]), flush=True)

@@ -50,6 +50,12 @@ def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
 T = TypeVar("T")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on a CUDA ``device`` (for timing); a no-op elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def is_oom(exc: BaseException) -> bool:
     """A CUDA (or MPS/accelerator) out-of-memory error."""
     oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
