@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kmtools.data import load_dataset
-from kmtools.errors import KmtoolsError, OutputExistsError
+from kmtools.errors import ConfigError, KmtoolsError, OutputExistsError
 from kmtools.io import write_text
 from kmtools.models import save_model, wrap, zoo
 from kmtools.report.schema import envelope
@@ -87,6 +87,8 @@ def demo(
     """
     out = Output(fmt, quiet)
     t0 = time.perf_counter()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file: give a folder for the demo's outputs")
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise OutputExistsError(f"{out_dir} is not empty: pass --force to overwrite it, or --out another folder")
     out_dir.mkdir(parents=True, exist_ok=True)

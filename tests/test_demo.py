@@ -33,3 +33,6 @@ def test_demo_runs_the_pipeline(tmp_path: Path) -> None:
     # a second run into the same folder needs --force
     again = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert again.exit_code == 1 and "--force" in again.stderr
+    res = CliRunner().invoke(app, ["demo", "--out", str(out / "summary.md")])
+    assert res.exit_code == 1 and "is a file" in res.stderr
+
