@@ -109,19 +109,20 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """kuangliu/pytorch-cifar ResNet; ``linear`` is the head."""
 
-    def __init__(self, num_blocks: list[int], num_classes: int = 10, in_channels: int = 3) -> None:
+    def __init__(self, num_blocks: list[int], num_classes: int = 10, in_channels: int = 3, width: int = 64) -> None:
         super().__init__()
-        self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        w = width
+        self.in_planes = w
+        self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
         self.relu = nn.ReLU()
-        self.layer1 = self._make_layer(64, num_blocks[0], 1)
-        self.layer2 = self._make_layer(128, num_blocks[1], 2)
-        self.layer3 = self._make_layer(256, num_blocks[2], 2)
-        self.layer4 = self._make_layer(512, num_blocks[3], 2)
+        self.layer1 = self._make_layer(w, num_blocks[0], 1)
+        self.layer2 = self._make_layer(2 * w, num_blocks[1], 2)
+        self.layer3 = self._make_layer(4 * w, num_blocks[2], 2)
+        self.layer4 = self._make_layer(8 * w, num_blocks[3], 2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(8 * w, num_classes)
 
     def _make_layer(self, planes: int, n: int, stride: int) -> nn.Sequential:
         layers = []
@@ -164,7 +165,9 @@ class VGG(nn.Module):
 class SmallCNN(nn.Module):
     """The demo CNN: three conv layers, a 64-d penultimate layer, ``fc`` head (~30k params)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16, feature_dim: int = 64) -> None:
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, width: int = 16, feature_dim: int = 64, pool: int = 2
+    ) -> None:
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -178,10 +181,10 @@ class SmallCNN(nn.Module):
             nn.Conv2d(2 * w, 4 * w, 3, padding=1),
             nn.BatchNorm2d(4 * w),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2),
+            nn.AdaptiveAvgPool2d(pool),
             nn.Flatten(),
         )
-        self.fc1 = nn.Linear(16 * w, feature_dim)
+        self.fc1 = nn.Linear(4 * w * pool * pool, feature_dim)
         self.relu = nn.ReLU()
         self.fc = nn.Linear(feature_dim, num_classes)
 
@@ -204,8 +207,14 @@ class MLP(nn.Module):
 
 
 @register("resnet18", (3, 32, 32), "CIFAR ResNet18 (kuangliu/pytorch-cifar layout)")
-def resnet18(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    return ResNet([2, 2, 2, 2], num_classes, in_channels)
+def resnet18(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.Module:
+    """``width`` < 64 gives the compact variants (the CIFAR-10 reference model uses 16)."""
+    return ResNet([2, 2, 2, 2], num_classes, in_channels, width)
+
+
+@register("resnet10", (3, 32, 32), "compact CIFAR ResNet: one BasicBlock per stage (kuangliu layout)")
+def resnet10(num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.Module:
+    return ResNet([1, 1, 1, 1], num_classes, in_channels, width)
 
 
 @register("vgg16", (3, 32, 32), "CIFAR VGG16 with BatchNorm (kuangliu/pytorch-cifar layout)")
@@ -214,8 +223,11 @@ def vgg16(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
 
 
 @register("smallcnn", (1, 8, 8), "small CNN of the demo (any image size)")
-def smallcnn(num_classes: int = 10, in_channels: int = 1, width: int = 16, feature_dim: int = 64) -> nn.Module:
-    return SmallCNN(num_classes, in_channels, width, feature_dim)
+def smallcnn(
+    num_classes: int = 10, in_channels: int = 1, width: int = 16, feature_dim: int = 64, pool: int = 2
+) -> nn.Module:
+    """``pool`` is the side of the pooled map before ``fc1`` (the Fashion-MNIST reference uses 7)."""
+    return SmallCNN(num_classes, in_channels, width, feature_dim, pool)
 
 
 @register("mlp", (13,), "small MLP for tabular data")
