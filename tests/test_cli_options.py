@@ -1,0 +1,96 @@
+"""Every command's options (names, default, help, flags) against a committed snapshot.
+
+The redesign (issue 15) moved the shared options into groups; the command lines must not
+change. Regenerate the snapshot only when a change adds or alters an option on purpose:
+
+    KMTOOLS_UPDATE_SNAPSHOT=1 pytest tests/test_cli_options.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from kmtools_cli.main import app
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "cli_options.json"
+
+
+def _default(value: Any) -> Any:
+    if callable(value):
+        return f"<callable {getattr(value, '__name__', '?')}>"
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_default(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else repr(value)
+
+
+def _param(p: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "kind": type(p).__name__,
+        "opts": list(p.opts),
+        "secondary": list(getattr(p, "secondary_opts", [])),
+        "default": _default(p.default),
+        "required": bool(p.required),
+        "help": getattr(p, "help", None),
+        "envvar": p.envvar,
+        "multiple": bool(getattr(p, "multiple", False)),
+        "is_flag": bool(getattr(p, "is_flag", False)),
+        "type": repr(p.type_descriptor.annotation).replace("typing.", ""),
+        "min": getattr(p, "min", None),
+        "max": getattr(p, "max", None),
+        "show_default": getattr(p, "show_default", None),
+        "hidden": bool(getattr(p, "hidden", False)),
+    }
+    return d
+
+
+def snapshot() -> dict[str, Any]:
+    """``{"attack onepixel": {"--data": {...}, ...}, ...}`` for every command (sorted by option)."""
+    root = typer.main.get_command(app)
+    out: dict[str, Any] = {}
+
+    def walk(cmd: Any, path: str) -> None:
+        sub = getattr(cmd, "commands", None)
+        if sub:
+            for name, c in sorted(sub.items()):
+                walk(c, f"{path} {name}".strip())
+            return
+        params = {p.name: _param(p) for p in cmd.params}
+        out[path] = {"help": (cmd.help or "").strip(), "params": dict(sorted(params.items()))}
+
+    walk(root, "")
+    return out
+
+
+def test_options_match_snapshot() -> None:
+    now = snapshot()
+    if os.environ.get("KMTOOLS_UPDATE_SNAPSHOT"):
+        SNAPSHOT.write_text(json.dumps(now, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    want = json.loads(SNAPSHOT.read_text())
+    assert sorted(now) == sorted(want), "commands added or removed"
+    for cmd, spec in want.items():
+        got = json.loads(json.dumps(now[cmd]))
+        assert sorted(got["params"]) == sorted(spec["params"]), f"{cmd}: options added or removed"
+        for name, p in spec["params"].items():
+            assert got["params"][name] == p, f"{cmd} {name}: option changed"
+        assert got["help"] == spec["help"], f"{cmd}: help text changed"
+
+
+def test_debug_and_format_are_everywhere_the_same() -> None:
+    """``--debug`` and ``--format`` mean one thing on every command that has them."""
+    snap = snapshot()
+    seen: dict[str, list[dict[str, Any]]] = {"--debug": [], "--format": []}
+    for spec in snap.values():
+        for p in spec["params"].values():
+            for flag in seen:
+                if flag in p["opts"]:
+                    seen[flag].append({k: v for k, v in p.items() if k != "default"})
+    for flag, specs in seen.items():
+        assert specs, flag
+        assert all(s == specs[0] for s in specs), f"{flag} differs between commands"
