@@ -61,7 +61,8 @@ def snapshot() -> dict[str, Any]:
             for name, c in sorted(sub.items()):
                 walk(c, f"{path} {name}".strip())
             return
-        params = {p.name: _param(p) for p in cmd.params}
+        # keyed by what the user types (the Python parameter name is not part of the command line)
+        params = {(p.opts[0] if type(p).__name__.endswith("Option") else p.name): _param(p) for p in cmd.params}
         out[path] = {"help": (cmd.help or "").strip(), "params": dict(sorted(params.items()))}
 
     walk(root, "")
