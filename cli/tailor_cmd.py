@@ -18,31 +18,8 @@ from kmtools.models import KmModel, require_split, save_model
 from kmtools.report.schema import envelope
 from kmtools.tailor import HEADS as HEAD_KINDS
 from kmtools.tailor import TailorConfig, check_train_from, init_distributed, tailor
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    AmpOpt,
-    ArchOpt,
-    BatchOpt,
-    DataOpt,
-    DataRootOpt,
-    DebugOpt,
-    DeviceOpt,
-    ForceOpt,
-    FormatOpt,
-    GateOpt,
-    HeadPathOpt,
-    MeanOpt,
-    ModelArg,
-    NOpt,
-    NormOpt,
-    NumClassesOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    StdOpt,
-    TrustOpt,
-)
-from kmtools_cli._output import Output
+from kmtools_cli._common import Timer, describe_model, device_of, open_model
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
 from kmtools_cli._output import fmt as fmtv
 
 
@@ -54,10 +31,11 @@ def _accuracy(model: KmModel, data: Any, batch: int, dev: torch.device, amp: boo
     return float((f.predictions == f.labels).double().mean()), float(conf.mean())
 
 
+@grouped
 def tailor_cmd(
-    model_path: ModelArg,
-    data: DataOpt = None,
-    out_dir: OutOpt = None,
+    *,
+    mo: ModelOptions,
+    data: Annotated[DataOptions, Use(skip=("split",))],
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Fine-tuning epochs.")] = 5,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 0.01,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
@@ -80,24 +58,8 @@ def tailor_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/tailor-checkpoint.pt.")] = False,
     export_formats: Annotated[str, typer.Option("--export", help="Also export: comma list of pt2, onnx ('' for none).")] = "pt2,onnx",
     report: Annotated[bool, typer.Option("--report", help="Write OUT/report.html at the end.")] = False,
-    split_n: NOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 128,
-    amp: AmpOpt = True,
-    seed: SeedOpt = 0,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: Annotated[RunOptions, Use(add=("amp",), defaults={"batch_size": 128})],
+    output: OutputOptions,
 ) -> None:
     """Fine-tune a trained softmax network into a Gauss network (Algorithm 1, TailorNetwork).
 
@@ -108,19 +70,20 @@ def tailor_cmd(
 
     Example: kmtools tailor model.pt --arch resnet18 --norm cifar10 --data cifar10 --epochs 5 --out runs/r18
     """
-    out = Output(fmt, quiet)
+    out = output.output()
     timer = Timer()
-    dev = device_of(device)
+    dev = device_of(run.device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     distributed = init_distributed(dev)
     rank = torch.distributed.get_rank() if distributed else 0
-    out_dir = out_dir or Path(f"{model_path.stem}-gauss")
+    out_dir = output.out or Path(f"{mo.path.stem}-gauss")
+    head = mo.head
     if head in HEAD_KINDS:
         head_kind = head
     target = out_dir / f"{head_kind}.safetensors"
-    if target.exists() and not (force or resume):
+    if target.exists() and not (output.force or resume):
         raise ConfigError(f"{target} already exists: pass --force to overwrite it (or --resume)")
     g_val: float | None = None
     if gamma != "auto":
@@ -147,23 +110,22 @@ def tailor_cmd(
         opts.update(squashing=squashing, slope=slope)
     cfg = TailorConfig(
         epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
-        batch_size=batch_size, train_from=train_from, init=init, ce_weight=ce_weight, gamma=g_val,
-        centroid_update=centroid_update, augment=augment, amp=amp, channels_last=amp, seed=seed,
+        batch_size=run.batch_size, train_from=train_from, init=init, ce_weight=ce_weight, gamma=g_val,
+        centroid_update=centroid_update, augment=augment, amp=run.amp, channels_last=run.amp, seed=run.seed,
         head=head_kind, head_options=opts,
     )
     cfg.validate()
     with timer("load"):
-        model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
-                           trust=trust_checkpoint, norm=norm, mean=mean, std=std)
+        model = open_model(mo.path, **(mo.load_kwargs() | {"head": head}))
     require_split(model, "kmtools tailor")
     check_train_from(model.backbone, train_from)
     if model.head_kind != "softmax":
-        raise ConfigError(f"{model_path} already has a {model.head_kind} head: tailor starts from a softmax network")
-    train = open_data(data, root=data_root, split="train", n=split_n, model=model)
-    test = open_data(data, root=data_root, split="test", model=model)
+        raise ConfigError(f"{mo.path} already has a {model.head_kind} head: tailor starts from a softmax network")
+    train = data.load(model, split="train")
+    test = data.load(model, split="test", n=None)
     out_dir.mkdir(parents=True, exist_ok=True)
     with timer("evaluate_before"):
-        acc0, conf0 = _accuracy(model, test.dataset, max(batch_size, 256), dev, amp)
+        acc0, conf0 = _accuracy(model, test.dataset, max(run.batch_size, 256), dev, run.amp)
     out.info(f"original: test accuracy {acc0:.4f}, mean softmax confidence {conf0:.3f}")
     with timer("tailor"), out.progress("tailor", epochs) as prog:
         res = tailor(model, train.dataset, cfg, device=dev, checkpoint=out_dir / "tailor-checkpoint.pt",
@@ -171,7 +133,7 @@ def tailor_cmd(
                      log=out.info)
     gm = res.model
     with timer("evaluate_after"):
-        acc1, conf1 = _accuracy(gm, test.dataset, max(batch_size, 256), dev, amp)
+        acc1, conf1 = _accuracy(gm, test.dataset, max(run.batch_size, 256), dev, run.amp)
     results: dict[str, Any] = {
         "softmax": {"accuracy": acc0, "mean_confidence": conf0},
         "gauss" if head_kind == "gauss" else head_kind: {"accuracy": acc1, "mean_confidence": conf1,
@@ -191,8 +153,8 @@ def tailor_cmd(
 
                 ex = export(gm, target, formats=tuple(formats), force=True)
                 results["export"] = ex.to_dict()
-        doc = envelope("tailor", results, model=describe_model(model_path, model), data=train.to_dict(),
-                       seed=seed, device=dev, timings=timer.timings)
+        doc = envelope("tailor", results, model=describe_model(mo.path, model), data=train.to_dict(),
+                       seed=run.seed, device=dev, timings=timer.timings)
         write_json(out_dir / "tailor.json", doc, force=True)
         if report:
             from kmtools.report.collect import load_run
@@ -202,7 +164,7 @@ def tailor_cmd(
             results["files"]["report"] = str(out_dir / "report.html")
 
         def human(con: Console) -> None:
-            t = Table(title=f"tailor: {model_path} -> {target}", title_justify="left")
+            t = Table(title=f"tailor: {mo.path} -> {target}", title_justify="left")
             t.add_column("")
             t.add_column("softmax (original)")
             t.add_column(f"{head_kind} network")
@@ -212,7 +174,7 @@ def tailor_cmd(
             con.print(t)
 
         out.emit(doc, human)
-        out.gate(gate, doc)
+        out.gate(output.gate, doc)
     if distributed:
         torch.distributed.destroy_process_group()
 
