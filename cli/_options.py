@@ -50,7 +50,7 @@ TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpick
 NormOpt = Annotated[str | None, typer.Option("--norm", help="Input normalisation preset: cifar10, cifar100, imagenet, mnist, fashion-mnist, svhn, none.")]
 MeanOpt = Annotated[str | None, typer.Option("--mean", help="Per-channel mean, comma-separated (overrides the checkpoint's).")]
 StdOpt = Annotated[str | None, typer.Option("--std", help="Per-channel std, comma-separated.")]
-InputShapeOpt = Annotated[str | None, typer.Option("--input-shape", help="Input shape C,H,W (or F) when the checkpoint does not record it, e.g. 3,32,32.", show_default=False)]
+InputShapeOpt = Annotated[str | None, typer.Option("--input-shape", help="Input shape without the batch, e.g. 3,32,32 (for models that do not know it).")]
 CompareOpt = Annotated[Path | None, typer.Option("--compare", help="A second checkpoint (typically the Gauss network of MODEL), loaded with the same options and attacked on the same inputs with the same seed, reported side by side.", show_default=False)]
 
 DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Dataset: digits, wine, cifar10, cifar100, mnist, fashion-mnist, svhn, an ImageFolder path or an .npz file.")]

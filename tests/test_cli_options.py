@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import pytest
 import typer
+from typer.testing import CliRunner
 
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
 from kmtools_cli.main import app
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "cli_options.json"
@@ -95,3 +98,70 @@ def test_debug_and_format_are_everywhere_the_same() -> None:
     for flag, specs in seen.items():
         assert specs, flag
         assert all(s == specs[0] for s in specs), f"{flag} differs between commands"
+
+
+def test_group_options_reach_the_command_packed() -> None:
+    """``@grouped`` expands a group into its options and hands the command the dataclass."""
+    got: dict[str, Any] = {}
+    app_ = typer.Typer()
+
+    @app_.command()
+    @grouped
+    def probe(
+        *,
+        mo: ModelOptions,
+        ds: Annotated[DataOptions, Use(add=("download",), skip=("split",))],
+        k: Annotated[int, typer.Option("-k")] = 3,
+        run: Annotated[RunOptions, Use(defaults={"batch_size": 7})],
+        output: OutputOptions,
+    ) -> None:
+        got.update(mo=mo, ds=ds, k=k, run=run, output=output)
+
+    res = CliRunner().invoke(app_, ["m.pt", "--arch", "mlp", "-d", "wine", "--download", "-k", "5",
+                                    "--format", "json", "--gate", "a>1", "--gate", "b<2"])
+    assert res.exit_code == 0, res.output
+    assert got["mo"] == ModelOptions(path=Path("m.pt"), arch="mlp")
+    assert got["ds"] == DataOptions(name="wine", download=True)
+    assert got["k"] == 5 and got["run"] == RunOptions(batch_size=7)
+    assert got["output"].format == "json" and got["output"].gate == ["a>1", "b<2"]
+    assert CliRunner().invoke(app_, ["m.pt", "--split", "train"]).exit_code == 2  # skipped: not an option
+
+
+def test_grouped_refuses_a_name_used_twice() -> None:
+    def clash(*, ds: DataOptions, data: str = "") -> None: ...
+
+    with pytest.raises(TypeError, match="used twice"):
+        grouped(clash)
+
+
+def test_debug_flag_shows_the_traceback(monkeypatch: Any) -> None:
+    """``--debug`` (read by its option callback, not from ``sys.argv``) turns on tracebacks."""
+    import kmtools_cli.inspect_cmd as mod
+
+    def boom(*_a: Any, **_k: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.delenv("KMTOOLS_DEBUG", raising=False)
+    monkeypatch.setattr(mod, "describe_model", boom)
+    model = Path(__file__).parent / "does-not-matter.safetensors"
+    monkeypatch.setattr("kmtools_cli._options.ModelOptions.load", lambda self, path=None: _Tiny())
+    plain = CliRunner().invoke(app, ["inspect", str(model)])
+    debug = CliRunner().invoke(app, ["inspect", str(model), "--debug"])
+    assert plain.exit_code == debug.exit_code == 1
+    assert "internal error (RuntimeError: boom)" in plain.output and "Traceback" not in plain.output
+    assert "Traceback" in debug.output
+
+
+class _Tiny:
+    """The least a model needs for ``inspect`` to reach ``describe_model``."""
+
+    num_classes = 2
+    classes = ("a", "b")
+    head_kind = "softmax"
+    threshold = 0.5
+
+    def meta(self) -> dict[str, Any]:
+        return {k: None for k in ("arch", "head_kind", "head_path", "feature_dim", "input_shape", "mean", "std")}
+
+    def parameters(self) -> list[Any]:
+        return []
