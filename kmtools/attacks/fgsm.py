@@ -24,9 +24,16 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from kmtools.attacks.deepfool import Progress, decision_scores, eval_mode, model_device
-from kmtools.attacks.onepixel import _head_kind, _threshold, class_confidences
 from kmtools.errors import ConfigError
+from kmtools.models.scoring import (
+    Progress,
+    class_confidences,
+    decision_scores,
+    eval_mode,
+    model_device,
+)
+from kmtools.models.scoring import head_kind_of as _head_kind
+from kmtools.models.scoring import outlier_threshold as _threshold
 
 __all__ = ["DEFAULT_EPS", "FGSMResult", "fgsm", "fgsm_sweep", "parse_eps"]
 
