@@ -16,6 +16,7 @@ share of predictions below the outlier threshold, and the share of the fooled in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,18 +42,22 @@ DEFAULT_EPS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def parse_eps(text: str | Sequence[float]) -> list[float]:
-    """``"0,0.05,0.1"`` -> [0.0, 0.05, 0.1]; each ε must be a number >= 0."""
+    """``"0,0.05,0.1"`` or ``"0,2/255,8/255"`` -> [0.0, ...]; each ε must be a number >= 0."""
     items = text.split(",") if isinstance(text, str) else list(text)
     out = []
     for it in items:
         if isinstance(it, str) and not it.strip():
             continue
         try:
-            v = float(it)
-        except ValueError as exc:
-            raise ConfigError(f"--eps: {it!r} is not a number (give e.g. --eps 0,0.05,0.1)") from exc
-        if not v >= 0:
-            raise ConfigError(f"--eps values must be >= 0, got {v}")
+            if isinstance(it, str) and "/" in it:
+                num, _, den = it.partition("/")
+                v = float(num) / float(den)
+            else:
+                v = float(it)
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ConfigError(f"--eps: {it!r} is not a number (give e.g. --eps 0,0.05,0.1 or 0,2/255,8/255)") from exc
+        if not v >= 0 or math.isinf(v):
+            raise ConfigError(f"--eps values must be finite and >= 0, got {v}")
         out.append(v)
     if not out:
         raise ConfigError("--eps needs at least one value, e.g. --eps 0,0.05,0.1")
