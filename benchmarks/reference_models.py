@@ -44,10 +44,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "epochs": 15, "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4, "pad": 2,
     },
     "cifar10": {
-        "data": "cifar10", "arch": "resnet18",
+        "data": "cifar10", "arch": "resnet10",
         "arch_kwargs": {"num_classes": 10, "in_channels": 3, "width": 16},
         "input_shape": [3, 32, 32], "norm": "cifar10",
-        "epochs": 30, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "pad": 4,
+        "epochs": 20, "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4, "pad": 4,
     },
 }
 

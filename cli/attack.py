@@ -37,30 +37,8 @@ from kmtools.io import check_writable, write_json, write_text, write_with
 from kmtools.models import KmModel
 from kmtools.report import gates
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    ArchOpt,
-    BatchOpt,
-    DataOpt,
-    DataRootOpt,
-    DebugOpt,
-    DeviceOpt,
-    DownloadOpt,
-    ForceOpt,
-    FormatOpt,
-    GateOpt,
-    HeadPathOpt,
-    MeanOpt,
-    ModelArg,
-    NOpt,
-    NormOpt,
-    NumClassesOpt,
-    QuietOpt,
-    SeedOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
-)
+from kmtools_cli._common import Timer, describe_model, device_of
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import Output, fmt
 
 app = typer.Typer(
@@ -70,26 +48,11 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-CompareOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--compare",
-        help="A second checkpoint (typically the Gauss network of MODEL), loaded with the same options "
-        "and attacked on the same inputs with the same seed, reported side by side.",
-        show_default=False,
-    ),
-]
-OutDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--out",
-        "-o",
-        help="Folder for attack-<name>.jsonl (one record per input, appended as inputs finish), "
-        "attack-<name>.json (result document), .npz (arrays), .run.json (settings, for --resume) "
-        "and figures/attack-<name>_<model>.png.",
-        show_default=False,
-    ),
-]
+OutDirOpt = out_dir(
+    "Folder for attack-<name>.jsonl (one record per input, appended as inputs finish), "
+    "attack-<name>.json (result document), .npz (arrays), .run.json (settings, for --resume) "
+    "and figures/attack-<name>_<model>.png."
+)
 ResumeOpt = Annotated[
     bool,
     typer.Option(
@@ -100,6 +63,20 @@ ResumeOpt = Annotated[
 ]
 AmpFlag = Annotated[
     bool, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA (successes are confirmed in float32).")
+]
+OnePixelNOpt = Annotated[
+    int | None,
+    typer.Option("-n", "--num", help="Attack the first N inputs (default 100; the paper used 500 CIFAR-10 test images)."),
+]
+OnePixelBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        "-b",
+        min=1,
+        help="Images evolved together (default 8192/popsize on CUDA, 2048/popsize on the CPU).",
+        show_default=False,
+    ),
 ]
 
 
@@ -352,19 +329,7 @@ def _is_rank_file(p: Path, world: int) -> bool:
 class _Setup:
     """What every attack command loads: models, keys, inputs, device, shard, timer, journal."""
 
-    def __init__(
-        self,
-        out: Output,
-        model_path: Path,
-        compare: Path | None,
-        opts: dict[str, Any],
-        data: str | None,
-        data_root: Path | None,
-        split: str,
-        n: int | None,
-        download: bool,
-        device: str,
-    ) -> None:
+    def __init__(self, out: Output, mo: ModelOptions, ds: DataOptions, device: str) -> None:
         from kmtools.tailor import init_distributed
 
         self.timer = Timer()
@@ -382,10 +347,11 @@ class _Setup:
         self.rank, self.world = _world()
         if self.rank:
             out.quiet = True
+        model_path, compare = mo.path, mo.compare
         with self.timer("load"):
-            self.model = open_model(model_path, **opts)
-            self.other = open_model(compare, **opts) if compare is not None else None
-        self.info = open_data(data, root=data_root, split=split, n=n, download=download, model=self.model)
+            self.model = mo.load()
+            self.other = mo.load(compare) if compare is not None else None
+        self.info = ds.load(self.model)
         if self.other is not None:
             check_compatible(self.info, self.other.num_classes, self.other.input_shape)
         with self.timer("load"):
@@ -661,9 +627,11 @@ def _table1(title: str, files: Sequence[str], d: dict[str, dict[str, Any]], keys
 
 # ---------------------------------------------------------------------------------- onepixel
 @app.command("onepixel")
+@grouped
 def attack_onepixel(
-    model_path: ModelArg,
-    data: DataOpt = None,
+    *,
+    mo: Annotated[ModelOptions, Use(add=("compare",))],
+    ds: Annotated[DataOptions, Use(add=("download",), options={"n": OnePixelNOpt})],
     pixels: Annotated[
         int, typer.Option("--pixels", help="Pixels changed per candidate (Su et al.: 1, 3, 5).")
     ] = 1,
@@ -688,40 +656,7 @@ def attack_onepixel(
             show_default=False,
         ),
     ] = None,
-    compare: CompareOpt = None,
-    out_dir: OutDirOpt = None,
     resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    n: Annotated[
-        int | None,
-        typer.Option(
-            "-n",
-            "--num",
-            help="Attack the first N inputs (default 100; the paper used 500 CIFAR-10 test images).",
-        ),
-    ] = None,
-    download: DownloadOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            "--batch-size",
-            "-b",
-            min=1,
-            help="Images evolved together (default 8192/popsize on CUDA, 2048/popsize on the CPU).",
-            show_default=False,
-        ),
-    ] = None,
     chunk: Annotated[
         int | None,
         typer.Option(
@@ -730,11 +665,8 @@ def attack_onepixel(
             show_default=False,
         ),
     ] = None,
-    amp: AmpFlag = True,
-    seed: SeedOpt = 0,
-    fmt_: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: Annotated[RunOptions, Use(add=("amp",), defaults={"batch_size": None}, options={"batch_size": OnePixelBatchOpt, "amp": AmpFlag})],
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """One-pixel attack (Su, Vargas & Sakurai 2019) by batched differential evolution.
 
@@ -750,18 +682,15 @@ def attack_onepixel(
     Example: kmtools attack onepixel model.pt --arch resnet18 --data cifar10 -n 500
     --compare gauss.safetensors --out runs/ --gate "onepixel.rate<=0.2"
     """
-    out = Output(fmt_, quiet)
-    _check_gates(gate)
-    if n is None:
-        n = 100
+    out = output.output()
+    _check_gates(output.gate)
+    if ds.n is None:
+        ds.n = 100
         out.info("attacking the first 100 inputs (-n to change)")
-    opts: dict[str, Any] = dict(
-        arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std
-    )
-    s = _Setup(out, model_path, compare, opts, data, data_root, split, n, download, device)
+    s = _Setup(out, mo, ds, run.device)
     try:
-        _onepixel(s, out, pixels, popsize, steps, target, tol, out_dir, resume, force, gate,
-                  batch_size, chunk, amp, seed)  # fmt: skip
+        _onepixel(s, out, pixels, popsize, steps, target, tol, output.out, resume, output.force, output.gate,
+                  run.batch_size, chunk, run.amp, run.seed)  # fmt: skip
     finally:
         s.close()
 
@@ -937,37 +866,20 @@ def _reindex(records: list[dict[str, Any]], idx: torch.Tensor) -> list[dict[str,
 
 
 @app.command("fgsm")
+@grouped
 def attack_fgsm(
-    model_path: ModelArg,
-    data: DataOpt = None,
+    *,
+    mo: Annotated[ModelOptions, Use(add=("compare",))],
+    ds: Annotated[DataOptions, Use(add=("download",))],
     eps: Annotated[
         str, typer.Option("--eps", help="Comma-separated ε in input units (pixel range [0, 1]).")
     ] = "0,0.01,0.02,0.05,0.1,0.2,0.3",
     clip: Annotated[
         bool, typer.Option("--clip/--no-clip", help="Clip perturbed inputs to [0, 1] (images).")
     ] = True,
-    compare: CompareOpt = None,
-    out_dir: OutDirOpt = None,
     resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    n: NOpt = None,
-    download: DownloadOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 256,
-    seed: SeedOpt = 0,
-    fmt_: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """FGSM: accuracy and mean confidence against ε (the Gauss-network paper's Figure 2).
 
@@ -980,15 +892,12 @@ def attack_fgsm(
     Example: kmtools attack fgsm model.pt --arch smallcnn --data mnist --eps 0,0.05,0.1,0.2
     --compare gauss.safetensors --gate "fgsm.min_accuracy>=0.3"
     """
-    out = Output(fmt_, quiet)
-    _check_gates(gate)
+    out = output.output()
+    _check_gates(output.gate)
     eps_l = parse_eps(eps)
-    opts: dict[str, Any] = dict(
-        arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std
-    )
-    s = _Setup(out, model_path, compare, opts, data, data_root, split, n, download, device)
+    s = _Setup(out, mo, ds, run.device)
     try:
-        _fgsm(s, out, eps_l, clip, out_dir, resume, force, gate, batch_size, seed)
+        _fgsm(s, out, eps_l, clip, output.out, resume, output.force, output.gate, run.batch_size, run.seed)
     finally:
         s.close()
 
@@ -1100,9 +1009,11 @@ def _fgsm(
 
 # ---------------------------------------------------------------------------------- deepfool
 @app.command("deepfool")
+@grouped
 def attack_deepfool(
-    model_path: ModelArg,
-    data: DataOpt = None,
+    *,
+    mo: Annotated[ModelOptions, Use(add=("compare",))],
+    ds: Annotated[DataOptions, Use(add=("download",))],
     lp: Annotated[
         str,
         typer.Option(
@@ -1120,28 +1031,9 @@ def attack_deepfool(
         ),
     ] = 10,
     clip: Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp iterates to [0, 1] (images).")] = True,
-    compare: CompareOpt = None,
-    out_dir: OutDirOpt = None,
     resume: ResumeOpt = False,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    n: NOpt = None,
-    download: DownloadOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 256,
-    seed: SeedOpt = 0,
-    fmt_: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """DeepFool (Moosavi-Dezfooli et al. 2016): the minimal perturbation r(x) changing the prediction.
 
@@ -1154,19 +1046,16 @@ def attack_deepfool(
     Example: kmtools attack deepfool model.pt --arch resnet18 --data cifar10 -n 500 --lp l2
     --compare gauss.safetensors
     """
-    out = Output(fmt_, quiet)
-    _check_gates(gate)
-    opts: dict[str, Any] = dict(
-        arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std
-    )
+    out = output.output()
+    _check_gates(output.gate)
     lp_n = lp.lower().replace("∞", "inf")
     lp_n = "linf" if lp_n in ("inf", "l_inf", "linfinity") else lp_n
     if lp_n not in ("l2", "linf"):
         raise ConfigError(f"--lp must be l2 or linf, got {lp!r}")
-    s = _Setup(out, model_path, compare, opts, data, data_root, split, n, download, device)
+    s = _Setup(out, mo, ds, run.device)
     try:
-        _deepfool(s, out, lp_n, overshoot, max_iter, candidates, clip, out_dir, resume, force, gate,
-                  batch_size, seed)  # fmt: skip
+        _deepfool(s, out, lp_n, overshoot, max_iter, candidates, clip, output.out, resume, output.force, output.gate,
+                  run.batch_size, run.seed)  # fmt: skip
     finally:
         s.close()
 

@@ -14,58 +14,23 @@ from kmtools.features import extract
 from kmtools.io import write_with
 from kmtools.models import require_split
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    ArchOpt,
-    BatchOpt,
-    DataOpt,
-    DataRootOpt,
-    DebugOpt,
-    DeviceOpt,
-    ForceOpt,
-    FormatOpt,
-    HeadPathOpt,
-    MeanOpt,
-    ModelArg,
-    NOpt,
-    NormOpt,
-    NumClassesOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
-)
-from kmtools_cli._output import Output, kv_table
+from kmtools_cli._common import Timer, describe_model, device_of
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
+from kmtools_cli._output import kv_table
 
 METHODS = ("equidistant", "means", "kmeans")
 
 
+@grouped
 def centroids(
-    model_path: ModelArg,
-    data: DataOpt = None,
+    *,
+    mo: ModelOptions,
+    ds: Annotated[DataOptions, Use(defaults={"split": "train"})],
     method: Annotated[str, typer.Option("--method", "-m", help="equidistant (Theorem 1), means (class means) or kmeans.")] = "means",
     k: Annotated[int | None, typer.Option("-k", help="Clusters for --method kmeans (default: number of classes).")] = None,
     n_init: Annotated[int, typer.Option("--n-init", help="k-means restarts.")] = 3,
-    out_path: OutOpt = None,
-    force: ForceOpt = False,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "train",
-    n: NOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 256,
-    seed: SeedOpt = 0,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(skip=("gate",))],
 ) -> None:
     """Compute centroids in the penultimate feature space and write them with a summary.
 
@@ -75,20 +40,19 @@ def centroids(
 
     Example: kmtools centroids model.pt --arch resnet18 --data cifar10 --method means --out c.safetensors
     """
-    out = Output(fmt, quiet)
+    out = output.output()
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
-    if out_path is not None and out_path.exists() and not force:
-        raise ConfigError(f"{out_path} already exists: pass --force to overwrite it")
+    if output.out is not None and output.out.exists() and not output.force:
+        raise ConfigError(f"{output.out} already exists: pass --force to overwrite it")
     timer = Timer()
-    dev = device_of(device)
+    dev = device_of(run.device)
     with timer("load"):
-        model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
-                           trust=trust_checkpoint, norm=norm, mean=mean, std=std)
+        model = mo.load()
     require_split(model, "kmtools centroids")
-    info = open_data(data, root=data_root, split=split, n=n, model=model)
+    info = ds.load(model)
     with timer("features"), out.progress("features", len(info)) as prog:
-        feats = extract(model, info.dataset, batch_size=batch_size, device=dev, progress=prog)
+        feats = extract(model, info.dataset, batch_size=run.batch_size, device=dev, progress=prog)
     results: dict[str, object] = {"method": method, "n": len(feats), "feature_dim": feats.features.shape[1]}
     tensors: dict[str, torch.Tensor] = {}
     with timer("centroids"):
@@ -112,7 +76,7 @@ def centroids(
                 raise ConfigError("-k must be at least 1 (or leave it out for one cluster per class)")
             kk = k or model.num_classes
             with out.progress("k-means restarts", n_init) as prog:
-                km = kmeans(feats.features, kk, n_init=n_init, seed=seed, device=dev, progress=prog)
+                km = kmeans(feats.features, kk, n_init=n_init, seed=run.seed, device=dev, progress=prog)
             c = km.centroids.float().cpu()
             f_space = feats.features
             assign = km.labels.cpu()
@@ -124,13 +88,13 @@ def centroids(
         labels = feats.labels if method != "kmeans" else assign
         results.update(spread(f_space.float(), labels, c.float()))
     tensors["centroids"] = c.contiguous()
-    if out_path is not None:
+    if output.out is not None:
         from safetensors.torch import save_file
 
-        write_with(out_path, lambda tmp: save_file(tensors, str(tmp), metadata={"method": method}), force)
-        results["out"] = str(out_path)
-    doc = envelope("centroids", results, model=describe_model(model_path, model), data=info.to_dict(),
-                   seed=seed, device=dev, timings=timer.timings)
+        write_with(output.out, lambda tmp: save_file(tensors, str(tmp), metadata={"method": method}), output.force)
+        results["out"] = str(output.out)
+    doc = envelope("centroids", results, model=describe_model(mo.path, model), data=info.to_dict(),
+                   seed=run.seed, device=dev, timings=timer.timings)
 
     def human(con: Console) -> None:
         rows = [(k2, v) for k2, v in results.items() if k2 != "per_class_spread"]

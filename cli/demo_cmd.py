@@ -26,7 +26,7 @@ from kmtools.io import write_text
 from kmtools.models import save_model, wrap, zoo
 from kmtools.report.schema import envelope
 from kmtools.train import train_classifier
-from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, QuietOpt, SeedOpt
+from kmtools_cli._options import OutputOptions, RunOptions, Use, grouped
 from kmtools_cli._output import Output
 
 
@@ -66,15 +66,16 @@ def _get(doc: dict[str, Any], *path: str) -> Any:
     return cur
 
 
+DemoOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")]
+
+
+@grouped
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("demo-out"),
+    *,
+    run: Annotated[RunOptions, Use(skip=("device", "batch_size"))],
+    output: Annotated[OutputOptions, Use(skip=("gate",), defaults={"out": Path("demo-out")}, options={"out": DemoOutOpt})],
     epochs: Annotated[int, typer.Option("--epochs", help="Epochs of plain training (tailoring uses 4).")] = 8,
     attack_n: Annotated[int, typer.Option("--attack-n", help="Test images for the one-pixel attack.")] = 60,
-    seed: SeedOpt = 0,
-    force: ForceOpt = False,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Run the whole pipeline on bundled digits on the CPU (< 1 minute) and write a report.
 
@@ -85,11 +86,12 @@ def demo(
 
     Example: kmtools demo --out demo-out --force
     """
-    out = Output(fmt, quiet)
+    out = output.output()
+    out_dir = output.out or Path("demo-out")
     t0 = time.perf_counter()
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file: give a folder for the demo's outputs")
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
+    if out_dir.exists() and any(out_dir.iterdir()) and not output.force:
         raise OutputExistsError(f"{out_dir} is not empty: pass --force to overwrite it, or --out another folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     log = out_dir / "demo.log"
@@ -97,17 +99,17 @@ def demo(
     torch.set_num_threads(1)  # the demo's models are tiny: more threads only add contention
 
     out.info(f"training a small CNN on scikit-learn digits ({epochs} epochs)...")
-    torch.manual_seed(seed)
+    torch.manual_seed(run.seed)
     train = load_dataset("digits", split="train")
     net = zoo.create("smallcnn", width=8)
-    train_classifier(net, train.dataset, epochs=epochs, lr=1e-2, batch_size=64, seed=seed)
+    train_classifier(net, train.dataset, epochs=epochs, lr=1e-2, batch_size=64, seed=run.seed)
     softmax = out_dir / "softmax.safetensors"
     save_model(wrap(net, arch="smallcnn", arch_kwargs={"num_classes": 10, "in_channels": 1, "width": 8},
                     input_shape=(1, 8, 8), classes=train.classes), softmax, force=True)
     gauss_dir = out_dir / "gauss"
     gauss = gauss_dir / "gauss.safetensors"
     s, g = str(softmax), str(gauss)
-    d = ["--data", "digits", "--seed", str(seed)]
+    d = ["--data", "digits", "--seed", str(run.seed)]
     docs: dict[str, dict[str, Any]] = {}
     docs["tailor"] = _run(out, ["tailor", s, *d, "--epochs", "4", "--lr", "0.02", "--out", str(gauss_dir),
                                 "--export", "", "--force"], log)
@@ -136,7 +138,7 @@ def demo(
     write_text(out_dir / "summary.md", "\n".join(md), force=True)
     doc = envelope("demo", {"rows": [{"metric": n, "softmax": a, "gauss": b} for n, a, b in rows],
                             "files": sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file()),
-                            "seconds": seconds}, seed=seed, device=torch.device("cpu"))
+                            "seconds": seconds}, seed=run.seed, device=torch.device("cpu"))
 
     def human(con: Console) -> None:
         t = Table(title=f"kmtools demo ({seconds:.0f} s): {out_dir}", title_justify="left")

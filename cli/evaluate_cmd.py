@@ -21,32 +21,8 @@ from kmtools.io import write_json, write_with
 from kmtools.models import KmModel
 from kmtools.report import gates
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    AmpOpt,
-    ArchOpt,
-    BatchOpt,
-    DataOpt,
-    DataRootOpt,
-    DebugOpt,
-    DeviceOpt,
-    DownloadOpt,
-    ForceOpt,
-    FormatOpt,
-    GateOpt,
-    HeadPathOpt,
-    MeanOpt,
-    ModelArg,
-    NOpt,
-    NormOpt,
-    NumClassesOpt,
-    QuietOpt,
-    SeedOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
-    WorkersOpt,
-)
+from kmtools_cli._common import Timer, describe_model, device_of, open_model
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import Output, fmt
 
 JSON_NAME = "evaluate.json"
@@ -88,10 +64,8 @@ NBallOpt = Annotated[bool | None, typer.Option(
     "--data and report it as reject.nball: one ball per prototype (class means for a softmax head), "
     "radius covering 95% of its correctly classified training points. Default: on for prototype heads "
     f"({', '.join(PROTOTYPE_HEADS)}), off otherwise (it costs a pass over the training set).")]
-OutDirOpt = Annotated[Path | None, typer.Option(
-    "--out", "-o", show_default=False,
-    help=f"Folder for {JSON_NAME} (the result document) and {NPZ_NAME} (per-input arrays), "
-    "which `kmtools report` reads.")]
+OutDirOpt = out_dir(f"Folder for {JSON_NAME} (the result document) and {NPZ_NAME} (per-input arrays), "
+                    "which `kmtools report` reads.")
 
 
 def _lipschitz(spec: str | None, model: KmModel) -> tuple[float | None, dict[str, Any] | None]:
@@ -290,37 +264,18 @@ def _nball(model: KmModel, info: DataInfo, data: str, *, explicit: bool, root: P
     return section
 
 
+@grouped
 def evaluate(
-    model_path: ModelArg,
-    data: DataOpt = None,
-    compare: CompareOpt = None,
+    *,
+    mo: Annotated[ModelOptions, Use(add=("compare",), options={"compare": CompareOpt})],
+    ds: Annotated[DataOptions, Use(add=("download", "workers"))],
     ood: OodOpt = None,
     n_noise: NNoiseOpt = 1000,
     lipschitz: LipschitzOpt = None,
     per_class: PerClassOpt = 2,
     nball: NBallOpt = None,
-    out_dir: OutDirOpt = None,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    n: NOpt = None,
-    download: DownloadOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 256,
-    seed: SeedOpt = 0,
-    amp: AmpOpt = False,
-    workers: WorkersOpt = 0,
-    fmt_: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: Annotated[RunOptions, Use(add=("amp",), defaults={"amp": False})],
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """Accuracy, mean confidence, outliers, OOD detection and the Theorem 2 margin of MODEL.
 
@@ -335,36 +290,35 @@ def evaluate(
 
     Example: kmtools evaluate model.pt --arch resnet18 --data cifar10 --compare gauss.safetensors --out runs/
     """
-    out = Output(fmt_, quiet)
-    for g in gate or []:
+    out = output.output()
+    for g in output.gate or []:
         gates.parse(g)  # a malformed gate fails before any work (exit 2)
     if n_noise < 0:
         raise ConfigError(f"--n-noise must be non-negative, got {n_noise}")
     if per_class < 0:
         raise ConfigError(f"--per-class must be non-negative, got {per_class}")
     json_path = npz_path = None
-    if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ConfigError(f"--out {out_dir} is a file: give a folder")
-        json_path, npz_path = out_dir / JSON_NAME, out_dir / NPZ_NAME
+    if output.out is not None:
+        if output.out.exists() and not output.out.is_dir():
+            raise ConfigError(f"--out {output.out} is a file: give a folder")
+        json_path, npz_path = output.out / JSON_NAME, output.out / NPZ_NAME
         existing = [str(p) for p in (json_path, npz_path) if p.exists()]
-        if existing and not force:
+        if existing and not output.force:
             raise OutputExistsError(f"{', '.join(existing)} already exist(s): pass --force to overwrite")
     timer = Timer()
-    dev = device_of(device)
-    opts: dict[str, Any] = dict(arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint,
-                                norm=norm, mean=mean, std=std)
+    dev = device_of(run.device)
+    opts = mo.load_kwargs()
     with timer("load"):
-        model = open_model(model_path, **opts)
-        other = open_model(compare, **opts) if compare is not None else None
-        info = open_data(data, root=data_root, split=split, n=n, download=download, model=model)
+        model = open_model(mo.path, **opts)
+        other = open_model(mo.compare, **opts) if mo.compare is not None else None
+        info = ds.load(model)
         if other is not None:
             check_compatible(info, other.num_classes, other.input_shape)
-        ood_args = _ood_args(ood, n_noise=n_noise, model=model, info=info, root=data_root, split=split,
-                             download=download)
+        ood_args = _ood_args(ood, n_noise=n_noise, model=model, info=info, root=ds.data_root, split=ds.split,
+                             download=ds.download)
 
     models = [model] + ([other] if other is not None else [])
-    paths = [model_path] + ([compare] if compare is not None else [])
+    paths = [mo.path] + ([mo.compare] if mo.compare is not None else [])
     keys = _keys(model, other)
     evals: dict[str, EvalResult] = {}
     lip_info: dict[str, dict[str, Any] | None] = {}
@@ -375,8 +329,8 @@ def evaluate(
         total = len(info) + sum(len(a) if not isinstance(a, str) else n_noise for a in ood_args)
         with timer(f"evaluate_{key}"), out.progress(f"evaluate {key}", total) as prog:
             evals[key] = run_evaluate(
-                m, info.dataset, ood=ood_args, n_noise=n_noise, batch_size=batch_size, device=dev,
-                seed=seed, amp=amp, progress=prog, lipschitz=lp, per_class=per_class, workers=workers,
+                m, info.dataset, ood=ood_args, n_noise=n_noise, batch_size=run.batch_size, device=dev,
+                seed=run.seed, amp=run.amp, progress=prog, lipschitz=lp, per_class=per_class, workers=ds.workers,
             )
 
     per_model: dict[str, dict[str, Any]] = {}
@@ -385,8 +339,8 @@ def evaluate(
         m = models[keys.index(key)]
         if (nball if nball is not None else m.head_kind in PROTOTYPE_HEADS) and d.get("reject") is not None:
             with timer(f"nball_{key}"):
-                d["reject"]["nball"] = _nball(m, info, str(data), explicit=nball is True, root=data_root,
-                                              download=download, batch_size=batch_size, device=dev, out=out)
+                d["reject"]["nball"] = _nball(m, info, str(ds.name), explicit=nball is True, root=ds.data_root,
+                                              download=ds.download, batch_size=run.batch_size, device=dev, out=out)
         how = lip_info.get(key)
         if d.get("theorem2") is not None and how:
             d["theorem2"]["lipschitz_method"] = how["method"]
@@ -400,21 +354,21 @@ def evaluate(
 
     data_doc = {**info.to_dict(), "classes": info.classes}
     extra: dict[str, Any] = {}
-    if other is not None and compare is not None:
-        extra["compare_model"] = describe_model(compare, other)
-    doc = envelope("evaluate", results, model=describe_model(model_path, model), data=data_doc,
-                   seed=seed, device=dev, timings=timer.timings, **extra)
+    if other is not None and mo.compare is not None:
+        extra["compare_model"] = describe_model(mo.compare, other)
+    doc = envelope("evaluate", results, model=describe_model(mo.path, model), data=data_doc,
+                   seed=run.seed, device=dev, timings=timer.timings, **extra)
 
     if json_path is not None and npz_path is not None:
-        _save_npz(npz_path, _arrays(evals, _figure_key(keys)), force)
-        write_json(json_path, doc, force)
+        _save_npz(npz_path, _arrays(evals, _figure_key(keys)), output.force)
+        write_json(json_path, doc, output.force)
         out.info(f"wrote {json_path} and {npz_path}")
 
     def human(con: Console) -> None:
         con.print(human_table(per_model, f"evaluate on {info.name} ({info.split}, {len(info)} inputs)"))
 
     out.emit(doc, human)
-    out.gate(gate, doc)
+    out.gate(output.gate, doc)
 
 
 def register(app: typer.Typer) -> None:

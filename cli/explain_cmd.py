@@ -29,28 +29,9 @@ from kmtools.features import as_tensors, loader
 from kmtools.io import write_json, write_with
 from kmtools.report import gates
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_model
-from kmtools_cli._options import (
-    ArchOpt,
-    BatchOpt,
-    DataOpt,
-    DataRootOpt,
-    DebugOpt,
-    DeviceOpt,
-    ForceOpt,
-    FormatOpt,
-    GateOpt,
-    HeadPathOpt,
-    MeanOpt,
-    NOpt,
-    NormOpt,
-    NumClassesOpt,
-    QuietOpt,
-    SeedOpt,
-    StdOpt,
-    TrustOpt,
-)
-from kmtools_cli._output import Output, kv_table
+from kmtools_cli._common import Timer, describe_model, device_of
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
+from kmtools_cli._output import kv_table
 
 JSON_NAME = "explain.json"
 NPZ_NAME = "relevance.npz"
@@ -73,7 +54,7 @@ EvaluateOpt = Annotated[bool, typer.Option("--evaluate", help="Score NEON and ev
 MethodsOpt = Annotated[str | None, typer.Option("--methods", help=f"Comma-separated methods for --evaluate: {', '.join(METHODS)} (default: all that apply).", show_default=False)]
 RepeatsOpt = Annotated[int, typer.Option("--repeats", help="Runs of the imputation sampler averaged per AUC (--evaluate).")]
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Evaluate each AUC curve at this many feature counts only (faster for many features).", show_default=False)]
-OutDirOpt = Annotated[Path | None, typer.Option("--out", "-o", help=f"Folder for {JSON_NAME}, {NPZ_NAME} and heatmap PNGs ({GRID_NAME}, cluster_<k>.png).", show_default=False)]
+OutDirOpt = out_dir(f"Folder for {JSON_NAME}, {NPZ_NAME} and heatmap PNGs ({GRID_NAME}, cluster_<k>.png).")
 
 
 def _load(name: str | None, root: Path | None, split: str) -> DataInfo:
@@ -190,13 +171,12 @@ def _auc_table(run: NeonRun, reference: dict[str, float] | None) -> Table:
     return t
 
 
+@grouped
 def explain(
-    model_path: ModelOptArg = None,
+    *,
+    mo: Annotated[ModelOptions, Use(options={"path": ModelOptArg}, defaults={"path": None})],
+    ds: Annotated[DataOptions, Use(options={"split": SplitAllOpt}, defaults={"split": None})],
     neon: NeonOpt = True,
-    data: DataOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitAllOpt = None,
-    n: NOpt = None,
     k: KOpt = None,
     layer: LayerOpt = None,
     kernel: KernelOpt = 0,
@@ -208,22 +188,8 @@ def explain(
     methods: MethodsOpt = None,
     repeats: RepeatsOpt = 10,
     steps: StepsOpt = None,
-    out_dir: OutDirOpt = None,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 256,
-    seed: SeedOpt = 0,
-    fmt_: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """Explain cluster assignments with NEON: which input features put each input in its cluster.
 
@@ -241,8 +207,8 @@ def explain(
 
     Example: kmtools explain gauss.safetensors --neon --data digits -n 16 --out runs/explain
     """
-    out = Output(fmt_, quiet)
-    for g in gate or []:
+    out = output.output()
+    for g in output.gate or []:
         gates.parse(g)  # a malformed gate fails before any work (exit 2)
     del neon  # NEON is the explainer; the flag keeps the documented shape `kmtools explain --neon`
     if repeats < 1:
@@ -253,19 +219,19 @@ def explain(
         raise ConfigError(f"--kernel must be ≥ 0 (support vectors per cluster), got {kernel}")
     if beta is not None and not beta >= 0:
         raise ConfigError(f"--beta must be ≥ 0, got {beta}")
-    if model_path is None and layer is not None:
+    if mo.path is None and layer is not None:
         raise ConfigError("--layer needs a MODEL: without one, k-means runs on the data itself")
-    if model_path is not None and (kernel or standardize is not None):
+    if mo.path is not None and (kernel or standardize is not None):
         raise ConfigError("--kernel and --standardize apply without MODEL (k-means on the data itself)")
     chosen = _methods(methods)
     if chosen is not None and not evaluate:
         raise ConfigError("--methods selects what --evaluate scores: add --evaluate")
-    if out_dir is not None:
-        _check_outputs(out_dir, force)
-    if model_path is not None:
+    if output.out is not None:
+        _check_outputs(output.out, output.force)
+    if mo.path is not None:
         require_zennit()  # a clear message naming `pip install kmtools[explain]` before any work
     timer = Timer()
-    split_name = split or ("all" if model_path is None else "test")
+    split_name = ds.split or ("all" if mo.path is None else "test")
     if split_name not in ("train", "test", "all"):
         raise ConfigError(f"--split must be train, test or all, not {split_name!r}")
 
@@ -274,54 +240,53 @@ def explain(
             bar(done, total, stage)
 
         model = None
-        if model_path is None:
+        if mo.path is None:
             with timer("load"):
-                info = subset(_load(data, data_root, split_name), n)
+                info = subset(_load(ds.name, ds.data_root, split_name), ds.n)
                 x = _tensors(info)
             std_on = standardize if standardize is not None else len(info.input_shape) == 1
             dev = torch.device("cpu")
             with timer("explain"):
-                run = explain_data(
-                    x, k, standardize_features=std_on, kernel=kernel, beta=beta, seed=seed, evaluate=evaluate,
+                neon_run = explain_data(
+                    x, k, standardize_features=std_on, kernel=kernel, beta=beta, seed=run.seed, evaluate=evaluate,
                     methods=chosen, repeats=repeats, steps=steps, progress=progress,
                 )
         else:
-            dev = device_of(device)
+            dev = device_of(run.device)
             with timer("load"):
-                model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
-                                   trust=trust_checkpoint, norm=norm, mean=mean, std=std)
-                info = _load(data, data_root, split_name)
+                model = mo.load()
+                info = _load(ds.name, ds.data_root, split_name)
                 check_compatible(info, model.num_classes, model.input_shape)
-                n_explain = len(subset(info, n)) if n is not None else min(64, len(info))
+                n_explain = len(subset(info, ds.n)) if ds.n is not None else min(64, len(info))
                 fit = _tensors(info, min(max(fit_n, n_explain), len(info)))
                 x = fit[:n_explain]
             with timer("explain"):
-                run = explain_network(
-                    model, x, fit, k=k, layer=layer, gamma=gamma, beta=beta, seed=seed, evaluate=evaluate,
-                    methods=chosen, repeats=repeats, steps=steps, batch_size=batch_size, device=dev,
+                neon_run = explain_network(
+                    model, x, fit, k=k, layer=layer, gamma=gamma, beta=beta, seed=run.seed, evaluate=evaluate,
+                    methods=chosen, repeats=repeats, steps=steps, batch_size=run.batch_size, device=dev,
                     progress=progress,
                 )
 
-    results = run.to_dict()
-    results["mode"] = "data" if model_path is None else "network"
+    results = neon_run.to_dict()
+    results["mode"] = "data" if mo.path is None else "network"
     reference = None
-    if (model_path is None and info.name == "wine" and run.num_clusters == 6 and run.clusters == "kmeans"
+    if (mo.path is None and info.name == "wine" and neon_run.num_clusters == 6 and neon_run.clusters == "kmeans"
             and results["n"] == 178 and results.get("standardized")):
         reference = TABLE_I_WINER
         results["reference"] = {"source": "paper Table I, row winer",
                                 "auc": {auc_key(m): v for m, v in TABLE_I_WINER.items()}}
-    if out_dir is not None:
+    if output.out is not None:
         with timer("write"):
-            names = _feature_names(info, int(run.inputs[0].numel()))
-            results["files"] = _write_files(run, out_dir, names, force)
-            results["files"]["json"] = str(out_dir / JSON_NAME)
+            names = _feature_names(info, int(neon_run.inputs[0].numel()))
+            results["files"] = _write_files(neon_run, output.out, names, output.force)
+            results["files"]["json"] = str(output.out / JSON_NAME)
     data_doc = info.to_dict()
-    model_doc = describe_model(model_path, model) if model_path is not None and model is not None else None
+    model_doc = describe_model(mo.path, model) if mo.path is not None and model is not None else None
     doc = envelope("explain", results, model=model_doc,
-                   data=data_doc, seed=seed, device=dev, timings=timer.timings)
-    if out_dir is not None:
-        write_json(out_dir / JSON_NAME, doc, force)
-        out.info(f"wrote {out_dir / JSON_NAME}, {out_dir / NPZ_NAME} and {len(results['files']['png'])} PNGs")
+                   data=data_doc, seed=run.seed, device=dev, timings=timer.timings)
+    if output.out is not None:
+        write_json(output.out / JSON_NAME, doc, output.force)
+        out.info(f"wrote {output.out / JSON_NAME}, {output.out / NPZ_NAME} and {len(results['files']['png'])} PNGs")
 
     def human(con: Console) -> None:
         cons = results["conservation"]
@@ -336,16 +301,16 @@ def explain(
             ("Σ R / f_c (median)", cons["ratio_median"]),
             ("cluster sizes", results["cluster_counts"]),
         ]
-        if model_path is not None:
+        if mo.path is not None:
             rows.insert(2, ("LRP", f"γ = {gamma} in convolutions, first layer {results.get('first_rule')}"))
         else:
             rows.insert(2, ("standardised", results.get("standardized")))
         con.print(kv_table(f"NEON on {info.name} ({info.split})", rows))
-        if run.auc is not None:
-            con.print(_auc_table(run, reference))
+        if neon_run.auc is not None:
+            con.print(_auc_table(neon_run, reference))
 
     out.emit(doc, human)
-    out.gate(gate, doc)
+    out.gate(output.gate, doc)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,29 +13,12 @@ from rich.table import Table
 from kmtools.errors import ConfigError
 from kmtools.export import FORMATS, export, parse_formats
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, ints, open_data, open_model
-from kmtools_cli._options import (
-    ArchOpt,
-    DataRootOpt,
-    DebugOpt,
-    ForceOpt,
-    FormatOpt,
-    HeadPathOpt,
-    MeanOpt,
-    ModelArg,
-    NormOpt,
-    NumClassesOpt,
-    QuietOpt,
-    SeedOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
-)
-from kmtools_cli._output import Output, fmt, kv_table
+from kmtools_cli._common import Timer, describe_model, ints, open_data
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
+from kmtools_cli._output import fmt, kv_table
 
-OutDirOpt = Annotated[str | None, typer.Option(
-    "--out", "-o", help="Output folder (files model.safetensors, model.pt2, model.onnx), or a "
-    "NAME.onnx/.pt2/.safetensors path whose stem names every file.", show_default=False)]
+OutDirOpt = out_dir("Output folder (files model.safetensors, model.pt2, model.onnx), or a "
+                    "NAME.onnx/.pt2/.safetensors path whose stem names every file.", str)
 FormatsOpt = Annotated[str, typer.Option(
     "--formats", help=f"Comma-separated formats to write: {', '.join(FORMATS)} (torchscript = pt2).")]
 OpsetOpt = Annotated[int, typer.Option("--opset", help="ONNX opset (17 or higher).")]
@@ -49,8 +32,6 @@ DataExampleOpt = Annotated[str | None, typer.Option(
     help=f"Trace and check on the first {CHECK_DATA_INPUTS} inputs of this dataset (and random inputs in "
     "their value range) instead of random inputs alone: a Gauss network's κ is ~0 on many random "
     "inputs, which makes a check on them alone weak.")]
-InputShapeOpt = Annotated[str | None, typer.Option(
-    "--input-shape", help="Input shape without the batch, e.g. 3,32,32 (for models that do not know it).")]
 
 
 def _size(n: int) -> str:
@@ -61,29 +42,17 @@ def _size(n: int) -> str:
     return str(n)  # pragma: no cover
 
 
+@grouped
 def export_model(
-    model_path: ModelArg,
-    out_dir: OutDirOpt = None,
+    *,
+    mo: Annotated[ModelOptions, Use(add=("input_shape",))],
+    ds: Annotated[DataOptions, Use(skip=("n",), options={"name": DataExampleOpt})],
     formats: FormatsOpt = ",".join(FORMATS),
     opset: OpsetOpt = 18,
     check: CheckOpt = True,
     atol: AtolOpt = 1e-4,
-    force: ForceOpt = False,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    input_shape: InputShapeOpt = None,
-    data: DataExampleOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    seed: SeedOpt = 0,
-    fmt_: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: Annotated[RunOptions, Use(skip=("device", "batch_size"))],
+    output: Annotated[OutputOptions, Use(skip=("gate",), options={"out": OutDirOpt})],
 ) -> None:
     """Export a model as self-contained files that run without kmtools.
 
@@ -97,32 +66,31 @@ def export_model(
 
     Example: kmtools export gauss.safetensors --out exported/ --formats kmtools,torchscript,onnx --data digits
     """
-    out = Output(fmt_, quiet)
-    if out_dir is None:
+    out = output.output()
+    if output.out is None:
         raise ConfigError("kmtools export needs --out DIR (or --out NAME.onnx)")
     fmts = parse_formats(formats)
     timer = Timer()
     with timer("load"):
-        model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
-                           trust=trust_checkpoint, norm=norm, mean=mean, std=std, input_shape=input_shape)
-    if model.input_shape is None and input_shape is not None:
-        model.input_shape = tuple(ints(input_shape, "--input-shape") or ())
+        model = mo.load()
+    if model.input_shape is None and mo.input_shape is not None:
+        model.input_shape = tuple(ints(mo.input_shape, "--input-shape") or ())
     example = None
     data_doc = None
-    if data is not None:
+    if ds.name is not None:
         with timer("load"):
-            info = open_data(data, root=data_root, split=split, n=CHECK_DATA_INPUTS, model=model)
+            info = open_data(ds.name, root=ds.data_root, split=ds.split, n=CHECK_DATA_INPUTS, model=model)
             example = torch.stack([torch.as_tensor(info.dataset[i][0]) for i in range(len(info))])
         data_doc = info.to_dict()
     with timer("export"):
-        result = export(model, out_dir, formats=fmts, opset=opset, example=example, check=check, atol=atol,
-                        force=force, seed=seed, progress=out.info)
+        result = export(model, output.out, formats=fmts, opset=opset, example=example, check=check, atol=atol,
+                        force=output.force, seed=run.seed, progress=out.info)
     results = result.to_dict()
-    doc = envelope("export", results, model=describe_model(model_path, model), data=data_doc, seed=seed,
+    doc = envelope("export", results, model=describe_model(mo.path, model), data=data_doc, seed=run.seed,
                    device="cpu", timings=timer.timings)
 
     def human(con: Console) -> None:
-        t = Table(title=f"export of {model_path}", title_justify="left")
+        t = Table(title=f"export of {mo.path}", title_justify="left")
         for col in ("format", "file", "size", "export s", "max |Δ| vs eager"):
             t.add_column(col, justify="left" if col in ("format", "file") else "right",
                          overflow="fold" if col == "file" else "ellipsis")

@@ -24,31 +24,9 @@ from kmtools.io import check_writable, write_json, write_with
 from kmtools.models import KmModel
 from kmtools.report import gates
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    ArchOpt,
-    BatchOpt,
-    DataOpt,
-    DataRootOpt,
-    DebugOpt,
-    DeviceOpt,
-    DownloadOpt,
-    ForceOpt,
-    FormatOpt,
-    GateOpt,
-    HeadPathOpt,
-    MeanOpt,
-    ModelArg,
-    NOpt,
-    NormOpt,
-    NumClassesOpt,
-    QuietOpt,
-    SeedOpt,
-    SplitOpt,
-    StdOpt,
-    TrustOpt,
-)
-from kmtools_cli._output import Output, kv_table
+from kmtools_cli._common import Timer, describe_model, device_of
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
+from kmtools_cli._output import kv_table
 
 app = typer.Typer(
     name="geometry",
@@ -58,14 +36,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-OutDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--out", "-o",
-        help="Folder for geometry-<command>.json (result document), .npz (per-input arrays) and .png (figure).",
-        show_default=False,
-    ),
-]
+OutDirOpt = out_dir("Folder for geometry-<command>.json (result document), .npz (per-input arrays) and .png (figure).")
 OvershootOpt = Annotated[float, typer.Option("--overshoot", help="DeepFool overshoot: x + (1 + overshoot)·Σ r_i.")]
 MaxIterOpt = Annotated[int, typer.Option("--max-iter", min=1, help="Maximum DeepFool steps per input.")]
 CandidatesOpt = Annotated[
@@ -121,35 +92,33 @@ def _finite(obj: Any) -> Any:
 class _Run:
     """Model, data and bookkeeping shared by the four commands."""
 
-    def __init__(
-        self, command: str, fmt: str, quiet: bool, gate: list[str] | None, model_path: Path,
-        opts: dict[str, Any], device: str, seed: int,
-    ) -> None:
+    def __init__(self, command: str, mo: ModelOptions, run: RunOptions, output: OutputOptions) -> None:
         self.command = command
-        self.out = Output(fmt, quiet)
-        _check_gates(gate)
-        self.gate = gate
+        self.output = output
+        self.out = output.output()
+        _check_gates(output.gate)
+        self.gate = output.gate
         self.timer = Timer()
-        self.model_path = model_path
-        self.seed = seed
-        torch.manual_seed(seed)
+        self.model_path = mo.path
+        self.seed = run.seed
+        torch.manual_seed(run.seed)
         with self.timer("load"):
-            self.model: KmModel = open_model(model_path, **opts)
-        self.dev = device_of(device)
+            self.model: KmModel = mo.load()
+        self.dev = device_of(run.device)
         self.model.to(self.dev).eval()
         self.info: DataInfo | None = None
 
-    def data(
-        self, data: str | None, root: Path | None, split: str, n: int | None, default_n: int, download: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def data(self, ds: DataOptions, default_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = ds.n
         if n is not None and n < 1:
             raise ConfigError("-n must be at least 1")
-        self.info = open_data(data, root=root, split=split, n=n or default_n, download=download, model=self.model)
+        self.info = ds.load(self.model, n=n or default_n)
         if n is None:
             self.out.info(f"using the first {len(self.info)} inputs (-n to change)")
         return _tensors(self.info)
 
-    def paths(self, out_dir: Path | None, force: bool, **files: str) -> dict[str, Path]:
+    def paths(self, **files: str) -> dict[str, Path]:
+        out_dir, force = self.output.out, self.output.force
         if out_dir is None:
             return {}
         if out_dir.exists() and not out_dir.is_dir():
@@ -167,10 +136,9 @@ class _Run:
             timings=self.timer.timings,
         )
 
-    def finish(self, doc: dict[str, Any], human: Callable[[Console], None], paths: dict[str, Path],
-               force: bool) -> None:
+    def finish(self, doc: dict[str, Any], human: Callable[[Console], None], paths: dict[str, Path]) -> None:
         if "json" in paths:
-            write_json(paths["json"], doc, force)
+            write_json(paths["json"], doc, self.output.force)
             self.out.info("wrote " + ", ".join(str(p) for p in paths.values() if p.exists()))
         self.out.emit(doc, human)
         self.out.gate(self.gate, doc)
@@ -201,9 +169,11 @@ def _lipschitz(text: str) -> str | float:
 
 
 # ----------------------------------------------------------------------------- distance
+@grouped
 def geometry_distance(
-    model_path: ModelArg,
-    data: DataOpt = None,
+    *,
+    mo: ModelOptions,
+    ds: Annotated[DataOptions, Use(add=("download",))],
     lipschitz: Annotated[
         str,
         typer.Option(
@@ -221,26 +191,8 @@ def geometry_distance(
     clip: Annotated[
         bool, typer.Option("--clip/--no-clip", help="Clamp DeepFool's iterates to [0, 1] (images).")
     ] = False,
-    out_dir: OutDirOpt = None,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    n: NOpt = None,
-    download: DownloadOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 256,
-    seed: SeedOpt = 0,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """Distance to the decision boundary: r(x) and z = x + r(x) on it, batched (Sec. II).
 
@@ -255,19 +207,17 @@ def geometry_distance(
     from kmtools.geometry import boundary_distance
     from kmtools.geometry.plots import plot_distance
 
-    run = _Run("distance", fmt, quiet, gate, model_path, dict(
-        arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std,
-    ), device, seed)
-    x, _ = run.data(data, data_root, split, n, 100, download)
-    paths = run.paths(out_dir, force, json=".json", npz=".npz", png=".png")
+    geo = _Run("distance", mo, run, output)
+    x, _ = geo.data(ds, 100)
+    paths = geo.paths(json=".json", npz=".npz", png=".png")
     lip = _lipschitz(lipschitz)
-    with run.timer("distance"), run.out.progress("DeepFool", len(x)) as prog:
+    with geo.timer("distance"), geo.out.progress("DeepFool", len(x)) as prog:
         res = boundary_distance(
-            run.model, x, lipschitz=lip, overshoot=overshoot, max_iter=max_iter, candidates=candidates or None,
-            bisection_steps=bisection_steps, clip=(0.0, 1.0) if clip else None, batch_size=batch_size,
-            device=run.dev, progress=prog,
+            geo.model, x, lipschitz=lip, overshoot=overshoot, max_iter=max_iter, candidates=candidates or None,
+            bisection_steps=bisection_steps, clip=(0.0, 1.0) if clip else None, batch_size=run.batch_size,
+            device=geo.dev, progress=prog,
         )
-    results: dict[str, Any] = {"head_kind": run.model.head_kind, **res.to_dict()}
+    results: dict[str, Any] = {"head_kind": geo.model.head_kind, **res.to_dict()}
     if paths:
         arrays = {
             "distance": _np(res.distance), "deepfool_norm": _np(res.deepfool_norm), "labels": _np(res.labels),
@@ -276,9 +226,9 @@ def geometry_distance(
         }
         bounds = {k: getattr(res, k) for k in ("bound_at_adv", "bound_any", "bound_margin") if getattr(res, k) is not None}
         arrays |= {k: _np(v) for k, v in bounds.items()}
-        _save_npz(paths["npz"], arrays, force)
-        plot_distance(res.distance.cpu(), paths["png"], bounds=bounds or None, force=force)
-    doc = run.doc(results)
+        _save_npz(paths["npz"], arrays, output.force)
+        plot_distance(res.distance.cpu(), paths["png"], bounds=bounds or None, force=output.force)
+    doc = geo.doc(results)
 
     def human(con: Console) -> None:
         d = results.get("distance") or {}
@@ -302,16 +252,18 @@ def geometry_distance(
                 ("non-vacuous (any x̃)", t2["nonvacuous_any"]),
                 ("violations (bound > ‖r‖)", t2["violations"]),
             ]
-        name = run.info.name if run.info else "data"
+        name = geo.info.name if geo.info else "data"
         con.print(kv_table(f"Boundary distance r(x) on {results['inputs']} {name} inputs", rows))
 
-    run.finish(doc, human, paths, force)
+    geo.finish(doc, human, paths)
 
 
 # ---------------------------------------------------------------------------- curvature
+@grouped
 def geometry_curvature(
-    model_path: ModelArg,
-    data: DataOpt = None,
+    *,
+    mo: ModelOptions,
+    ds: Annotated[DataOptions, Use(add=("download",))],
     top: Annotated[int, typer.Option("--top", min=1, help="Largest principal curvatures to compute.")] = 10,
     bottom: Annotated[int, typer.Option("--bottom", min=1, help="Smallest principal curvatures to compute.")] = 10,
     steps: Annotated[
@@ -324,26 +276,8 @@ def geometry_curvature(
     overshoot: OvershootOpt = 0.02,
     max_iter: MaxIterOpt = 50,
     candidates: CandidatesOpt = 10,
-    out_dir: OutDirOpt = None,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    n: NOpt = None,
-    download: DownloadOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 32,
-    seed: SeedOpt = 0,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: Annotated[RunOptions, Use(defaults={"batch_size": 32})],
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """Principal curvatures of the boundary at z = x + r(x) (Eq. 1, Fig. 4b) and their average.
 
@@ -358,26 +292,24 @@ def geometry_curvature(
     from kmtools.geometry import boundary_curvature
     from kmtools.geometry.plots import plot_curvature_profile
 
-    run = _Run("curvature", fmt, quiet, gate, model_path, dict(
-        arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std,
-    ), device, seed)
-    x, _ = run.data(data, data_root, split, n, 20, download)
-    paths = run.paths(out_dir, force, json=".json", npz=".npz", png=".png")
-    with run.timer("curvature"), run.out.progress("Lanczos", len(x)) as prog:
+    geo = _Run("curvature", mo, run, output)
+    x, _ = geo.data(ds, 20)
+    paths = geo.paths(json=".json", npz=".npz", png=".png")
+    with geo.timer("curvature"), geo.out.progress("Lanczos", len(x)) as prog:
         res = boundary_curvature(
-            run.model, x, top=top, bottom=bottom, steps=steps, samples=samples, method=hvp, fd_step=fd_step,
-            seed=seed, overshoot=overshoot, max_iter=max_iter, candidates=candidates or None,
-            batch_size=batch_size, device=run.dev, progress=prog,
+            geo.model, x, top=top, bottom=bottom, steps=steps, samples=samples, method=hvp, fd_step=fd_step,
+            seed=run.seed, overshoot=overshoot, max_iter=max_iter, candidates=candidates or None,
+            batch_size=run.batch_size, device=geo.dev, progress=prog,
         )
-    results: dict[str, Any] = {"head_kind": run.model.head_kind, **res.to_dict()}
+    results: dict[str, Any] = {"head_kind": geo.model.head_kind, **res.to_dict()}
     if paths:
         _save_npz(paths["npz"], {
             "top": _np(res.top), "bottom": _np(res.bottom), "mean": _np(res.mean), "grad_norm": _np(res.grad_norm),
             "labels": _np(res.labels), "others": _np(res.others), "distance": _np(res.distance),
             "valid": _np(res.valid),
-        }, force)
-        plot_curvature_profile(res, paths["png"], force=force)
-    doc = run.doc(results)
+        }, output.force)
+        plot_curvature_profile(res, paths["png"], force=output.force)
+    doc = geo.doc(results)
 
     def human(con: Console) -> None:
         tp, bp = results["top_mean_profile"], results["bottom_mean_profile"]
@@ -395,13 +327,15 @@ def geometry_curvature(
         ]
         con.print(kv_table("Principal curvatures at z = x + r(x) (F = s_other - s_own)", rows))
 
-    run.finish(doc, human, paths, force)
+    geo.finish(doc, human, paths)
 
 
 # ------------------------------------------------------------------------------- detect
+@grouped
 def geometry_detect(
-    model_path: ModelArg,
-    data: DataOpt = None,
+    *,
+    mo: ModelOptions,
+    ds: Annotated[DataOptions, Use(add=("download",))],
     adversarial: Annotated[
         Path | None,
         typer.Option(
@@ -434,26 +368,8 @@ def geometry_detect(
         typer.Option("--save-adversarial", help="Write the DeepFool-perturbed set (.npz or .safetensors) for "
                      "reuse with --adversarial.", show_default=False),
     ] = None,
-    out_dir: OutDirOpt = None,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    n: NOpt = None,
-    download: DownloadOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 64,
-    seed: SeedOpt = 0,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: Annotated[RunOptions, Use(defaults={"batch_size": 64})],
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """Algorithm 2: detect perturbed inputs from the sign of the average curvature, recover labels.
 
@@ -479,32 +395,30 @@ def geometry_detect(
 
     if adversarial is not None and save_adversarial is not None:
         raise ConfigError("--save-adversarial saves the DeepFool set: it cannot be combined with --adversarial")
-    run = _Run("detect", fmt, quiet, gate, model_path, dict(
-        arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std,
-    ), device, seed)
+    geo = _Run("detect", mo, run, output)
     aset = None
     if adversarial is not None:
-        aset = load_adversarial_set(adversarial, key=adv_key, prefer=run.model.head_kind)
+        aset = load_adversarial_set(adversarial, key=adv_key, prefer=geo.model.head_kind)
         if not len(aset):
             raise DataError(f"{adversarial} holds no successful adversarial input")
-    if data is not None or aset is None or aset.x is None:
-        x, _ = run.data(data, data_root, split, n, 100, download)
+    if ds.name is not None or aset is None or aset.x is None:
+        x, _ = geo.data(ds, 100)
     else:
-        x = aset.x[: n or len(aset.x)]
-        run.out.info(f"clean inputs: the {len(x)} originals stored in {adversarial}")
+        x = aset.x[: ds.n or len(aset.x)]
+        geo.out.info(f"clean inputs: the {len(x)} originals stored in {adversarial}")
     if save_adversarial is not None:
-        check_writable(save_adversarial, force)
-    paths = run.paths(out_dir, force, json=".json", npz=".npz", png=".png")
-    want = tuple(run.model.input_shape or x.shape[1:])
+        check_writable(save_adversarial, output.force)
+    paths = geo.paths(json=".json", npz=".npz", png=".png")
+    want = tuple(geo.model.input_shape or x.shape[1:])
     if aset is not None:
-        x_pert, orig = aset.x_adv[: n or len(aset)], aset.labels[: n or len(aset)]
+        x_pert, orig = aset.x_adv[: ds.n or len(aset)], aset.labels[: ds.n or len(aset)]
         if tuple(x_pert.shape[1:]) != tuple(x.shape[1:]) or tuple(x.shape[1:]) != want:
             raise DataError(f"{adversarial}: inputs of shape {tuple(x_pert.shape[1:])}, the model takes {want}")
         source: dict[str, Any] = {"kind": "file", "path": str(adversarial), **aset.meta}
     else:
-        with run.timer("deepfool"), run.out.progress("DeepFool", len(x)) as prog:
-            df = deepfool(run.model, x, overshoot=overshoot, max_iter=max_iter, batch_size=batch_size,
-                          device=run.dev, progress=prog)
+        with geo.timer("deepfool"), geo.out.progress("DeepFool", len(x)) as prog:
+            df = deepfool(geo.model, x, overshoot=overshoot, max_iter=max_iter, batch_size=run.batch_size,
+                          device=geo.dev, progress=prog)
         ok = (df.converged & (df.iterations > 0)).cpu()
         x_pert, orig = df.x_adv.cpu()[ok], df.labels.cpu()[ok]
         source = {"kind": "deepfool", "overshoot": overshoot, "flipped": int(ok.sum()), "inputs": len(x),
@@ -513,20 +427,20 @@ def geometry_detect(
             save_adversarial_set(save_adversarial, AdversarialSet(
                 x_adv=x_pert, labels=orig, x=x[ok], adv_labels=df.adv_labels.cpu()[ok],
                 meta={"source": "kmtools geometry detect (DeepFool)", "overshoot": overshoot},
-            ), force)
+            ), output.force)
     if not len(x_pert):
         raise DataError("no perturbed input to detect: DeepFool changed no prediction (try a larger -n)")
     h = fd_step if fd_step is not None else default_fd_step(x)
-    common: dict[str, Any] = dict(threshold=threshold, samples=samples, fd_step=h, seed=seed,
-                                  batch_size=batch_size, device=run.dev)
-    with run.timer("detect_clean"), run.out.progress("Algorithm 2 (clean)", len(x)) as prog:
-        dc = detect(run.model, x, method=hvp, progress=prog, **common)
-    with run.timer("detect_perturbed"), run.out.progress("Algorithm 2 (perturbed)", len(x_pert)) as prog:
-        dp = detect(run.model, x_pert, method=dc.method, progress=prog, **common)
+    common: dict[str, Any] = dict(threshold=threshold, samples=samples, fd_step=h, seed=run.seed,
+                                  batch_size=run.batch_size, device=geo.dev)
+    with geo.timer("detect_clean"), geo.out.progress("Algorithm 2 (clean)", len(x)) as prog:
+        dc = detect(geo.model, x, method=hvp, progress=prog, **common)
+    with geo.timer("detect_perturbed"), geo.out.progress("Algorithm 2 (perturbed)", len(x_pert)) as prog:
+        dp = detect(geo.model, x_pert, method=dc.method, progress=prog, **common)
     ev = evaluate_detection(dc, dp, orig)
-    L = run.model.num_classes
+    L = geo.model.num_classes
     results: dict[str, Any] = {
-        "head_kind": run.model.head_kind,
+        "head_kind": geo.model.head_kind,
         "perturbed_source": source,
         "threshold": threshold,
         "samples": samples,
@@ -545,19 +459,19 @@ def geometry_detect(
         "perturbed_rho": dp.to_dict(),
     }
     if asymmetry:
-        with run.timer("asymmetry"):
-            asym = boundary_asymmetry(run.model, x, x_pert=x_pert, samples=samples, method=dc.method, fd_step=h,
-                                      seed=seed, overshoot=overshoot, max_iter=max_iter, batch_size=batch_size,
-                                      device=run.dev)
+        with geo.timer("asymmetry"):
+            asym = boundary_asymmetry(geo.model, x, x_pert=x_pert, samples=samples, method=dc.method, fd_step=h,
+                                      seed=run.seed, overshoot=overshoot, max_iter=max_iter, batch_size=run.batch_size,
+                                      device=geo.dev)
         results["table2"] = asym.to_dict()
     if paths:
         _save_npz(paths["npz"], {
             "rho_clean": _np(dc.rho), "rho_perturbed": _np(dp.rho), "curv_clean": _np(dc.curvatures),
             "curv_perturbed": _np(dp.curvatures), "pred_clean": _np(dc.predictions),
             "pred_perturbed": _np(dp.predictions), "recovered": _np(dp.candidates), "original_labels": _np(orig),
-        }, force)
-        plot_detection_roc(ev, paths["png"], force=force)
-    doc = run.doc(results)
+        }, output.force)
+        plot_detection_roc(ev, paths["png"], force=output.force)
+    doc = geo.doc(results)
 
     def human(con: Console) -> None:
         rows: list[tuple[str, Any]] = [
@@ -579,7 +493,7 @@ def geometry_detect(
                                                                         t2["perturbed_positive"])]
         con.print(kv_table(f"Algorithm 2 at t = {threshold:g} (paper: >95% detection, 74-92% recovery)", rows))
 
-    run.finish(doc, human, paths, force)
+    geo.finish(doc, human, paths)
 
 
 # --------------------------------------------------------------------------------- path
@@ -591,9 +505,11 @@ def _pair(text: str) -> tuple[int, int]:
     return a, b
 
 
+@grouped
 def geometry_path(
-    model_path: ModelArg,
-    data: DataOpt = None,
+    *,
+    mo: ModelOptions,
+    ds: Annotated[DataOptions, Use(add=("download",))],
     pair: Annotated[
         str | None,
         typer.Option("--pair", help="Two input indices 'I,J' (of the first -n inputs) to connect.", show_default=False),
@@ -613,26 +529,8 @@ def geometry_path(
     ] = 0.1,
     overshoot: OvershootOpt = 0.02,
     max_iter: MaxIterOpt = 50,
-    out_dir: OutDirOpt = None,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    split: SplitOpt = "test",
-    n: NOpt = None,
-    download: DownloadOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 256,
-    seed: SeedOpt = 0,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
     """Algorithm 1: a piecewise-linear path between two inputs of one class that stays in its region.
 
@@ -647,37 +545,35 @@ def geometry_path(
     from kmtools.geometry import find_path, path_profile, same_class_pairs
     from kmtools.geometry.plots import plot_path_profile
 
-    run = _Run("path", fmt, quiet, gate, model_path, dict(
-        arch=arch, head=head, num_classes=num_classes, trust=trust_checkpoint, norm=norm, mean=mean, std=std,
-    ), device, seed)
-    x, _ = run.data(data, data_root, split, n, 200, download)
-    paths = run.paths(out_dir, force, json=".json", npz=".npz", png=".png")
+    geo = _Run("path", mo, run, output)
+    x, _ = geo.data(ds, 200)
+    paths = geo.paths(json=".json", npz=".npz", png=".png")
     from kmtools.attacks import decision_scores
 
     with torch.no_grad():
-        pred = torch.cat([decision_scores(run.model, x[i : i + batch_size].to(run.dev)).argmax(1).cpu()
-                          for i in range(0, len(x), batch_size)])
+        pred = torch.cat([decision_scores(geo.model, x[i : i + run.batch_size].to(geo.dev)).argmax(1).cpu()
+                          for i in range(0, len(x), run.batch_size)])
     if pair is not None:
         i, j = _pair(pair)
         if not (0 <= i < len(x) and 0 <= j < len(x)) or i == j:
             raise ConfigError(f"--pair {pair}: need two different indices below {len(x)} (the -n inputs)")
         todo = [(i, j)]
     else:
-        todo = same_class_pairs(pred, pairs, seed)
+        todo = same_class_pairs(pred, pairs, run.seed)
         if not todo:
             raise DataError("no two inputs share a predicted class: use a larger -n")
     recs = []
     found = []
-    with run.timer("paths"), run.out.progress("Algorithm 1", len(todo)) as prog:
+    with geo.timer("paths"), geo.out.progress("Algorithm 1", len(todo)) as prog:
         for done, (i, j) in enumerate(todo, 1):
-            res = find_path(run.model, x[i], x[j], samples=samples, max_depth=max_depth, max_anchors=max_anchors,
-                            overshoot=overshoot, max_iter=max_iter, min_push=min_push, device=run.dev)
+            res = find_path(geo.model, x[i], x[j], samples=samples, max_depth=max_depth, max_anchors=max_anchors,
+                            overshoot=overshoot, max_iter=max_iter, min_push=min_push, device=geo.dev)
             found.append(res)
             recs.append({"pair": [i, j], **res.to_dict()})
             prog(done, len(todo))
     ok = [r for r in found if r.success]
     results: dict[str, Any] = {
-        "head_kind": run.model.head_kind,
+        "head_kind": geo.model.head_kind,
         "pairs": len(found),
         "success": len(ok),
         "success_rate": len(ok) / len(found),
@@ -691,16 +587,16 @@ def geometry_path(
     if paths:
         shown = next((k for k, r in enumerate(found) if not r.straight), 0)
         res = found[shown]
-        s, scores, anchors_s = path_profile(run.model, res.anchors, device=run.dev)
+        s, scores, anchors_s = path_profile(geo.model, res.anchors, device=geo.dev)
         i, j = todo[shown]
-        classes = run.model.classes
-        plot_path_profile(s, scores, anchors_s, paths["png"], label=res.label, class_names=classes, force=force,
+        classes = geo.model.classes
+        plot_path_profile(s, scores, anchors_s, paths["png"], label=res.label, class_names=classes, force=output.force,
                           title=f"Algorithm 1: inputs {i} → {j}, class {classes[res.label]}, "
                           f"{'found' if res.success else 'not found'}, {res.anchors.shape[0]} anchors")
         _save_npz(paths["npz"], {"anchors": _np(res.anchors).astype(np.float32), "pair": np.asarray(todo[shown]),
-                                 "positions": _np(s), "scores": _np(scores)}, force)
+                                 "positions": _np(s), "scores": _np(scores)}, output.force)
         results["plotted_pair"] = list(todo[shown])
-    doc = run.doc(results)
+    doc = geo.doc(results)
 
     def human(con: Console) -> None:
         rows: list[tuple[str, Any]] = [
@@ -717,7 +613,7 @@ def geometry_path(
             rows.append(("failed pairs", ", ".join(f"{r['pair'][0]}-{r['pair'][1]} ({r['reason']})" for r in failed[:5])))
         con.print(kv_table("Algorithm 1: paths inside classification regions (paper: always found)", rows))
 
-    run.finish(doc, human, paths, force)
+    geo.finish(doc, human, paths)
 
 
 app.command("distance")(geometry_distance)

@@ -23,7 +23,7 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except KmtoolsError as exc:
-            if _debug():
+            if _debug(ctx):
                 traceback.print_exc()
             msg = " ".join(str(exc).split())
             typer.echo(f"error: {msg}", err=True)
@@ -44,7 +44,7 @@ class _Group(TyperGroup):
             if is_oom(exc):
                 typer.echo("error: the device ran out of memory: pass a smaller --batch-size", err=True)
                 raise SystemExit(1) from None
-            if _debug():
+            if _debug(ctx):
                 traceback.print_exc()
             first = (str(exc).strip().splitlines() or [""])[0][:300]
             typer.echo(f"error: internal error ({type(exc).__name__}: {first}); rerun with --debug "
@@ -52,8 +52,9 @@ class _Group(TyperGroup):
             raise SystemExit(1) from None
 
 
-def _debug() -> bool:
-    return bool(os.environ.get("KMTOOLS_DEBUG")) or "--debug" in sys.argv
+def _debug(ctx: Any) -> bool:
+    """Tracebacks on: ``--debug`` (its callback in ``cli._options`` marks the context) or ``KMTOOLS_DEBUG``."""
+    return bool(os.environ.get("KMTOOLS_DEBUG")) or bool(ctx.meta.get("kmtools.debug"))
 
 
 app = typer.Typer(

@@ -15,8 +15,7 @@ from kmtools.report import gates
 from kmtools.report.collect import load_run
 from kmtools.report.render import summary, write_report
 from kmtools.report.schema import envelope
-from kmtools_cli._options import DebugOpt, ForceOpt, FormatOpt, GateOpt, QuietOpt
-from kmtools_cli._output import Output
+from kmtools_cli._options import REQUIRED, OutputOptions, Use, grouped
 
 RunArgs = Annotated[
     list[Path],
@@ -27,18 +26,17 @@ RunArgs = Annotated[
 ]
 
 
+ReportOutOpt = Annotated[
+    Path, typer.Option("--out", "-o", help="Report file: .html (self-contained) or .md.", show_default=False)
+]
+
+
+@grouped
 def report(
+    *,
+    output: Annotated[OutputOptions, Use(defaults={"out": REQUIRED}, options={"out": ReportOutOpt})],
     paths: RunArgs,
-    out_path: Annotated[
-        Path,
-        typer.Option("--out", "-o", help="Report file: .html (self-contained) or .md.", show_default=False),
-    ],
-    gate: GateOpt = None,
     title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
-    force: ForceOpt = False,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Write one report of the given runs: the softmax-vs-Gauss table in the layout of the paper's
     Table 1, outlier thresholds, OOD detection, attacks, training curves and figures.
@@ -49,14 +47,15 @@ def report(
 
     Example: kmtools report runs/resnet18/ --out report.html --gate 'gauss.onepixel.rate<=0.15'
     """
-    out = Output(fmt, quiet)
+    out = output.output()
+    assert output.out is not None  # --out is required here
     run = load_run(paths)
     for skipped, why in run.skipped:
         out.info(f"skipped {skipped}: {why}")
     doc = run.gate_doc()
-    outcome = gates.check(gate or [], doc)  # a malformed gate stops here, before any drawing
-    out.info(f"drawing figures and writing {out_path} …")
-    path = write_report(run, out_path, force, gates=outcome, title=title)
+    outcome = gates.check(output.gate or [], doc)  # a malformed gate stops here, before any drawing
+    out.info(f"drawing figures and writing {output.out} …")
+    path = write_report(run, output.out, output.force, gates=outcome, title=title)
     table = summary(run)
     results = {
         "out": str(path),
@@ -72,18 +71,17 @@ def report(
             con.print(_summary_table(table))
 
     out.emit(envelope("report", results), human)
-    out.gate(gate, doc)
+    out.gate(output.gate, doc)
 
 
+@grouped
 def check(
+    *,
+    output: Annotated[OutputOptions, Use(skip=("out", "force"))],
     paths: Annotated[list[Path], typer.Argument(help="Result JSON files and/or run directories.", show_default=False)],
-    gate: GateOpt = None,
     list_paths: Annotated[
         bool, typer.Option("--paths", help="List the paths gates can use on these results, and exit.")
     ] = False,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
 ) -> None:
     """Check --gate conditions on existing results; exit 3 when any fails.
 
@@ -96,8 +94,8 @@ def check(
 
     Example: kmtools check runs/evaluate.json --gate 'gauss.accuracy>=softmax.accuracy-0.003'
     """
-    out = Output(fmt, quiet)
-    if not gate and not list_paths:
+    out = output.output()
+    if not output.gate and not list_paths:
         raise GateError(
             "kmtools check needs at least one --gate EXPR, e.g. --gate 'accuracy>=0.9' (--paths lists them)"
         )
@@ -110,7 +108,7 @@ def check(
 
         out.emit(envelope("check", {"paths": valid}), show)
         return
-    outcome = gates.check(gate or [], doc)
+    outcome = gates.check(output.gate or [], doc)
     failed = [g for g in outcome if not g.passed]
     results = {"passed": not failed, "gates": [g.to_dict() for g in outcome]}
 

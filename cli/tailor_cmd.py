@@ -12,63 +12,37 @@ from rich.console import Console
 from rich.table import Table
 
 from kmtools.errors import ConfigError
-from kmtools.features import extract
 from kmtools.io import write_json
-from kmtools.models import KmModel, require_split, save_model
+from kmtools.models import require_split
 from kmtools.report.schema import envelope
 from kmtools.tailor import HEADS as HEAD_KINDS
-from kmtools.tailor import TailorConfig, check_train_from, init_distributed, tailor
+from kmtools.tailor import TailorConfig, check_train_from, init_distributed
 from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
-from kmtools_cli._options import (
-    AmpOpt,
-    ArchOpt,
-    BatchOpt,
-    DataOpt,
-    DataRootOpt,
-    DebugOpt,
-    DeviceOpt,
-    ForceOpt,
-    FormatOpt,
-    GateOpt,
-    HeadPathOpt,
-    MeanOpt,
-    ModelArg,
-    NOpt,
-    NormOpt,
-    NumClassesOpt,
-    OutOpt,
-    QuietOpt,
-    SeedOpt,
-    StdOpt,
-    TrustOpt,
-)
-from kmtools_cli._output import Output
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
 from kmtools_cli._output import fmt as fmtv
 
 
-def _accuracy(model: KmModel, data: Any, batch: int, dev: torch.device, amp: bool) -> tuple[float, float]:
-    from kmtools.models import head_confidences
-
-    f = extract(model, data, batch_size=batch, device=dev, amp=amp)
-    conf = head_confidences(model.head, f.scores).max(1).values
-    return float((f.predictions == f.labels).double().mean()), float(conf.mean())
-
-
+@grouped
 def tailor_cmd(
-    model_path: ModelArg,
-    data: DataOpt = None,
-    out_dir: OutOpt = None,
+    *,
+    mo: ModelOptions,
+    data: Annotated[DataOptions, Use(skip=("split",))],
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Fine-tuning epochs.")] = 5,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 0.01,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (after a linear warm-up); small, so a converged network is not restarted.")] = 0.002,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
     schedule: Annotated[str, typer.Option("--schedule", help="cosine, onecycle or constant.")] = "cosine",
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay.")] = 5e-4,
     train_from: Annotated[str | None, typer.Option("--train-from", help="First backbone module to train (earlier ones stay frozen), e.g. layer3.")] = None,
-    init: Annotated[str, typer.Option("--init", help="Centroid init: means, equidistant (Theorem 1) or kmeans.")] = "means",
+    init: Annotated[str, typer.Option("--init", help="Centroid init: equidistant (exact Theorem-1 copy of the softmax head, then a ramp to the class means), means or kmeans.")] = "equidistant",
+    ramp_epochs: Annotated[int, typer.Option("--ramp-epochs", help="Epochs over which the centroids move from the exact warm start to the class means (1: the first epoch trains on the warm start).")] = 1,
+    warmup: Annotated[float, typer.Option("--warmup", help="Share of the steps that warm the learning rate up from 0.")] = 0.1,
+    val_data: Annotated[str | None, typer.Option("--val-data", help="Validation data NAME|PATH for selection, early stopping and γ (default: --val-split of the training data).")] = None,
+    val_split: Annotated[float, typer.Option("--val-split", help="Hold out this stratified, seeded fraction of the training data (at most 5,000 items) for validation; 0 = none (harm check off).")] = 0.1,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Points of validation accuracy an exported epoch may lose against the softmax network; training stops beyond it.")] = 0.5,
+    fpr: Annotated[float, typer.Option("--fpr", help="γ is fitted so that the outlier rule κ < 1/c flags this share of the validation data.")] = 0.05,
     ce_weight: Annotated[float, typer.Option("--ce-weight", help="Weight λ of the cross-entropy on log κ (collapse/accuracy guard).")] = 1.0,
-    gamma: Annotated[str, typer.Option("--gamma", help="κ = exp(-γ‖f-C‖²): 'auto' (1/mean within-class sq. distance) or a number (1 = paper).")] = "auto",
-    centroid_update: Annotated[str, typer.Option("--centroid-update", help="epoch (class means of each epoch's features) or ema (also per batch).")] = "epoch",
-    augment: Annotated[str, typer.Option("--augment", help="auto (crop+flip on images >= 28 px), none, crop-flip.")] = "auto",
+    gamma: Annotated[str, typer.Option("--gamma", help="κ = exp(-γ‖f-C‖²) of the exported model: 'auto' (fitted on validation data, see --fpr) or a number (1 = paper).")] = "auto",
+    augment: Annotated[str, typer.Option("--augment", help="auto (crop+flip for cifar10, cifar100, fashion-mnist only), none, crop-flip.")] = "auto",
     head_kind: Annotated[str, typer.Option("--head-kind", "--head-type", help="New head: gauss, rbf, rslvq or glvq (`--head glvq` works too).")] = "gauss",
     prototypes_per_class: Annotated[int, typer.Option("--prototypes-per-class", help="Prototypes per class (rslvq/glvq).")] = 1,
     temperature: Annotated[str, typer.Option("--temperature", help="Temperature T of the rbf head: 'auto' (T = 2σ², the RSLVQ width) or a number.")] = "auto",
@@ -80,60 +54,103 @@ def tailor_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/tailor-checkpoint.pt.")] = False,
     export_formats: Annotated[str, typer.Option("--export", help="Also export: comma list of pt2, onnx ('' for none).")] = "pt2,onnx",
     report: Annotated[bool, typer.Option("--report", help="Write OUT/report.html at the end.")] = False,
-    split_n: NOpt = None,
-    arch: ArchOpt = None,
-    head: HeadPathOpt = None,
-    num_classes: NumClassesOpt = None,
-    trust_checkpoint: TrustOpt = False,
-    norm: NormOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    data_root: DataRootOpt = None,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 128,
-    amp: AmpOpt = True,
-    seed: SeedOpt = 0,
-    force: ForceOpt = False,
-    gate: GateOpt = None,
-    fmt: FormatOpt = "human",
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
+    run: Annotated[RunOptions, Use(add=("amp",), defaults={"batch_size": 128})],
+    output: OutputOptions,
 ) -> None:
     """Fine-tune a trained softmax network into a Gauss network (Algorithm 1, TailorNetwork).
 
-    Features move onto their class centroid C = f(X)Y(YᵀY)⁻¹ (re-estimated every epoch) while
-    a cross-entropy on the nearest-centroid logits keeps accuracy. Writes OUT/gauss.safetensors
-    (kmtools format; OUT/KIND.safetensors for --head rbf/rslvq/glvq), OUT/gauss.pt2 and OUT/gauss.onnx, OUT/tailor.json and a per-epoch
-    checkpoint for --resume. Runs under torchrun (DDP) with statistics summed across ranks.
+    The head starts as an exact copy of the softmax head (Theorem 1 on [f, 1]); the centroids then
+    move to the class means C = f(X)Y(YᵀY)⁻¹ while a scale-free loss pulls features onto them. Each
+    epoch is scored on held-out validation data; the best epoch within --max-drop points of the
+    original accuracy is exported (none: exit 1, checkpoint and tailor.json kept). Writes
+    OUT/gauss.safetensors (kmtools format; OUT/KIND.safetensors for --head rbf/rslvq/glvq),
+    OUT/tailor.json, then OUT/gauss.pt2 and OUT/gauss.onnx, and a per-epoch checkpoint for --resume.
+    Runs under torchrun (DDP) with statistics summed across ranks.
 
     Example: kmtools tailor model.pt --arch resnet18 --norm cifar10 --data cifar10 --epochs 5 --out runs/r18
     """
-    out = Output(fmt, quiet)
+    from kmtools.errors import KmtoolsError
+    from kmtools.tailor.run import run_tailor
+
+    out = output.output()
     timer = Timer()
-    dev = device_of(device)
+    model_path, head, seed = mo.path, mo.head, run.seed
+    dev = device_of(run.device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dev.type == "cuda":
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(dev)
     distributed = init_distributed(dev)
-    rank = torch.distributed.get_rank() if distributed else 0
-    out_dir = out_dir or Path(f"{model_path.stem}-gauss")
-    if head in HEAD_KINDS:
-        head_kind = head
+    out_dir = output.out or Path(f"{model_path.stem}-gauss")
+    if head in HEAD_KINDS:  # `--head glvq` (issue 7's spelling) names the new head's kind
+        head_kind, head = head, None
     target = out_dir / f"{head_kind}.safetensors"
-    if target.exists() and not (force or resume):
+    if target.exists() and not (output.force or resume):
         raise ConfigError(f"{target} already exists: pass --force to overwrite it (or --resume)")
+    if not 0 <= val_split < 1:
+        raise ConfigError(f"--val-split must be a fraction in [0, 1), got {val_split}")
     g_val: float | None = None
     if gamma != "auto":
         try:
             g_val = float(gamma)
         except ValueError as exc:
             raise ConfigError(f"--gamma must be 'auto' or a number, not {gamma!r}") from exc
-    if head in HEAD_KINDS:  # `--head glvq` (issue 7's spelling) names the new head's kind
-        head_kind, head = head, None
+    cfg = TailorConfig(
+        epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
+        batch_size=run.batch_size, train_from=train_from, init=init, ramp_epochs=ramp_epochs, ce_weight=ce_weight,
+        gamma=g_val, fpr=fpr, max_drop=max_drop, augment=augment, amp=run.amp, channels_last=run.amp, seed=seed,
+        head=head_kind, head_options=_head_options(head_kind, prototypes_per_class, proto_init, temperature,
+                                                   normaliser, sigma, squashing, slope),
+    )
+    cfg.validate()
+    with timer("load"):
+        model = open_model(model_path, **(mo.load_kwargs() | {"head": head}))
+    require_split(model, "kmtools tailor")
+    check_train_from(model.backbone, train_from)
+    if model.head_kind != "softmax":
+        raise ConfigError(f"{model_path} already has a {model.head_kind} head: tailor starts from a softmax network")
+    train = data.load(model, split="train")
+    test = data.load(model, split="test", n=None)
+    val = open_data(val_data, root=data.data_root, split="train", model=model) if val_data else None
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def record(results: dict[str, Any]) -> None:
+        doc = envelope("tailor", results, model=describe_model(model_path, model), data=train.to_dict(),
+                       seed=seed, device=dev, timings=timer.timings)
+        write_json(out_dir / "tailor.json", doc, force=True)
+
+    with timer("tailor"), out.progress("tailor", epochs) as prog:
+        done = run_tailor(model, train, test, cfg, out_dir=out_dir, val=val, val_split=val_split, device=dev,
+                         resume=resume, export_formats=tuple(f for f in export_formats.replace(" ", "").split(",") if f),
+                         write_record=record, progress=prog, log=out.info)
+    rank = torch.distributed.get_rank() if distributed else 0
+    if rank == 0:
+        results = done.results
+        results["files"]["tailor"] = str(out_dir / "tailor.json")
+        if report and done.ok:
+            from kmtools.report.collect import load_run
+            from kmtools.report.render import write_report
+
+            write_report(load_run([out_dir]), out_dir / "report.html", force=True)
+            results["files"]["report"] = str(out_dir / "report.html")
+        doc = envelope("tailor", results, model=describe_model(model_path, model), data=train.to_dict(),
+                       seed=seed, device=dev, timings=timer.timings)
+        out.emit(doc, lambda con: _human(con, model_path, target, head_kind, results))
+        if not done.ok:
+            raise KmtoolsError(
+                f"no epoch kept validation accuracy within --max-drop {max_drop} points: no {head_kind} model "
+                f"written ({out_dir / 'tailor.json'} and the checkpoint are kept); try a lower --lr"
+            )
+        out.gate(output.gate, doc)
+    if distributed:
+        torch.distributed.destroy_process_group()
+
+
+def _head_options(kind: str, m: int, proto_init: str | None, temperature: str, normaliser: str,
+                  sigma: float | None, squashing: str, slope: float) -> dict[str, Any]:
     opts: dict[str, Any] = {}
-    if head_kind in ("rslvq", "glvq", "rbf"):
-        opts.update(prototypes_per_class=prototypes_per_class, init=proto_init)
-    if head_kind == "rbf":
+    if kind in ("rslvq", "glvq", "rbf"):
+        opts.update(prototypes_per_class=m, init=proto_init)
+    if kind == "rbf":
         t_val: float | None = None
         if temperature != "auto":
             try:
@@ -141,80 +158,43 @@ def tailor_cmd(
             except ValueError as exc:
                 raise ConfigError(f"--temperature must be 'auto' or a number, not {temperature!r}") from exc
         opts.update(temperature=t_val, normaliser=normaliser)
-    if head_kind == "rslvq":
+    if kind == "rslvq":
         opts["sigma"] = sigma
-    if head_kind == "glvq":
+    if kind == "glvq":
         opts.update(squashing=squashing, slope=slope)
-    cfg = TailorConfig(
-        epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule, weight_decay=weight_decay,
-        batch_size=batch_size, train_from=train_from, init=init, ce_weight=ce_weight, gamma=g_val,
-        centroid_update=centroid_update, augment=augment, amp=amp, channels_last=amp, seed=seed,
-        head=head_kind, head_options=opts,
-    )
-    cfg.validate()
-    with timer("load"):
-        model = open_model(model_path, arch=arch, head=head, num_classes=num_classes,
-                           trust=trust_checkpoint, norm=norm, mean=mean, std=std)
-    require_split(model, "kmtools tailor")
-    check_train_from(model.backbone, train_from)
-    if model.head_kind != "softmax":
-        raise ConfigError(f"{model_path} already has a {model.head_kind} head: tailor starts from a softmax network")
-    train = open_data(data, root=data_root, split="train", n=split_n, model=model)
-    test = open_data(data, root=data_root, split="test", model=model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with timer("evaluate_before"):
-        acc0, conf0 = _accuracy(model, test.dataset, max(batch_size, 256), dev, amp)
-    out.info(f"original: test accuracy {acc0:.4f}, mean softmax confidence {conf0:.3f}")
-    with timer("tailor"), out.progress("tailor", epochs) as prog:
-        res = tailor(model, train.dataset, cfg, device=dev, checkpoint=out_dir / "tailor-checkpoint.pt",
-                     resume=resume, progress=prog,
-                     log=out.info)
-    gm = res.model
-    with timer("evaluate_after"):
-        acc1, conf1 = _accuracy(gm, test.dataset, max(batch_size, 256), dev, amp)
-    results: dict[str, Any] = {
-        "softmax": {"accuracy": acc0, "mean_confidence": conf0},
-        "gauss" if head_kind == "gauss" else head_kind: {"accuracy": acc1, "mean_confidence": conf1,
-                                                         "threshold": gm.threshold},
-        "accuracy_change": acc1 - acc0,
-        "gamma": float(getattr(gm.head, "gamma", float("nan"))),
-        **res.to_dict(),
-        "files": {},
-    }
-    if rank == 0:
-        with timer("save"):
-            save_model(gm, target, force=True)
-            results["files"]["kmtools"] = str(target)
-            formats = [f for f in export_formats.replace(" ", "").split(",") if f]
-            if formats:
-                from kmtools.export import export
+    return opts
 
-                ex = export(gm, target, formats=tuple(formats), force=True)
-                results["export"] = ex.to_dict()
-        doc = envelope("tailor", results, model=describe_model(model_path, model), data=train.to_dict(),
-                       seed=seed, device=dev, timings=timer.timings)
-        write_json(out_dir / "tailor.json", doc, force=True)
-        if report:
-            from kmtools.report.collect import load_run
-            from kmtools.report.render import write_report
 
-            write_report(load_run([out_dir]), out_dir / "report.html", force=True)
-            results["files"]["report"] = str(out_dir / "report.html")
+def _human(con: Console, model_path: Path, target: Path, kind: str, r: dict[str, Any]) -> None:
+    t = Table(title=f"tailor: {model_path} -> {target if r.get('selected_epoch') else '(nothing exported)'}",
+              title_justify="left")
+    t.add_column("")
+    t.add_column("softmax (original)")
+    t.add_column(f"{kind} network (epoch {r.get('selected_epoch') or '–'})")
+    test = r.get("test")
+    if test:
+        def acc(d: dict[str, Any]) -> str:
+            return f"{fmtv(d['accuracy'])} ({fmtv(d['accuracy_lo'])}–{fmtv(d['accuracy_hi'])})"
 
-        def human(con: Console) -> None:
-            t = Table(title=f"tailor: {model_path} -> {target}", title_justify="left")
-            t.add_column("")
-            t.add_column("softmax (original)")
-            t.add_column(f"{head_kind} network")
-            t.add_row("test accuracy", fmtv(acc0), fmtv(acc1))
-            t.add_row("mean confidence", fmtv(conf0), fmtv(conf1))
-            t.add_row("epochs", "", str(len(res.history)))
-            con.print(t)
-
-        out.emit(doc, human)
-        out.gate(gate, doc)
-    if distributed:
-        torch.distributed.destroy_process_group()
+        t.add_row("test accuracy (95% CI)", acc(test["softmax"]), acc(test["gauss"]))
+        ch = test["accuracy_change"]
+        t.add_row("paired change (95% CI)", "", f"{100 * ch['diff']:+.2f} pts ({100 * ch['diff_lo']:+.2f} to "
+                  f"{100 * ch['diff_hi']:+.2f}), McNemar p={ch['p_value']:.3g}")
+        t.add_row("mean confidence", fmtv(test["softmax"]["mean_confidence"]), fmtv(test["gauss"]["mean_confidence"]))
+    h0 = r["history"][0] if r.get("history") else {}
+    sel = next((h for h in r.get("history", []) if h["epoch"] == r.get("selected_epoch")), None)
+    if h0.get("softmax_val_accuracy") is not None:
+        t.add_row("validation accuracy", fmtv(h0["softmax_val_accuracy"]), fmtv(sel["val_accuracy"]) if sel else "–")
+    b = r.get("benefit") or {}
+    if b:
+        t.add_row("noise AUROC (validation)", fmtv(b["softmax"]["noise_auroc"]), fmtv(b["gauss"]["noise_auroc"]))
+        t.add_row("scatter / gap² (validation)", fmtv(b["softmax"]["scatter_over_gap2"]),
+                  fmtv(b["gauss"]["scatter_over_gap2"]))
+    g = r.get("gamma_fit") or {}
+    if g:
+        t.add_row("γ, outliers at κ < 1/c", "", f"{g['gamma']:.4g}: flags {g['val_flagged_at_threshold']:.1%} of validation")
+    t.add_row("epochs run", "", f"{len(r.get('history', [])) - 1}{' (stopped early)' if r.get('stopped_early') else ''}")
+    con.print(t)
 
 
 def register(app: typer.Typer) -> None:

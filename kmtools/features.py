@@ -145,8 +145,9 @@ def _forward(model: KmModel, x: torch.Tensor, chunk: int, device: torch.device, 
     for i in range(0, len(x), chunk):
         with autocast(device, amp):
             f = model.features(x[i : i + chunk])
-            s = model.head(f)
-        fs.append(f.float().cpu())
+        f = f.float()
+        s = model.head(f)  # the head in float32 even under bf16 autocast (κ underflows in bf16)
+        fs.append(f.cpu())
         ss.append(s.float().cpu())
     return torch.cat(fs), torch.cat(ss)
 

@@ -29,7 +29,7 @@ def tailored(digits_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     out = tmp_path_factory.mktemp("run") / "g"
     res = runner.invoke(app, ["tailor", str(digits_ckpt), "--data", "digits", "--epochs", "3", "--lr", "0.02",
                               "--out", str(out), "--export", "", "--format", "json", "--quiet",
-                              "--gate", "results.accuracy_change>=-0.01"])
+                              "--gate", "results.accuracy_change>=-0.01", "--gate", "results.max_drop_ok==1"])
     assert res.exit_code == 0, res.output
     return out, json.loads(res.stdout)
 
@@ -40,7 +40,15 @@ def test_tailor_keeps_accuracy_and_writes_a_gauss_model(tailored: tuple[Path, di
     r = doc["results"]
     assert r["gauss"]["accuracy"] >= r["softmax"]["accuracy"] - 0.01  # issue 4: within 1 point on digits
     assert r["gauss"]["mean_confidence"] < r["softmax"]["mean_confidence"]
-    assert len(r["history"]) == 3 and r["history"][-1]["scatter"] < r["history"][0]["scatter"]
+    assert [h["epoch"] for h in r["history"]] == [0, 1, 2, 3]  # epoch 0 = before any step
+    h0 = r["history"][0]
+    assert h0["val_accuracy"] == h0["softmax_val_accuracy"]  # the exact warm start changes nothing
+    assert r["selected_epoch"] >= 1 and r["max_drop_ok"] == 1 and r["accuracy_drop"] <= 0.5
+    assert r["validation"]["source"] == "split" and r["validation"]["n"] == 136  # round(0.1 · 1348), stratified
+    b = r["benefit"]
+    assert b["gauss"]["scatter_over_gap2"] < b["softmax"]["scatter_over_gap2"]  # scale-free separation
+    ch = r["test"]["accuracy_change"]
+    assert ch["diff_lo"] <= ch["diff"] <= ch["diff_hi"] and 0 <= ch["p_value"] <= 1
     assert (out / "gauss.safetensors").is_file() and (out / "tailor.json").is_file()
     assert (out / "tailor-checkpoint.pt").is_file()
     gm = load_model(out / "gauss.safetensors")  # no --arch needed

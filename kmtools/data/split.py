@@ -8,6 +8,7 @@ the part that tailoring does not use for validation: its validation data is trul
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import torch
 
@@ -55,3 +56,19 @@ def holdout_split(
 def indices_digest(idx: torch.Tensor) -> str:
     """sha256 of an index list (to record which items a split held out)."""
     return hashlib.sha256(torch.as_tensor(idx).long().numpy().tobytes()).hexdigest()
+
+
+def labels_of(dataset: Any) -> torch.Tensor:
+    """All labels of a dataset, without decoding inputs where the dataset allows it."""
+    from torch.utils.data import Subset
+
+    from kmtools.data.registry import _labels
+    from kmtools.features import as_tensors
+
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(list(dataset.indices), dtype=torch.long)]
+    y = _labels(dataset)
+    if y is None:
+        t = as_tensors(dataset)
+        y = t[1] if t is not None else torch.tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    return torch.as_tensor(y).long()

@@ -509,6 +509,7 @@ def _from_kmtools(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: 
         if c is None:
             raise CheckpointError(f"{path}: a Gauss model without 'head.centroids'")
         head = GaussHead(torch.zeros_like(c), gamma=float(head_cfg.get("gamma", 1.0)))
+        tensors.setdefault("head.offsets", torch.zeros(len(c)))  # files from before offsets existed
     else:
         head = _prototype_head(kind, head_cfg, tensors, path)
     model = KmModel(base.backbone, head, base.normalize, arch=arch, arch_kwargs=kwargs,

@@ -60,12 +60,24 @@ class GaussHead(nn.Module):
 
     gamma: torch.Tensor
 
-    def __init__(self, centroids: torch.Tensor, gamma: float = 1.0) -> None:
+    offsets: torch.Tensor
+
+    def __init__(self, centroids: torch.Tensor, gamma: float = 1.0, offsets: torch.Tensor | None = None) -> None:
         super().__init__()
         if centroids.dim() != 2:
             raise ConfigError(f"centroids must be (classes, features), got shape {tuple(centroids.shape)}")
         self.centroids = nn.Parameter(centroids.detach().clone().float(), requires_grad=False)
         self.register_buffer("gamma", torch.tensor(float(gamma)))
+        off = torch.zeros(len(centroids)) if offsets is None else offsets.detach().clone().float().flatten()
+        if off.shape != (len(centroids),) or bool((off < 0).any()):
+            raise ConfigError("Gauss head offsets must be one non-negative value per class")
+        self.register_buffer("offsets", off)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Files written before offsets existed load with zero offsets (the paper's head)."""
+        if prefix + "offsets" not in state_dict and prefix + "centroids" in state_dict:
+            state_dict[prefix + "offsets"] = torch.zeros(len(state_dict[prefix + "centroids"]))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @property
     def num_classes(self) -> int:
@@ -77,8 +89,16 @@ class GaussHead(nn.Module):
         return (f.unsqueeze(1) - c.unsqueeze(0)).pow(2).sum(-1)
 
     def log_kappa(self, f: torch.Tensor) -> torch.Tensor:
-        """log κ = -γ‖f - C_k‖²; the nearest-centroid logits used for training."""
-        return -self.gamma.to(f.dtype) * self.sq_dist(f)
+        """log κ = -γ(‖f - C_k‖² + o_k); the nearest-centroid logits used for training.
+
+        The offsets o_k ≥ 0 are zero for the paper's head. They are the bias coordinate of
+        Theorem 1 on [f, 1] (o_k = (1 - a_k)² for a centroid (C_k, a_k)): the exact
+        warm start of ``kmtools.tailor`` carries the softmax head's biases in them."""
+        return -self.gamma.to(f.dtype) * (self.sq_dist(f) + self.offsets.to(f.dtype))
+
+    @property
+    def has_offsets(self) -> bool:
+        return bool((self.offsets != 0).any())
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return torch.exp(self.log_kappa(f))
