@@ -177,6 +177,61 @@ def theorem2_margin(
     return (half_gap[k] - own).clamp_min(0.0)
 
 
+def boundary_distance(features: torch.Tensor, head: nn.Module, predictions: torch.Tensor) -> torch.Tensor | None:
+    """Exact feature-space distance from f(x) to the decision boundary of ``head``, per input
+    (float64), or None for heads whose boundary is not a union of hyperplanes.
+
+    The region where class k wins is an intersection of half-spaces {s_k ≥ s_l}, so the
+    distance from a point inside it to its boundary is the smallest distance to one of the
+    hyperplanes s_k = s_l:
+
+    * Gauss (and any nearest-centroid head with one shared γ): the bisector of C_k and C_l,
+      distance (‖f - C_l‖² - ‖f - C_k‖²) / (2‖C_l - C_k‖);
+    * softmax (linear head z = Wf + b): (z_k - z_l) / ‖w_k - w_l‖.
+
+    ``predictions`` is the predicted class k (its argmax); inputs predicted otherwise get a
+    non-positive distance. Theorem 2's margin is a lower bound of this (see
+    :func:`theorem2_margin`).
+    """
+    f = features.detach().double()
+    k = predictions.to(f.device).long()
+    cents = getattr(head, "centroids", None)
+    if hasattr(head, "log_kappa") and isinstance(cents, torch.Tensor):
+        c = cents.detach().double().to(f.device)
+        d2 = torch.cdist(f, c).pow(2)
+        num = d2 - d2.gather(1, k[:, None])
+        den = 2.0 * torch.cdist(c, c)[k]
+    elif isinstance(head, nn.Linear):
+        w = head.weight.detach().double().to(f.device)
+        b = (head.bias.detach().double().to(f.device) if head.bias is not None
+             else torch.zeros(w.shape[0], dtype=f.dtype, device=f.device))
+        z = f @ w.T + b
+        num = z.gather(1, k[:, None]) - z
+        den = (w[k][:, None, :] - w[None, :, :]).norm(dim=2)
+    else:
+        return None
+    dist = num / den.clamp_min(1e-300)
+    dist = torch.where(den > 0, dist, torch.full_like(dist, math.inf))
+    dist.scatter_(1, k[:, None], math.inf)
+    return dist.min(1).values
+
+
+def _log_confidence(head: nn.Module, f64: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """float64 log-confidence of the predicted class: log κ for Gauss heads, log-softmax of
+    the logits computed so that saturated probabilities keep their order, else log of the
+    head's confidence rule."""
+    if hasattr(head, "log_kappa"):
+        return head.log_kappa(f64).gather(1, pred[:, None])[:, 0]  # type: ignore[operator,no-any-return]
+    scores = head(f64)
+    if isinstance(head, nn.Linear):
+        z = scores.double()
+        zk = z.gather(1, pred[:, None])
+        rest = (z - zk).scatter(1, pred[:, None], float("-inf"))
+        return -nn.functional.softplus(torch.logsumexp(rest, dim=1))
+    conf = head_confidences(head, scores).double()
+    return conf.gather(1, pred[:, None])[:, 0].clamp_min(1e-300).log()
+
+
 def _theorem2_space(model: KmModel) -> tuple[str, torch.Tensor, bool] | None:
     """(description, centroids, augmented) for the model's head, or None when Theorem 2 does
     not apply (a head without class centroids)."""
@@ -220,6 +275,14 @@ def noise_batches(
 # --------------------------------------------------------------------------- result
 
 
+def _interval(name: str, k: int, n: int, count: str) -> dict[str, Any]:
+    """``{name_lo, name_hi, count}``: the 95% Wilson interval of k/n beside the rate ``name``."""
+    from kmtools.stats import wilson
+
+    r = wilson(k, n)
+    return {f"{name}_lo": r.lo, f"{name}_hi": r.hi, count: k}
+
+
 def _empty(dtype: Any) -> np.ndarray:
     return np.zeros(0, dtype=dtype)
 
@@ -252,6 +315,15 @@ class EvalResult:
     lipschitz: float | None = None
     ood_confidence: dict[str, np.ndarray] = field(default_factory=dict)
     ood_prediction: dict[str, np.ndarray] = field(default_factory=dict)
+    log_confidence: np.ndarray | None = None
+    ood_log_confidence: dict[str, np.ndarray] = field(default_factory=dict)
+    boundary: np.ndarray | None = None
+    lipschitz_is_bound: bool = False
+    val_confidence: np.ndarray | None = None
+    val_correct: np.ndarray | None = None
+    fit_mask: np.ndarray | None = None
+    threshold_fit: str = "evaluated set"
+    n_boot: int = 200
     proto_index: np.ndarray = field(default_factory=lambda: _empty(np.int64))
     proto_conf: np.ndarray = field(default_factory=lambda: _empty(np.float32))
     proto_labels: np.ndarray = field(default_factory=lambda: _empty(np.int64))
@@ -285,7 +357,35 @@ class EvalResult:
 
     @property
     def recommended_threshold(self) -> float | None:
+        """Fitted on the validation data, else on the seeded half ``fit_mask`` (never on the
+        inputs :meth:`threshold_heldout` reports on), else on all inputs."""
+        if self.val_confidence is not None and self.val_correct is not None:
+            return recommended_threshold(self.val_confidence, self.val_correct)
+        if self.fit_mask is not None:
+            return recommended_threshold(self.confidence[self.fit_mask], self.correct[self.fit_mask])
         return recommended_threshold(self.confidence, self.correct)
+
+    @property
+    def report_mask(self) -> np.ndarray:
+        """Inputs the threshold is reported on: all but the fitting half."""
+        return ~self.fit_mask if self.fit_mask is not None else np.ones(self.n, dtype=bool)
+
+    def threshold_heldout(self) -> dict[str, Any] | None:
+        """The recommended threshold on inputs it was not fitted on: ``correct_kept`` (share
+        of the correctly classified inputs at or above it; the target is 95%) and
+        ``flagged`` (share of all inputs below it), each with a 95% Wilson interval."""
+        t = self.recommended_threshold
+        if t is None:
+            return None
+        m = self.report_mask
+        conf, ok = self.confidence[m], self.correct[m]
+        from kmtools.stats import wilson
+
+        return {
+            "fit_on": self.threshold_fit, "threshold": t,
+            "correct_kept": wilson(int((conf[ok] >= t).sum()), int(ok.sum())).to_dict(count="kept"),
+            "flagged": wilson(int((conf < t).sum()), int(m.sum())).to_dict(count="flagged"),
+        }
 
     @property
     def ood_source(self) -> str | None:
@@ -309,11 +409,21 @@ class EvalResult:
         if src is None or src not in self.ood_confidence or self.ood_confidence[src].size == 0:
             return None
         nc = self.ood_confidence[src].astype(np.float64)
+        # scores compared as float64 log-confidences where available (no ties from saturation)
+        pos, neg = self.confidence.astype(np.float64), nc
+        if self.log_confidence is not None and src in self.ood_log_confidence:
+            pos, neg = self.log_confidence, self.ood_log_confidence[src]
+        from kmtools.ood import ood_metrics
+
+        m = ood_metrics(pos, neg, n_boot=self.n_boot)
         return {
             "source": src,
             "n": int(nc.size),
-            "auroc": auroc(self.confidence, nc),
-            "fpr95": fpr_at_tpr(self.confidence, nc, TPR_LEVEL),
+            "score": "log_confidence" if pos is self.log_confidence else "confidence",
+            "auroc": m["auroc"], "auroc_lo": m["auroc_lo"], "auroc_hi": m["auroc_hi"],
+            "aupr_in": m["aupr_in"], "aupr_in_lo": m["aupr_in_lo"], "aupr_in_hi": m["aupr_in_hi"],
+            "aupr_out": m["aupr_out"], "aupr_out_lo": m["aupr_out_lo"], "aupr_out_hi": m["aupr_out_hi"],
+            "fpr95": m["fpr95"],
             "mean_ood_confidence": float(nc.mean()),
             "ood_outlier_rate": float((nc < self.threshold).mean()),
         }
@@ -341,6 +451,25 @@ class EvalResult:
         out = {src: self.ood_metrics(src) for src in self.ood_confidence}
         return out or None
 
+    def _boundary_dict(self) -> dict[str, Any] | None:
+        """The exact feature-space distance to the decision boundary (see
+        :func:`boundary_distance`), and divided by L_p: an input-space *estimate* unless L_p
+        is a true upper bound (``input_is_bound``)."""
+        if self.boundary is None:
+            return None
+        feat = summary(self.boundary)
+        inp = summary(self.boundary / float(self.lipschitz)) if self.lipschitz is not None else None
+        out: dict[str, Any] = {
+            "method": "bisector of the centroids" if self.head_kind == "gauss" else "logit gap / ||w_k - w_l||",
+            "space": "feature",
+        }
+        for key in ("mean", "median", "min", "p05"):
+            out[key] = feat[key] if feat else None
+        out["input"] = inp
+        out["lipschitz"] = self.lipschitz
+        out["input_is_bound"] = bool(self.lipschitz is not None and self.lipschitz_is_bound)
+        return out
+
     def _theorem2_dict(self) -> dict[str, Any] | None:
         if self.margin is None:
             return None
@@ -348,9 +477,11 @@ class EvalResult:
         inp = summary(self.input_bound) if self.input_bound is not None else None
         main = inp if inp is not None else feat
         out: dict[str, Any] = {
+            "role": "corollary: a loose lower bound of the exact boundary distance (see boundary)",
             "centroids": self.theorem2_centroids,
             "space": "input" if inp is not None else "feature",
             "lipschitz": self.lipschitz,
+            "lipschitz_estimate": not self.lipschitz_is_bound,
         }
         for key in ("mean", "median", "min", "p05"):
             out[key] = main[key] if main else None
@@ -409,14 +540,19 @@ class EvalResult:
             "n": self.n,
             "num_classes": self.num_classes,
             "accuracy": self.accuracy,
+            **_interval("accuracy", int(ok.sum()), self.n, "correct"),
             "mean_confidence": self.mean_confidence,
             "mean_confidence_correct": float(conf[ok].mean()) if ok.any() else None,
             "mean_confidence_wrong": float(conf[~ok].mean()) if (~ok).any() else None,
             "threshold": float(self.threshold),
             "outlier_rate": self.outlier_rate,
+            **_interval("outlier_rate", int((self.confidence < self.threshold).sum()), self.n, "outliers"),
             "recommended_threshold": self.recommended_threshold,
+            "threshold_fit": self.threshold_fit,
+            "threshold_heldout": self.threshold_heldout(),
             "ood": self.ood_metrics(),
             "ood_by_source": self._ood_by_source(),
+            "boundary": self._boundary_dict(),
             "theorem2": self._theorem2_dict(),
             "reject": self._reject_dict(),
         }
@@ -435,6 +571,10 @@ class EvalResult:
             "prediction": self.prediction,
             "label": self.label,
         }
+        if self.boundary is not None:
+            out["boundary"] = self.boundary
+        if self.log_confidence is not None:
+            out["log_confidence"] = self.log_confidence
         if self.margin is not None:
             out["margin"] = self.margin
             if self.input_bound is not None:
@@ -578,6 +718,20 @@ def _forward(
     return f, conf, _predict(model.head, f, scores)
 
 
+def _confidence_correct(model: KmModel, data: Any, batch_size: int, dev: torch.device, amp: bool,
+                        workers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted-class confidence and correctness on validation data (for the threshold)."""
+    dataset, _, _ = _as_dataset(data)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise DataError("the validation data is empty")
+    confs, oks = [], []
+    for x, y in loader(dataset, batch_size, dev, workers):
+        _, conf, pred = _forward(model, x.to(dev), dev, amp)
+        confs.append(conf.gather(1, pred[:, None])[:, 0].cpu().numpy())
+        oks.append((pred.cpu() == torch.as_tensor(y).long()).numpy())
+    return np.concatenate(confs).astype(np.float32), np.concatenate(oks)
+
+
 def evaluate(
     model: KmModel,
     data: Dataset[Any] | Any,
@@ -592,6 +746,10 @@ def evaluate(
     lipschitz: float | None = None,
     per_class: int = 1,
     workers: int = 0,
+    val_data: Dataset[Any] | Any | None = None,
+    val_seed: int = 0,
+    lipschitz_is_bound: bool = False,
+    n_boot: int = 200,
 ) -> EvalResult:
     """Evaluate ``model`` on ``data`` (and OOD inputs) in one streaming pass.
 
@@ -609,6 +767,11 @@ def evaluate(
         lipschitz: a Lipschitz modulus L_p of x ↦ f_p(x) (pixel space, normalisation
             included); with it the Theorem 2 margin is also reported as an input-space bound.
         per_class: prototypes and outliers kept per class (paper Fig. 3).
+        val_data: validation inputs the recommended threshold is fitted on; without them it
+            is fitted on a seeded half of ``data`` (``val_seed``) and reported on the other.
+        lipschitz_is_bound: ``lipschitz`` is a true upper bound (input-space distances are
+            then bounds; otherwise they are labelled estimates).
+        n_boot: bootstrap resamples for the OOD metrics' intervals (0: none).
 
     Theorem 2 is evaluated with the Gauss head's centroids C for a Gauss network, and with
     the equidistant centroids Z of Theorem 1 (bias-augmented features [f(x), 1], which have
@@ -636,6 +799,11 @@ def evaluate(
     cents = space[1].to(dev) if space is not None else None
     total = total_in + n_ood
 
+    import copy
+
+    head64 = copy.deepcopy(model.head).double()
+    logs: list[np.ndarray] = []
+    bounds: list[np.ndarray] = []
     confs: list[np.ndarray] = []
     lconfs: list[np.ndarray] = []
     preds: list[np.ndarray] = []
@@ -659,6 +827,12 @@ def evaluate(
             )
         pc = conf.gather(1, pred[:, None]).squeeze(1)
         lc = conf.gather(1, yd[:, None]).squeeze(1)
+        with torch.no_grad():
+            f64 = f.double()
+            logs.append(_log_confidence(head64, f64, pred).cpu().numpy())
+            bd = boundary_distance(f64, head64, pred) if c >= 2 else None
+        if bd is not None:
+            bounds.append(bd.cpu().numpy())
         confs.append(pc.cpu().numpy())
         lconfs.append(lc.cpu().numpy())
         preds.append(pred.cpu().numpy())
@@ -675,6 +849,7 @@ def evaluate(
 
     ood_conf: dict[str, np.ndarray] = {}
     ood_pred: dict[str, np.ndarray] = {}
+    ood_log: dict[str, np.ndarray] = {}
     for name, src, n_src in sources:
         batches: Any
         if isinstance(src, str):
@@ -683,22 +858,34 @@ def evaluate(
             batches = noise_batches(src, n_src, shape, seed=seed, batch_size=batch_size)
         else:
             batches = (b[0] for b in loader(src, batch_size, dev, workers))
-        nc, npd = [], []
+        nc, npd, nlog = [], [], []
         for xb in batches:
             xb = xb.to(dev, non_blocking=True)
             if shape is not None and tuple(xb.shape[1:]) != tuple(shape):
                 raise DataError(
                     f"OOD inputs ({name}) have shape {tuple(xb.shape[1:])} but the model expects {tuple(shape)}"
                 )
-            _, conf, pred = _forward(model, xb, dev, amp)
+            fo, conf, pred = _forward(model, xb, dev, amp)
             nc.append(conf.gather(1, pred[:, None]).squeeze(1).cpu().numpy())
+            with torch.no_grad():
+                nlog.append(_log_confidence(head64, fo.double(), pred).cpu().numpy())
             npd.append(pred.cpu().numpy())
             done += len(xb)
             if progress:
                 progress(done, total)
         ood_conf[name] = np.concatenate(nc).astype(np.float32) if nc else _empty(np.float32)
         ood_pred[name] = np.concatenate(npd).astype(np.int64) if npd else _empty(np.int64)
+        ood_log[name] = np.concatenate(nlog).astype(np.float64) if nlog else _empty(np.float64)
 
+    val_conf = val_ok = fit_mask = None
+    fit = "evaluated set (too few inputs to split)"
+    if val_data is not None:
+        val_conf, val_ok = _confidence_correct(model, val_data, batch_size, dev, amp, workers)
+        fit = "validation data"
+    elif done >= 2:
+        fit_mask = np.zeros(total_in, dtype=bool)
+        fit_mask[np.random.default_rng(val_seed).permutation(total_in)[: total_in // 2]] = True
+        fit = f"seeded half of the evaluated set (seed {val_seed}); reported on the other half"
     img_shape = tuple(shape or ())
     p_idx, p_conf, p_lab, p_img = extremes.arrays(extremes.top, img_shape)
     o_idx, o_conf, o_lab, o_img = extremes.arrays(extremes.bottom, img_shape)
@@ -715,6 +902,15 @@ def evaluate(
         lipschitz=float(lipschitz) if lipschitz is not None else None,
         ood_confidence=ood_conf,
         ood_prediction=ood_pred,
+        log_confidence=np.concatenate(logs).astype(np.float64),
+        ood_log_confidence=ood_log,
+        boundary=np.concatenate(bounds).astype(np.float64) if bounds else None,
+        lipschitz_is_bound=bool(lipschitz_is_bound),
+        val_confidence=val_conf,
+        val_correct=val_ok,
+        fit_mask=fit_mask,
+        threshold_fit=fit,
+        n_boot=n_boot,
         proto_index=p_idx, proto_conf=p_conf, proto_labels=p_lab, proto_images=p_img,
         outlier_index=o_idx, outlier_conf=o_conf, outlier_labels=o_lab, outlier_images=o_img,
     )
@@ -726,6 +922,7 @@ __all__ = [
     "NOISE_KINDS",
     "EvalResult",
     "auroc",
+    "boundary_distance",
     "evaluate",
     "fpr_at_tpr",
     "noise_batches",

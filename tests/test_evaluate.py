@@ -107,8 +107,22 @@ def test_recommended_threshold_is_5th_percentile() -> None:
     assert 0.94 <= (conf[ok] >= t).mean() <= 0.96
     assert recommended_threshold(conf, np.zeros(1000, dtype=bool)) is None
     # through evaluate
+    # through evaluate: fitted on a seeded half, never on the inputs it is reported on
     res = evaluate(gauss_2d(), TensorDataset(torch.randn(300, 2) * 1.5, torch.randint(0, 3, (300,))))
-    assert res.recommended_threshold == pytest.approx(np.percentile(res.confidence[res.correct], 5))
+    fit = res.fit_mask
+    assert fit is not None and fit.sum() == 150
+    assert res.recommended_threshold == pytest.approx(np.percentile(res.confidence[fit & res.correct], 5))
+    held = res.to_dict()["threshold_heldout"]
+    assert held["correct_kept"]["n"] == int((~fit & res.correct).sum())
+    assert held["flagged"]["n"] == 150 and "seeded half" in res.to_dict()["threshold_fit"]
+    again = evaluate(gauss_2d(), TensorDataset(torch.randn(300, 2) * 1.5, torch.randint(0, 3, (300,))))
+    assert again.fit_mask is not None and np.array_equal(again.fit_mask, fit)  # seeded
+    val = TensorDataset(torch.randn(200, 2) * 1.5, torch.randint(0, 3, (200,)))
+    vres = evaluate(gauss_2d(), TensorDataset(torch.randn(50, 2), torch.randint(0, 3, (50,))), val_data=val)
+    assert vres.fit_mask is None and vres.val_confidence is not None and vres.val_correct is not None
+    assert vres.recommended_threshold == pytest.approx(
+        np.percentile(vres.val_confidence[vres.val_correct], 5))
+    assert vres.to_dict()["threshold_heldout"]["flagged"]["n"] == 50
 
 
 # --------------------------------------------------------------------------- OOD metrics

@@ -1,4 +1,4 @@
-"""Adversarial attacks: one-pixel (batched differential evolution), FGSM, DeepFool.
+"""Adversarial attacks: one-pixel (batched differential evolution), FGSM, PGD, DeepFool.
 
 All attacks work in the model's input space (pixel space in [0, 1] for a
 :class:`~kmtools.models.core.KmModel`, which normalises inside) and return result
@@ -8,8 +8,9 @@ dataclasses with ``to_dict()``. ``ATTACKS`` names them for the CLI.
 from kmtools.attacks.deepfool import DeepFoolResult, decision_scores, deepfool
 from kmtools.attacks.fgsm import DEFAULT_EPS, FGSMResult, fgsm, fgsm_sweep, parse_eps
 from kmtools.attacks.onepixel import OnePixelResult, class_confidences, onepixel
+from kmtools.attacks.pgd import PGDResult, paired_pgd, pgd
 
-ATTACKS = {"onepixel": onepixel, "fgsm": fgsm_sweep, "deepfool": deepfool}
+ATTACKS = {"onepixel": onepixel, "fgsm": fgsm_sweep, "pgd": pgd, "deepfool": deepfool}
 
 __all__ = [
     "ATTACKS",
@@ -17,11 +18,14 @@ __all__ = [
     "DeepFoolResult",
     "FGSMResult",
     "OnePixelResult",
+    "PGDResult",
     "class_confidences",
     "decision_scores",
     "deepfool",
     "fgsm",
     "fgsm_sweep",
     "onepixel",
+    "paired_pgd",
     "parse_eps",
+    "pgd",
 ]

@@ -12,68 +12,29 @@ network, and log κ = -γ‖f(x) - C_k‖² (the nearest-centroid logits) of a G
 whose argmax is the prediction of the Gauss-confidences κ but whose differences are
 smooth and do not underflow. The same helper serves the geometry commands.
 
-The helpers :func:`model_device` and :func:`eval_mode` are shared by the other attacks.
+The scoring helpers live in :mod:`kmtools.models.scoring` (re-exported here).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from kmtools.device import resolve
 from kmtools.errors import ConfigError
+from kmtools.models.scoring import (
+    Progress,
+    class_confidences,
+    decision_scores,
+    eval_mode,
+    model_device,
+    outlier_threshold,
+)
 
-Progress = Callable[[int, int], None]
-"""``progress(done, total)``: called after each unit of work (images or generations)."""
-
-__all__ = ["DeepFoolResult", "decision_scores", "deepfool", "eval_mode", "model_device"]
-
-
-def decision_scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Scores whose argmax is the prediction and whose differences define the boundaries.
-
-    For a model with a Gauss head (``model.head.log_kappa`` and ``model.features``, as a
-    :class:`~kmtools.models.core.KmModel` has) these are log κ = -γ‖f(x) - C_k‖², the
-    nearest-centroid logits; otherwise ``model(x)`` (logits of a softmax network).
-    Shape (N, classes).
-    """
-    head = getattr(model, "head", None)
-    if head is not None and hasattr(head, "log_kappa") and hasattr(model, "features"):
-        out: torch.Tensor = head.log_kappa(model.features(x))  # type: ignore[operator]
-        return out
-    scores = model(x)
-    if isinstance(scores, (tuple, list)):
-        scores = scores[0]
-    return scores  # type: ignore[no-any-return]
-
-
-def model_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
-    """The device to work on: ``device`` when given (the model is moved there), else the
-    device of the model's first parameter or buffer (CPU for a model without any)."""
-    if device is not None:
-        dev = resolve(device)
-        model.to(dev)
-        return dev
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block; restore each module's own mode afterwards."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.train(mode)
+__all__ = ["DeepFoolResult", "Progress", "decision_scores", "deepfool", "eval_mode", "model_device"]
 
 
 @dataclass
@@ -325,8 +286,6 @@ def deepfool(
         raise ConfigError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}")
     if labels is not None and labels.shape[0] != x.shape[0]:
         raise ConfigError(f"{labels.shape[0]} labels for {x.shape[0]} inputs")
-    from kmtools.attacks.onepixel import _threshold, class_confidences  # (imports this module)
-
     dev = model_device(model, device)
     n = x.shape[0]
     bs = n if not batch_size else max(1, int(batch_size))
@@ -356,7 +315,7 @@ def deepfool(
     r = x_adv - xd
     return DeepFoolResult(
         conf_adv=torch.cat([o[5] for o in outs]) if outs else torch.zeros(0),
-        threshold=_threshold(model, nc),
+        threshold=outlier_threshold(model, nc),
         x_adv=x_adv,
         r=r,
         norms=_flat_norm(r, norm) if n else torch.zeros(0),

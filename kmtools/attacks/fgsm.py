@@ -16,6 +16,7 @@ share of predictions below the outlier threshold, and the share of the fooled in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +25,16 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from kmtools.attacks.deepfool import Progress, decision_scores, eval_mode, model_device
-from kmtools.attacks.onepixel import _head_kind, _threshold, class_confidences
 from kmtools.errors import ConfigError
+from kmtools.models.scoring import (
+    Progress,
+    class_confidences,
+    decision_scores,
+    eval_mode,
+    model_device,
+)
+from kmtools.models.scoring import head_kind_of as _head_kind
+from kmtools.models.scoring import outlier_threshold as _threshold
 
 __all__ = ["DEFAULT_EPS", "FGSMResult", "fgsm", "fgsm_sweep", "parse_eps"]
 
@@ -34,18 +42,22 @@ DEFAULT_EPS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 
 
 def parse_eps(text: str | Sequence[float]) -> list[float]:
-    """``"0,0.05,0.1"`` -> [0.0, 0.05, 0.1]; each ε must be a number >= 0."""
+    """``"0,0.05,0.1"`` or ``"0,2/255,8/255"`` -> [0.0, ...]; each ε must be a number >= 0."""
     items = text.split(",") if isinstance(text, str) else list(text)
     out = []
     for it in items:
         if isinstance(it, str) and not it.strip():
             continue
         try:
-            v = float(it)
-        except ValueError as exc:
-            raise ConfigError(f"--eps: {it!r} is not a number (give e.g. --eps 0,0.05,0.1)") from exc
-        if not v >= 0:
-            raise ConfigError(f"--eps values must be >= 0, got {v}")
+            if isinstance(it, str) and "/" in it:
+                num, _, den = it.partition("/")
+                v = float(num) / float(den)
+            else:
+                v = float(it)
+        except (ValueError, ZeroDivisionError) as exc:
+            raise ConfigError(f"--eps: {it!r} is not a number (give e.g. --eps 0,0.05,0.1 or 0,2/255,8/255)") from exc
+        if not v >= 0 or math.isinf(v):
+            raise ConfigError(f"--eps values must be finite and >= 0, got {v}")
         out.append(v)
     if not out:
         raise ConfigError("--eps needs at least one value, e.g. --eps 0,0.05,0.1")

@@ -4,20 +4,29 @@ A candidate is ``pixels`` tuples (y, x, c_1, ..., c_C): a pixel position and its
 colour. Differential evolution (DE/rand/1, F = 0.5, no crossover, as in Su et al.) evolves
 a population of ``popsize`` candidates per image: child_i = a + F (b - c) from three
 random distinct members a, b, c other than i; the child replaces its parent when its
-fitness is lower. Every generation of every image in the batch is one forward pass: the
-B × P perturbed images are built on the device by gather + scatter (no Python loop over
-candidates or pixels), in chunks of at most ``chunk`` images, under bf16 autocast on CUDA.
+fitness is lower. A child coordinate outside the image or the colour range is drawn again
+uniformly inside it (``bounds="resample"``, scipy's ``differential_evolution`` and so
+torchattacks) or clamped (``"clip"``). Every generation of every image in the batch is one
+forward pass: the B × P perturbed images are built on the device by gather + scatter (no
+Python loop over candidates or pixels), in chunks of at most ``chunk`` images, under bf16
+autocast on CUDA.
 
-Fitness (minimised): the confidence of the true class, ``model.confidences(x)[y]``: the
-softmax probability for a softmax network and the Gauss-confidence κ_y(x) =
-exp(-γ‖f(x) - C_y‖²) for a Gauss network (paper Sec. 5); with ``target`` it is
--confidence of the target class.
+Fitness (minimised, ``fitness=``): ``"confidence"``, Su et al.'s, the confidence of the
+true class, ``model.confidences(x)[y]``: the softmax probability for a softmax network and
+the Gauss-confidence κ_y(x) = exp(-γ‖f(x) - C_y‖²) for a Gauss network (paper Sec. 5);
+``"margin"``, log p_y - max_{k≠y} log p_k (logit gap for softmax, -γ(‖f-C_y‖² - ‖f-C_k‖²)
+for Gauss), which is negative exactly when the image is fooled and does not vanish where κ
+underflows; ``"both"`` runs both and counts an image fooled when either fools it. With
+``target`` they aim at the target class instead. ``adaptive=True`` (detector-aware) counts
+a candidate as fooling only when its prediction is not flagged as an outlier.
 
-Stopping, per image: on success (an evaluated candidate is misclassified, or predicted as
-the target), after ``maxiter`` generations, or (``tol``) when the population's fitness
-has converged, std ≤ tol · |mean| as in scipy's ``differential_evolution``. Finished
-images leave the batch and queued images take their place, so the forward passes stay
-full. Images the model already gets wrong are skipped and counted, not attacked.
+Stopping, per image: on success (``success="best"``, the default: the best member of the
+population fools, as torchattacks' callback on scipy's best solution; ``"any"``: any
+evaluated child fools), after ``maxiter`` generations, or (``tol``) when the population's
+fitness has converged, std ≤ tol · |mean| as in scipy. Finished images leave the batch and
+queued images take their place, so the forward passes stay full. Images the model already
+gets wrong are skipped and counted, not attacked. The reported image is the best member's
+(``"any"``: the fooling child's).
 
 Randomness is a counter-based hash of (seed, image index, generation, candidate): an
 image's search does not depend on the batch size, the chunk size or which other images
@@ -40,63 +49,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from kmtools.attacks.deepfool import Progress, eval_mode, model_device
-from kmtools.device import autocast
 from kmtools.errors import ConfigError
+from kmtools.models.scoring import (
+    Progress,
+    class_confidences,
+    class_log_confidences,
+    eval_mode,
+    head_kind_of,
+    model_device,
+    outlier_threshold,
+)
+from kmtools.stats import mcnemar, paired_diff, wilson
 
-__all__ = ["OnePixelResult", "class_confidences", "onepixel"]
+__all__ = ["BOUNDS", "FITNESSES", "SUCCESS_RULES", "OnePixelResult", "class_confidences", "onepixel", "paired"]
 
 _M32 = 0xFFFFFFFF
 _VERDICT_BATCH = 32
 """Images per float32 verdict forward pass (clean images, final adversarial images)."""
-
-
-# ----------------------------------------------------------------------------- scoring
-def _is_km(model: nn.Module) -> bool:
-    return hasattr(model, "features") and isinstance(getattr(model, "head", None), nn.Module)
-
-
-def class_confidences(model: nn.Module, x: torch.Tensor, *, amp: bool = False) -> torch.Tensor:
-    """Per-class confidences (N, classes) in float32: softmax for softmax nets, κ for Gauss nets.
-
-    For a :class:`~kmtools.models.core.KmModel` the backbone runs under bf16 autocast
-    (when ``amp`` and on CUDA) and the head in float32, so small differences between
-    candidates survive; other modules use ``model.confidences`` when they have it, else the
-    softmax of ``model(x)``. No gradients.
-    """
-    with torch.no_grad(), autocast(x.device, amp):
-        if _is_km(model):
-            f = model.features(x)  # type: ignore[operator]
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                head = model.head
-                p = next(head.parameters(), None)  # type: ignore[union-attr]
-                dtype = p.dtype if p is not None and p.dtype in (torch.float32, torch.float64) else torch.float32
-                scores = head(f.to(dtype))  # type: ignore[operator]
-                fn = getattr(head, "confidences", None)
-                conf = fn(scores) if callable(fn) else torch.softmax(scores.float(), dim=-1)
-            return conf.float()  # type: ignore[no-any-return]
-        fn = getattr(model, "confidences", None)
-        if callable(fn):
-            return fn(x).float()  # type: ignore[no-any-return]
-        out = model(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return torch.softmax(out.float(), dim=-1)
-
-
-def _threshold(model: nn.Module, num_classes: int) -> float:
-    t = getattr(model, "threshold", None)
-    if isinstance(t, (int, float)):
-        return float(t)
-    return 1.0 / max(num_classes, 1)
-
-
-def _head_kind(model: nn.Module) -> str:
-    head = getattr(model, "head", None)
-    return str(getattr(head, "kind", "softmax")) if head is not None else "softmax"
 
 
 # ------------------------------------------------------------------ counter-based RNG
@@ -236,9 +209,38 @@ class OnePixelResult:
     seed: int = 0
     seconds: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)
+    success_by: dict[str, torch.Tensor] = field(default_factory=dict)
+    effective_by: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    @property
+    def effective(self) -> torch.Tensor:
+        """(N,) fooled *and* not flagged as an outlier (confidence of the wrong prediction at
+        or above ``threshold``): the attacks a detector-equipped model does not catch."""
+        return self.success & ~self.skipped & ~self.outlier
+
+    @property
+    def robust(self) -> torch.Tensor:
+        """(N,) correctly classified and not fooled (robust accuracy's per-image outcome)."""
+        return (self.preds == self.labels) & ~(self.success & ~self.skipped)
+
+    def outcomes(self) -> dict[str, np.ndarray]:
+        """Per-image boolean outcomes aligned with ``index``, for paired tests (McNemar):
+        ``attacked``, ``fooled``, ``effective``, ``robust`` and, for ``fitness="both"``,
+        ``fooled_<fitness>`` / ``effective_<fitness>``."""
+        out = {
+            "attacked": (~self.skipped).numpy(),
+            "fooled": (self.success & ~self.skipped).numpy(),
+            "effective": self.effective.numpy(),
+            "robust": self.robust.numpy(),
+        }
+        for k, v in self.success_by.items():
+            out[f"fooled_{k}"] = (v & ~self.skipped).numpy()
+        for k, v in self.effective_by.items():
+            out[f"effective_{k}"] = (v & ~self.skipped).numpy()
+        return out
 
     @property
     def attacked(self) -> int:
@@ -257,7 +259,12 @@ class OnePixelResult:
         """Summary: counts, attack rate, mean confidence of fooled predictions, outlier share.
 
         Keys: ``accuracy`` and ``mean_confidence`` (predicted class, clean images) over all
-        N images; ``attacked``, ``skipped``, ``fooled``, ``rate`` = fooled / attacked;
+        N images; ``attacked``, ``skipped``, ``fooled``, ``rate`` = fooled / attacked with
+        its 95% Wilson interval ``rate_lo``/``rate_hi`` and ``n`` = attacked; ``effective``
+        (fooled and not flagged as an outlier, same keys); ``robust_accuracy`` (correct and
+        not fooled, over all N images); ``fitness``, ``success_rule``, ``bounds``,
+        ``adaptive``; ``by_fitness`` (each fitness's rate and their McNemar test) for
+        ``fitness="both"``;
         ``mean_conf_fooled`` (confidence of the fooled predictions); ``outlier_share``
         (share of fooled predictions below ``threshold``). Wall time is kept out of the
         summary (same seed, same summary): see :meth:`throughput`.
@@ -266,6 +273,16 @@ class OnePixelResult:
         att = ~self.skipped
         n = len(self)
         evals = int(self.evaluations.sum())
+        st = self.settings
+        by: dict[str, Any] = {}
+        for k, v in self.success_by.items():
+            by[k] = wilson(int((v & att).sum()), self.attacked).to_dict(count="fooled")
+            if k in self.effective_by:
+                by[k]["effective"] = wilson(int((self.effective_by[k] & att).sum()), self.attacked).to_dict(
+                    count="fooled")
+        if {"confidence", "margin"} <= set(self.success_by):
+            by["mcnemar"] = mcnemar(self.success_by["confidence"][att].numpy(),
+                                    self.success_by["margin"][att].numpy()).to_dict()
         return {
             "attack": "onepixel",
             "head_kind": self.head_kind,
@@ -279,8 +296,14 @@ class OnePixelResult:
             "mean_confidence": float(self.conf_clean.mean()) if n else None,
             "attacked": self.attacked,
             "skipped": int(self.skipped.sum()),
-            "fooled": self.fooled,
-            "rate": self.rate,
+            **wilson(self.fooled, self.attacked).to_dict(count="fooled"),
+            "effective": wilson(int(self.effective.sum()), self.attacked).to_dict(count="fooled"),
+            "robust_accuracy": wilson(int(self.robust.sum()), n).to_dict(count="correct"),
+            "fitness": st.get("fitness", "confidence"),
+            "success_rule": st.get("success", "any"),
+            "bounds": st.get("bounds", "clip"),
+            "adaptive": bool(st.get("adaptive", False)),
+            **({"by_fitness": by} if by else {}),
             "mean_conf_fooled": float(self.conf_adv[fooled].mean()) if fooled.any() else None,
             "outlier_share": float(self.outlier[fooled].float().mean()) if fooled.any() else None,
             "outlier_threshold": self.threshold,
@@ -334,6 +357,9 @@ class OnePixelResult:
             }
             if self.target is not None:
                 rec["target"] = int(self.target[i])
+            if self.success_by:
+                rec["success_by"] = {k: bool(v[i]) for k, v in self.success_by.items()}
+                rec["effective_by"] = {k: bool(v[i]) for k, v in self.effective_by.items()}
             out.append(rec)
         return out
 
@@ -348,7 +374,8 @@ class OnePixelResult:
             )
         }
         tgt = None if self.target is None else [self.target[int(j)] for j in i]
-        return replace(self, **per_image, target=tgt)
+        return replace(self, **per_image, target=tgt, success_by={k: v[i] for k, v in self.success_by.items()},
+                       effective_by={k: v[i] for k, v in self.effective_by.items()})
 
     @classmethod
     def from_records(
@@ -389,7 +416,11 @@ class OnePixelResult:
             imgs = _build(x[att].float(), torch.arange(att.numel()), pix[att], pixels, False)
             x_adv[att] = imgs.to(x.dtype)
         targets = [r.get("target") for r in records]
+        by_keys = list(records[0].get("success_by", {})) if n else []
+        eff_keys = list(records[0].get("effective_by", {})) if n else []
         return cls(
+            success_by={k: torch.tensor([bool(r["success_by"][k]) for r in records]) for k in by_keys},
+            effective_by={k: torch.tensor([bool(r["effective_by"][k]) for r in records]) for k in eff_keys},
             index=col("index", torch.long),
             labels=col("label", torch.long),
             skipped=skipped,
@@ -416,6 +447,11 @@ class OnePixelResult:
 
 
 # ------------------------------------------------------------------------- attack
+FITNESSES = ("confidence", "margin", "both")
+SUCCESS_RULES = ("best", "any")
+BOUNDS = ("resample", "clip")
+
+
 def _use_amp(dev: torch.device, amp: bool) -> bool:
     """Search under bf16 autocast (and confirm successes in float32): CUDA only."""
     return bool(amp and dev.type == "cuda")
@@ -426,14 +462,341 @@ def _use_nhwc(dev: torch.device) -> bool:
     return dev.type == "cuda"
 
 
-def _fitness(conf: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None) -> torch.Tensor:
-    if tgt is None:
-        return conf.gather(1, lab[:, None])[:, 0]
-    return -conf.gather(1, tgt[:, None])[:, 0]
+def _best_other(logc: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """max_{k != cls} logc[:, k], shape (N,)."""
+    return logc.scatter(1, cls[:, None], float("-inf")).amax(1)
 
 
-def _fools(pred: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None) -> torch.Tensor:
-    return pred != lab if tgt is None else pred == tgt
+def _fitness(
+    logc: torch.Tensor,
+    lab: torch.Tensor,
+    tgt: torch.Tensor | None,
+    kind: str = "confidence",
+    log_thr: float | None = None,
+) -> torch.Tensor:
+    """Fitness to minimise, from log-confidences (N, classes).
+
+    ``confidence``: the true class's confidence p_y (softmax probability or κ_y), Su et al.'s
+    objective; targeted: -p_t. ``margin``: log p_y - max_{k≠y} log p_k (targeted:
+    max_{k≠t} log p_k - log p_t), negative exactly when the image is fooled. With
+    ``log_thr`` (detector-aware) the shortfall of the best wrong class below the outlier
+    threshold, relu(log thr - log p_wrong), is added, so an image flagged as an outlier
+    is worse than one that is not.
+    """
+    if kind == "margin":
+        if tgt is None:
+            fit = logc.gather(1, lab[:, None])[:, 0] - _best_other(logc, lab)
+        else:
+            fit = _best_other(logc, tgt) - logc.gather(1, tgt[:, None])[:, 0]
+    elif tgt is None:
+        fit = logc.gather(1, lab[:, None])[:, 0].exp()
+    else:
+        fit = -logc.gather(1, tgt[:, None])[:, 0].exp()
+    if log_thr is not None:
+        wrong = _best_other(logc, lab) if tgt is None else logc.gather(1, tgt[:, None])[:, 0]
+        fit = fit + torch.relu(log_thr - wrong)
+    return fit
+
+
+def _fools(
+    logc: torch.Tensor, lab: torch.Tensor, tgt: torch.Tensor | None, log_thr: float | None = None
+) -> torch.Tensor:
+    """Misclassified (or predicted as the target); with ``log_thr`` also not flagged."""
+    pred = logc.argmax(1)
+    ok = pred != lab if tgt is None else pred == tgt
+    if log_thr is not None:
+        ok = ok & (logc.amax(1) >= log_thr)
+    return ok
+
+
+@dataclass
+class _Spec:
+    """Validated settings of one differential-evolution run."""
+
+    pixels: int
+    p: int
+    maxiter: int
+    F: float
+    tol: float | None
+    fitness: str
+    success: str
+    bounds: str
+    log_thr: float | None  # detector-aware: log of the outlier threshold
+    seed: int
+    dev: torch.device
+    bs: int
+    chunk: int
+    amp: bool
+    nhwc: bool
+    shape: tuple[int, int, int]  # C, H, W
+
+    @property
+    def d(self) -> int:
+        return self.pixels * (2 + self.shape[0])
+
+
+class _Scorer:
+    """Log-confidences of candidate images (bf16 search) and float32 verdicts."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, imgs: torch.Tensor, use_amp: bool) -> torch.Tensor:
+        return class_log_confidences(self.model, imgs, amp=use_amp).float()
+
+    def f32(self, imgs: torch.Tensor) -> torch.Tensor:
+        """float32 verdicts in forward passes of exactly ``_VERDICT_BATCH`` images (padded), so
+        an image's verdict does not depend on how many others are judged with it (kernels
+        may round differently for other batch sizes)."""
+        parts = []
+        for s in range(0, imgs.shape[0], _VERDICT_BATCH):
+            part = imgs[s : s + _VERDICT_BATCH]
+            k = part.shape[0]
+            if k < _VERDICT_BATCH:
+                part = torch.cat([part, part[:1].expand(_VERDICT_BATCH - k, *part.shape[1:])])
+            parts.append(self(part, False)[:k])
+        return torch.cat(parts) if parts else torch.zeros(0, 1, device=imgs.device)
+
+
+class _Slots:
+    """The images being evolved (one slot each) and their populations, on the device."""
+
+    def __init__(self, spec: _Spec, targeted: bool, dtype: torch.dtype) -> None:
+        ch, h, w = spec.shape
+        dev = spec.dev
+        self.spec = spec
+        self.base = torch.empty((0, h, w, ch) if spec.nhwc else (0, ch, h, w), device=dev, dtype=dtype)
+        self.img = torch.empty(0, dtype=torch.long)  # position in x of each slot (CPU)
+        self.keys = torch.empty(0, dtype=torch.long, device=dev)
+        self.lab = torch.empty(0, dtype=torch.long, device=dev)
+        self.tgt: torch.Tensor | None = torch.empty(0, dtype=torch.long, device=dev) if targeted else None
+        self.pop = torch.empty(0, spec.p, spec.d, device=dev)
+        self.fit = torch.empty(0, spec.p, device=dev)
+        self.pfool = torch.empty(0, spec.p, dtype=torch.bool, device=dev)
+        self.gen = torch.empty(0, dtype=torch.long, device=dev)
+        hi_pos = torch.tensor([float(h), float(w)] + [1.0] * ch, device=dev).repeat(spec.pixels)
+        is_pos = torch.tensor([True, True] + [False] * ch, device=dev).repeat(spec.pixels)
+        self.lo = torch.zeros(spec.d, device=dev)
+        self.hi = torch.where(is_pos, hi_pos - 1e-4, hi_pos)
+
+    def __len__(self) -> int:
+        return int(self.img.numel())
+
+    def add(self, ti: torch.Tensor, xi: torch.Tensor, ids: torch.Tensor, lab: torch.Tensor,
+            tgt: torch.Tensor | None) -> None:
+        """Append images ``ti`` (positions in x) with their initial populations (Su et al.:
+        positions uniform over the image, colours N(128, 127) on 0..255, clipped)."""
+        sp, dev = self.spec, self.spec.dev
+        ch, h, w = sp.shape
+        k = int(ti.numel())
+        self.base = torch.cat([self.base, xi.permute(0, 2, 3, 1).contiguous() if sp.nhwc else xi])
+        tk = _image_keys(sp.seed, ids.to(dev))
+        self.img = torch.cat([self.img, ti])
+        self.keys = torch.cat([self.keys, tk])
+        self.lab = torch.cat([self.lab, lab.to(dev)])
+        if self.tgt is not None and tgt is not None:
+            self.tgt = torch.cat([self.tgt, tgt.to(dev)])
+        u = _uniform(tk, 0, 0, (sp.p, sp.pixels, 2 + ch))
+        z = _uniform(tk, 0, 2, (sp.p, sp.pixels, ch))
+        init = torch.empty(k, sp.p, sp.pixels, 2 + ch, device=dev)
+        init[..., 0] = u[..., 0] * h
+        init[..., 1] = u[..., 1] * w
+        r = torch.sqrt(-2.0 * torch.log1p(-z.clamp_max(1 - 2**-24)))  # Box-Muller
+        normal = r * torch.cos(2 * math.pi * u[..., 2:])
+        init[..., 2:] = (128.0 + 127.0 * normal).clamp(0, 255) / 255.0
+        self.pop = torch.cat([self.pop, init.view(k, sp.p, sp.d).clamp(self.lo, self.hi)])
+        self.fit = torch.cat([self.fit, torch.full((k, sp.p), float("inf"), device=dev)])
+        self.pfool = torch.cat([self.pfool, torch.zeros(k, sp.p, dtype=torch.bool, device=dev)])
+        self.gen = torch.cat([self.gen, torch.full((k,), -1, dtype=torch.long, device=dev)])
+
+    def keep(self, keep: torch.Tensor) -> None:
+        self.base, self.keys, self.lab = self.base[keep], self.keys[keep], self.lab[keep]
+        self.img = self.img[keep.cpu()]
+        self.tgt = self.tgt[keep] if self.tgt is not None else None
+        self.pop, self.fit, self.pfool, self.gen = self.pop[keep], self.fit[keep], self.pfool[keep], self.gen[keep]
+
+    def candidates(self) -> torch.Tensor:
+        """(S, P, d): DE/rand/1 children without crossover (child = a + F (b - c)); slots that
+        have not been evaluated yet evaluate their initial population. Coordinates that
+        leave the box are resampled uniformly inside it (scipy's rule) or clamped to it."""
+        sp = self.spec
+        a, b, c = _distinct_parents(self.keys, self.gen + 1, sp.p)
+        ar = torch.arange(len(self), device=sp.dev)[:, None]
+        child = self.pop[ar, a] + sp.F * (self.pop[ar, b] - self.pop[ar, c])
+        if sp.bounds == "resample":
+            out = (child < self.lo) | (child > self.hi)
+            fresh = self.lo + _uniform(self.keys, self.gen + 1, 3, (sp.p, sp.d)) * (self.hi - self.lo)
+            child = torch.where(out, fresh, child)
+        else:
+            child = child.clamp(self.lo, self.hi)
+        return torch.where((self.gen < 0)[:, None, None], self.pop, child)
+
+
+def _evaluate(
+    slots: _Slots, cand: torch.Tensor, scorer: _Scorer, spec: _Spec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fitness and fooling flag (S, P) of every candidate: S × P images, in chunks."""
+    s_n, p = len(slots), spec.p
+    flat = cand.view(s_n * p, spec.d)
+    slot = torch.arange(s_n, device=spec.dev).repeat_interleave(p)
+    lab_f = slots.lab.repeat_interleave(p)
+    tgt_f = slots.tgt.repeat_interleave(p) if slots.tgt is not None else None
+    cfit = torch.empty(s_n * p, device=spec.dev)
+    cfool = torch.empty(s_n * p, dtype=torch.bool, device=spec.dev)
+    for s in range(0, s_n * p, spec.chunk):
+        e = min(s + spec.chunk, s_n * p)
+        logc = scorer(_build(slots.base, slot[s:e], flat[s:e], spec.pixels, spec.nhwc), spec.amp)
+        tt = tgt_f[s:e] if tgt_f is not None else None
+        cfit[s:e] = _fitness(logc, lab_f[s:e], tt, spec.fitness, spec.log_thr)
+        cfool[s:e] = _fools(logc, lab_f[s:e], tt, spec.log_thr)
+    return cfit.view(s_n, p), cfool.view(s_n, p)
+
+
+def _decide(
+    slots: _Slots, cand: torch.Tensor, cfit: torch.Tensor, cfool: torch.Tensor, scorer: _Scorer, spec: _Spec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selection, then which slots stop and the candidate each one reports.
+
+    ``success="best"``: a slot succeeds when its best member (lowest fitness) fools, and
+    reports the best member (scipy's ``callback`` on ``xk`` in torchattacks).
+    ``success="any"``: it succeeds as soon as any evaluated child fools, and reports the
+    fooling child of lowest fitness. bf16 successes are confirmed in float32.
+    """
+    s_n = len(slots)
+    ar = torch.arange(s_n, device=spec.dev)
+    better = cfit < slots.fit
+    slots.pop = torch.where(better[..., None], cand, slots.pop)
+    slots.fit = torch.where(better, cfit, slots.fit)
+    slots.pfool = torch.where(better, cfool, slots.pfool)
+    slots.gen = slots.gen + 1
+    best = slots.fit.argmin(1)
+    if spec.success == "best":
+        hit, chosen = slots.pfool[ar, best], slots.pop[ar, best]
+    else:
+        hit = cfool.any(1)
+        win = torch.where(cfool, cfit, torch.full_like(cfit, float("inf"))).argmin(1)
+        chosen = torch.where(hit[:, None], cand[ar, win], slots.pop[ar, best])
+    if spec.amp and bool(hit.any()):
+        ids = hit.nonzero().flatten()
+        logc = scorer.f32(_build(slots.base, ids, chosen[ids], spec.pixels, spec.nhwc))
+        hit[ids] = _fools(logc, slots.lab[ids], slots.tgt[ids] if slots.tgt is not None else None, spec.log_thr)
+        chosen = torch.where(hit[:, None], chosen, slots.pop[ar, best])
+    stop = hit | (slots.gen >= spec.maxiter)
+    if spec.tol is not None:
+        stop |= slots.fit.std(1, unbiased=False) <= spec.tol * slots.fit.mean(1).abs()
+    return stop, chosen
+
+
+def _finish(
+    slots: _Slots, ids: torch.Tensor, chosen: torch.Tensor, scorer: _Scorer, spec: _Spec,
+    res: OnePixelResult, labels: torch.Tensor, tgt_all: torch.Tensor | None,
+) -> torch.Tensor:
+    """Record the final float32 verdict of the slots ``ids``; returns their image positions."""
+    ch, h, w = spec.shape
+    imgs = _build(slots.base, ids, chosen, spec.pixels, spec.nhwc)
+    logc = scorer.f32(imgs).cpu()
+    gi = slots.img[ids.cpu()]
+    res.x_adv[gi] = imgs.to(res.x_adv.device, res.x_adv.dtype).contiguous()
+    px = chosen.view(-1, spec.pixels, 2 + ch).clone()
+    px[..., 0] = px[..., 0].floor().clamp(0, h - 1)
+    px[..., 1] = px[..., 1].floor().clamp(0, w - 1)
+    res.pixel[gi] = px.cpu()
+    res.generations[gi] = slots.gen[ids].cpu()
+    res.conf_adv[gi] = logc.amax(1).exp()
+    res.adv_labels[gi] = logc.argmax(1)
+    tg = None if tgt_all is None else tgt_all[gi]
+    res.success[gi] = _fools(logc, labels[gi], tg)
+    res.outlier[gi] = res.conf_adv[gi] < res.threshold
+    return gi
+
+
+def _run_de(
+    model: nn.Module, xf: torch.Tensor, res: OnePixelResult, tgt_all: torch.Tensor | None, spec: _Spec,
+    progress: Progress | None, callback: Callable[[OnePixelResult], None] | None,
+) -> None:
+    """Evolve every image ``res`` does not skip, filling ``res`` in as images finish."""
+    scorer = _Scorer(model)
+    slots = _Slots(spec, tgt_all is not None, xf.dtype)
+    labels, ids_all = res.labels, res.index
+    queue = (~res.skipped).nonzero().flatten().tolist()
+    total, finished = len(queue), 0
+    while queue or len(slots):
+        take = queue[: max(0, spec.bs - len(slots))]  # refill free slots
+        queue = queue[len(take) :]
+        if take:
+            ti = torch.tensor(take, dtype=torch.long)
+            slots.add(ti, xf[ti].to(spec.dev), ids_all[ti], labels[ti], None if tgt_all is None else tgt_all[ti])
+        cand = slots.candidates()
+        cfit, cfool = _evaluate(slots, cand, scorer, spec)
+        res.evaluations[slots.img] += spec.p
+        stop, chosen = _decide(slots, cand, cfit, cfool, scorer, spec)
+        if bool(stop.any()):
+            ids = stop.nonzero().flatten()
+            gi = _finish(slots, ids, chosen[ids], scorer, spec, res, labels, tgt_all)
+            slots.keep((~stop).nonzero().flatten())
+            finished += int(ids.numel())
+            if callback is not None:
+                callback(res.take(gi))
+        if progress is not None:
+            progress(finished, total)
+
+
+def _check(x: torch.Tensor, y: torch.Tensor, pixels: int, popsize: int, maxiter: int, tol: float | None,
+           chunk: int | None, fitness: str, success: str, bounds: str) -> None:
+    if x.dim() != 4:
+        raise ConfigError(f"the one-pixel attack needs images (N, C, H, W), got shape {tuple(x.shape)}")
+    if y.shape[0] != x.shape[0]:
+        raise ConfigError(f"{y.shape[0]} labels for {x.shape[0]} images")
+    if pixels < 1:
+        raise ConfigError("--pixels must be at least 1")
+    if popsize < 4:
+        raise ConfigError("--popsize must be at least 4 (DE draws three parents besides the candidate)")
+    if maxiter < 0:
+        raise ConfigError("--steps must be >= 0")
+    if tol is not None and tol < 0:
+        raise ConfigError("tol must be >= 0 (or None to disable)")
+    if chunk is not None and chunk < 1:
+        raise ConfigError("chunk must be at least 1")
+    for name, val, allowed in (("--fitness", fitness, FITNESSES), ("--success", success, SUCCESS_RULES),
+                               ("--bounds", bounds, BOUNDS)):
+        if val not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {val!r}")
+    if not x.is_floating_point():
+        raise ConfigError(f"images must be floats in [0, 1], got dtype {x.dtype}")
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise ConfigError("images must be in [0, 1] (pixel space, before normalisation)")
+
+
+def _targets(target: int | torch.Tensor | Sequence[int] | None, n: int) -> torch.Tensor | None:
+    if target is None:
+        return None
+    if isinstance(target, int):
+        return torch.full((n,), int(target), dtype=torch.long)
+    t = torch.as_tensor(target, dtype=torch.long).cpu().flatten()
+    if t.numel() == 1:
+        t = t.expand(n).clone()
+    if t.numel() != n:
+        raise ConfigError(f"{t.numel()} targets for {n} images")
+    return t
+
+
+def _union(parts: dict[str, OnePixelResult]) -> OnePixelResult:
+    """``fitness="both"``: an image counts as fooled when either fitness fooled it; the
+    reported image is the confidence run's unless only the margin run fooled it."""
+    a, b = parts["confidence"], parts["margin"]
+    use_b = ~a.success & b.success
+    merged: dict[str, Any] = {}
+    for name in ("success", "adv_labels", "conf_adv", "outlier", "pixel", "x_adv"):
+        va, vb = getattr(a, name), getattr(b, name)
+        m = use_b.to(va.device).view(-1, *([1] * (va.dim() - 1)))
+        merged[name] = torch.where(m, vb, va)
+    settings = {**a.settings, "fitness": "both"}
+    return replace(
+        a, **merged, generations=a.generations + b.generations, evaluations=a.evaluations + b.evaluations,
+        settings=settings, seconds=a.seconds + b.seconds,
+        success_by={"confidence": a.success.clone(), "margin": b.success.clone()},
+        effective_by={k: v.success & ~v.outlier for k, v in parts.items()},
+    )
 
 
 def onepixel(
@@ -455,6 +818,11 @@ def onepixel(
     device: str | torch.device | None = None,
     progress: Progress | None = None,
     callback: Callable[[OnePixelResult], None] | None = None,
+    fitness: str = "confidence",
+    success: str = "best",
+    bounds: str = "resample",
+    adaptive: bool = False,
+    threshold: float | None = None,
 ) -> OnePixelResult:
     """One-pixel attack on a batch of images by batched differential evolution.
 
@@ -485,240 +853,150 @@ def onepixel(
         progress: ``progress(finished_images, images_to_attack)`` after each generation.
         callback: called with the :class:`OnePixelResult` of the images that just
             finished (first the skipped ones, then per generation the ones that stopped);
-            their results are final.
+            their results are final. With ``fitness="both"`` it is called once, at the end.
+        fitness: ``"confidence"`` (Su et al.: the true class's probability, κ_y for a Gauss
+            network), ``"margin"`` (log-confidence of the true class minus the best other
+            class) or ``"both"`` (both runs; an image is fooled when either fools it, and
+            ``success_by`` keeps each run's outcome).
+        success: ``"best"`` (default, scipy/torchattacks: the image stops when the best
+            member of its population fools, and that member is reported) or ``"any"``
+            (stops at the first evaluated child that fools).
+        bounds: ``"resample"`` (default, scipy's rule: a child coordinate outside the
+            image or the colour range is drawn again uniformly inside it) or ``"clip"``.
+        adaptive: detector-aware search for heads that flag outliers: a candidate counts as
+            fooling only when its prediction is also at or above the outlier threshold,
+            and the fitness adds the shortfall below it (see :func:`_fitness`).
+        threshold: the outlier threshold on the predicted class's confidence (default
+            the model's own, 1/c unless it sets one); ``outlier`` and ``effective`` use it.
 
     Returns:
         :class:`OnePixelResult`. ``x_adv`` differs from ``x`` in at most ``pixels`` pixel
         positions and stays in [0, 1].
-
-    Notes:
-        Initialisation as Su et al.: positions uniform over the image, colours
-        N(128, 127) on the 0..255 scale (here N(0.502, 0.498) on [0, 1]), clipped. A child
-        outside the image or the colour range is clamped to it; positions are the floor
-        of the continuous parameter.
     """
-    if x.dim() != 4:
-        raise ConfigError(f"the one-pixel attack needs images (N, C, H, W), got shape {tuple(x.shape)}")
-    if y.shape[0] != x.shape[0]:
-        raise ConfigError(f"{y.shape[0]} labels for {x.shape[0]} images")
-    if pixels < 1:
-        raise ConfigError("--pixels must be at least 1")
-    if popsize < 4:
-        raise ConfigError("--popsize must be at least 4 (DE draws three parents besides the candidate)")
-    if maxiter < 0:
-        raise ConfigError("--steps must be >= 0")
-    if tol is not None and tol < 0:
-        raise ConfigError("tol must be >= 0 (or None to disable)")
-    if chunk is not None and chunk < 1:
-        raise ConfigError("chunk must be at least 1")
-    if not x.is_floating_point():
-        raise ConfigError(f"images must be floats in [0, 1], got dtype {x.dtype}")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise ConfigError("images must be in [0, 1] (pixel space, before normalisation)")
+    _check(x, y, pixels, popsize, maxiter, tol, chunk, fitness, success, bounds)
+    if fitness == "both":
+        kw: dict[str, Any] = dict(
+            pixels=pixels, popsize=popsize, maxiter=maxiter, F=F, target=target, tol=tol, seed=seed,
+            index=index, batch_size=batch_size, chunk=chunk, amp=amp, device=device, progress=progress,
+            success=success, bounds=bounds, adaptive=adaptive, threshold=threshold,
+        )
+        merged = _union({k: onepixel(model, x, y, fitness=k, **kw) for k in ("confidence", "margin")})
+        if callback is not None:
+            callback(merged)
+        return merged
+    return _single(model, x, y, target=target, index=index, threshold=threshold, adaptive=adaptive,
+                   device=device, progress=progress, callback=callback, batch_size=batch_size, chunk=chunk,
+                   amp=amp, pixels=pixels, popsize=popsize, maxiter=maxiter, F=F, tol=tol, seed=seed,
+                   fitness=fitness, success=success, bounds=bounds)
 
+
+def _single(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, target: int | torch.Tensor | Sequence[int] | None,
+    index: torch.Tensor | Sequence[int] | None, threshold: float | None, adaptive: bool,
+    device: str | torch.device | None, progress: Progress | None,
+    callback: Callable[[OnePixelResult], None] | None, batch_size: int | None, chunk: int | None, amp: bool,
+    pixels: int, popsize: int, maxiter: int, F: float, tol: float | None, seed: int, fitness: str,
+    success: str, bounds: str,
+) -> OnePixelResult:
+    """One fitness: clean verdicts, then the search (see :func:`onepixel`)."""
     t0 = time.perf_counter()
     dev = model_device(model, device)
     n, ch, h, w = x.shape
-    p = int(popsize)
-    d = pixels * (2 + ch)
-    bs = batch_size or max(1, (8192 if dev.type == "cuda" else 2048) // p)
-    chunk = chunk or bs * p
-    amp_on = _use_amp(dev, amp)
-    nhwc = _use_nhwc(dev)
-    xf = x
+    bs = batch_size or max(1, (8192 if dev.type == "cuda" else 2048) // popsize)
     labels = y.to(torch.long).cpu()
     ids_all = torch.arange(n) if index is None else torch.as_tensor(index, dtype=torch.long).cpu().flatten()
     if ids_all.numel() != n:
         raise ConfigError(f"{ids_all.numel()} image ids for {n} images")
-
-    tgt_all: torch.Tensor | None = None
-    if target is not None:
-        if isinstance(target, int):
-            tgt_all = torch.full((n,), int(target), dtype=torch.long)
-        else:
-            tgt_all = torch.as_tensor(target, dtype=torch.long).cpu().flatten()
-            if tgt_all.numel() == 1:
-                tgt_all = tgt_all.expand(n).clone()
-            if tgt_all.numel() != n:
-                raise ConfigError(f"{tgt_all.numel()} targets for {n} images")
-
-    def score(imgs: torch.Tensor, use_amp: bool) -> torch.Tensor:
-        return class_confidences(model, imgs, amp=use_amp)
-
-    def score_f32(imgs: torch.Tensor) -> torch.Tensor:
-        """float32 verdicts in forward passes of exactly ``_VERDICT_BATCH`` images (padded), so
-        an image's verdict does not depend on how many others are judged with it (kernels
-        may round differently for other batch sizes)."""
-        parts = []
-        for s in range(0, imgs.shape[0], _VERDICT_BATCH):
-            part = imgs[s : s + _VERDICT_BATCH]
-            k = part.shape[0]
-            if k < _VERDICT_BATCH:
-                part = torch.cat([part, part[:1].expand(_VERDICT_BATCH - k, *part.shape[1:])])
-            parts.append(score(part, False)[:k])
-        return torch.cat(parts) if parts else torch.zeros(0, 1, device=imgs.device)
-
+    tgt_all = _targets(target, n)
     with eval_mode(model), torch.no_grad():
-        # clean predictions (float32)
-        parts = [score_f32(xf[s : s + 1024].to(dev)).cpu() for s in range(0, n, 1024)]
-        conf0 = torch.cat(parts) if parts else torch.zeros(0, 1)
-        nc = conf0.shape[1]
+        scorer = _Scorer(model)
+        parts = [scorer.f32(x[s : s + 1024].to(dev)).cpu() for s in range(0, n, 1024)]
+        logc0 = torch.cat(parts) if parts else torch.zeros(0, 1)
+        nc = logc0.shape[1]
         if (labels < 0).any() or (labels >= nc).any():
             raise ConfigError(f"labels must be in [0, {nc}) for this model")
         if tgt_all is not None and ((tgt_all < 0).any() or (tgt_all >= nc).any()):
             raise ConfigError(f"--target must be in [0, {nc}) for this model")
-        thr = _threshold(model, nc)
-        pred0 = conf0.argmax(1)
-        skipped = pred0 != labels
-        if tgt_all is not None:
-            skipped |= tgt_all == labels
-
-        # per-image results, filled in as images finish (skipped images: the clean verdict)
-        res = OnePixelResult(
-            index=ids_all,
-            labels=labels,
-            skipped=skipped,
-            success=torch.zeros(n, dtype=torch.bool),
-            adv_labels=pred0.clone(),
-            preds=pred0,
-            conf_clean=conf0.amax(1) if n else torch.zeros(0),
-            conf_before=conf0.gather(1, labels[:, None])[:, 0] if n else torch.zeros(0),
-            conf_adv=conf0.amax(1) if n else torch.zeros(0),
-            outlier=conf0.amax(1) < thr if n else torch.zeros(0, dtype=torch.bool),
-            pixel=torch.full((n, pixels, 2 + ch), float("nan")),
-            generations=torch.zeros(n, dtype=torch.long),
-            evaluations=torch.zeros(n, dtype=torch.long),
-            x_adv=xf.clone(),
-            pixels=pixels,
-            popsize=p,
-            maxiter=maxiter,
-            target=None if tgt_all is None else [int(t) for t in tgt_all],
-            threshold=thr,
-            head_kind=_head_kind(model),
-            seed=seed,
-            settings={
-                "F": F, "tol": tol, "batch_size": bs, "chunk": chunk, "amp": amp_on, "device": str(dev)
-            },
+        thr = float(threshold) if threshold is not None else outlier_threshold(model, nc)
+        if adaptive and not thr > 0:
+            raise ConfigError("the detector-aware attack needs a positive outlier threshold")
+        spec = _Spec(
+            pixels=pixels, p=int(popsize), maxiter=maxiter, F=F, tol=tol, fitness=fitness, success=success,
+            bounds=bounds, log_thr=math.log(thr) if adaptive else None, seed=seed, dev=dev, bs=bs,
+            chunk=chunk or bs * int(popsize), amp=_use_amp(dev, amp), nhwc=_use_nhwc(dev), shape=(ch, h, w),
         )
-        if callback is not None and bool(skipped.any()):
-            callback(res.take(skipped.nonzero().flatten()))
-        queue = (~skipped).nonzero().flatten().tolist()
-        total = len(queue)
-        finished = 0
-
-        # slot state
-        base = torch.empty((0, h, w, ch) if nhwc else (0, ch, h, w), device=dev, dtype=xf.dtype)
-        slot_img = torch.empty(0, dtype=torch.long)  # position in x of each slot (CPU)
-        keys = torch.empty(0, dtype=torch.long, device=dev)
-        lab = torch.empty(0, dtype=torch.long, device=dev)
-        tgt: torch.Tensor | None = None if tgt_all is None else torch.empty(0, dtype=torch.long, device=dev)
-        pop = torch.empty(0, p, d, device=dev)
-        fit = torch.empty(0, p, device=dev)
-        gen = torch.empty(0, dtype=torch.long, device=dev)
-        lo = torch.zeros(d, device=dev)
-        hi_pos = torch.tensor([float(h), float(w)] + [1.0] * ch, device=dev).repeat(pixels)
-        is_pos = torch.tensor([True, True] + [False] * ch, device=dev).repeat(pixels)
-        hi = torch.where(is_pos, hi_pos - 1e-4, hi_pos)
-
-        while queue or slot_img.numel():
-            # refill free slots with queued images (their initial population)
-            take = queue[: max(0, bs - slot_img.numel())]
-            queue = queue[len(take) :]
-            fresh = len(take)
-            if fresh:
-                ti = torch.tensor(take, dtype=torch.long)
-                xi = xf[ti].to(dev)
-                base = torch.cat([base, xi.permute(0, 2, 3, 1).contiguous() if nhwc else xi])
-                tk = _image_keys(seed, ids_all[ti].to(dev))
-                slot_img = torch.cat([slot_img, ti])
-                keys = torch.cat([keys, tk])
-                lab = torch.cat([lab, labels[ti].to(dev)])
-                if tgt is not None and tgt_all is not None:
-                    tgt = torch.cat([tgt, tgt_all[ti].to(dev)])
-                u = _uniform(tk, 0, 0, (p, pixels, 2 + ch))
-                z = _uniform(tk, 0, 2, (p, pixels, ch))
-                init = torch.empty(fresh, p, pixels, 2 + ch, device=dev)
-                init[..., 0] = u[..., 0] * h
-                init[..., 1] = u[..., 1] * w
-                # Su et al.: colours ~ N(128, 127) on 0..255 (Box-Muller), clipped
-                r = torch.sqrt(-2.0 * torch.log1p(-z.clamp_max(1 - 2**-24)))
-                normal = r * torch.cos(2 * math.pi * u[..., 2:])
-                init[..., 2:] = (128.0 + 127.0 * normal).clamp(0, 255) / 255.0
-                init = init.view(fresh, p, d).clamp(lo, hi)
-                pop = torch.cat([pop, init])
-                fit = torch.cat([fit, torch.full((fresh, p), float("inf"), device=dev)])
-                gen = torch.cat([gen, torch.full((fresh,), -1, dtype=torch.long, device=dev)])
-            s_n = slot_img.numel()
-            new = gen < 0
-            # children: DE/rand/1 without crossover; fresh slots evaluate their initial population
-            a, b, c = _distinct_parents(keys, gen + 1, p)
-            ar = torch.arange(s_n, device=dev)[:, None]
-            child = (pop[ar, a] + F * (pop[ar, b] - pop[ar, c])).clamp(lo, hi)
-            cand = torch.where(new[:, None, None], pop, child)
-
-            # one generation of all slots: S × P candidate images, in chunks
-            flat = cand.view(s_n * p, d)
-            slot = torch.arange(s_n, device=dev).repeat_interleave(p)
-            lab_f = lab.repeat_interleave(p)
-            tgt_f = tgt.repeat_interleave(p) if tgt is not None else None
-            cfit = torch.empty(s_n * p, device=dev)
-            cfool = torch.empty(s_n * p, dtype=torch.bool, device=dev)
-            for s in range(0, s_n * p, chunk):
-                e = min(s + chunk, s_n * p)
-                conf = score(_build(base, slot[s:e], flat[s:e], pixels, nhwc), amp_on)
-                tt = tgt_f[s:e] if tgt_f is not None else None
-                cfit[s:e] = _fitness(conf, lab_f[s:e], tt)
-                cfool[s:e] = _fools(conf.argmax(1), lab_f[s:e], tt)
-            cfit = cfit.view(s_n, p)
-            cfool = cfool.view(s_n, p)
-            res.evaluations[slot_img] += p
-
-            better = cfit < fit
-            pop = torch.where(better[..., None], cand, pop)
-            fit = torch.where(better, cfit, fit)
-            gen = gen + 1
-
-            # success: the best fooling child, confirmed in float32 when searching in bf16
-            any_fool = cfool.any(1)
-            win = torch.where(cfool, cfit, torch.full_like(cfit, float("inf"))).argmin(1)
-            win_cand = cand[torch.arange(s_n, device=dev), win]
-            done_ok = any_fool.clone()
-            if amp_on and bool(any_fool.any()):
-                ids = any_fool.nonzero().flatten()
-                conf = score_f32(_build(base, ids, win_cand[ids], pixels, nhwc))
-                done_ok[ids] = _fools(conf.argmax(1), lab[ids], tgt[ids] if tgt is not None else None)
-            stop = done_ok | (gen >= maxiter)
-            if tol is not None:
-                stop |= fit.std(1, unbiased=False) <= tol * fit.mean(1).abs()
-            if bool(stop.any()):
-                ids = stop.nonzero().flatten()
-                best = torch.where(done_ok[ids], win[ids], fit[ids].argmin(1))
-                chosen = torch.where(done_ok[ids, None], win_cand[ids], pop[ids, best])
-                imgs = _build(base, ids, chosen, pixels, nhwc)
-                conf = score_f32(imgs).cpu()  # the final verdict, float32
-                gi = slot_img[ids.cpu()]
-                res.x_adv[gi] = imgs.to(res.x_adv.device, res.x_adv.dtype).contiguous()
-                px = chosen.view(-1, pixels, 2 + ch).clone()
-                px[..., 0] = px[..., 0].floor().clamp(0, h - 1)
-                px[..., 1] = px[..., 1].floor().clamp(0, w - 1)
-                res.pixel[gi] = px.cpu()
-                res.generations[gi] = gen[ids].cpu()
-                res.conf_adv[gi] = conf.amax(1)
-                res.adv_labels[gi] = conf.argmax(1)
-                tg = None if tgt_all is None else tgt_all[gi]
-                res.success[gi] = _fools(res.adv_labels[gi], labels[gi], tg)
-                res.outlier[gi] = res.conf_adv[gi] < thr
-                keep = (~stop).nonzero().flatten()
-                base, keys, lab = base[keep], keys[keep], lab[keep]
-                slot_img = slot_img[keep.cpu()]
-                tgt = tgt[keep] if tgt is not None else None
-                pop, fit, gen = pop[keep], fit[keep], gen[keep]
-                finished += int(ids.numel())
-                if callback is not None:
-                    callback(res.take(gi))
-            if progress is not None:
-                progress(finished, total)
-
+        res = _initial_result(x, labels, ids_all, logc0, tgt_all, thr, spec, model)
+        if callback is not None and bool(res.skipped.any()):
+            callback(res.take(res.skipped.nonzero().flatten()))
+        _run_de(model, x, res, tgt_all, spec, progress, callback)
     res.x_adv = res.x_adv.to(x.device)
     res.seconds = time.perf_counter() - t0
     return res
+
+
+
+
+def _initial_result(
+    x: torch.Tensor, labels: torch.Tensor, ids_all: torch.Tensor, logc0: torch.Tensor,
+    tgt_all: torch.Tensor | None, thr: float, spec: _Spec, model: nn.Module,
+) -> OnePixelResult:
+    """The result before the search: clean verdicts; skipped images are final."""
+    n = x.shape[0]
+    ch = spec.shape[0]
+    conf0 = logc0.exp()
+    pred0 = logc0.argmax(1) if n else torch.zeros(0, dtype=torch.long)
+    skipped = pred0 != labels
+    if tgt_all is not None:
+        skipped |= tgt_all == labels
+    top = conf0.amax(1) if n else torch.zeros(0)
+    return OnePixelResult(
+        index=ids_all,
+        labels=labels,
+        skipped=skipped,
+        success=torch.zeros(n, dtype=torch.bool),
+        adv_labels=pred0.clone(),
+        preds=pred0,
+        conf_clean=top,
+        conf_before=conf0.gather(1, labels[:, None])[:, 0] if n else torch.zeros(0),
+        conf_adv=top.clone(),
+        outlier=top < thr,
+        pixel=torch.full((n, spec.pixels, 2 + ch), float("nan")),
+        generations=torch.zeros(n, dtype=torch.long),
+        evaluations=torch.zeros(n, dtype=torch.long),
+        x_adv=x.clone(),
+        pixels=spec.pixels,
+        popsize=spec.p,
+        maxiter=spec.maxiter,
+        target=None if tgt_all is None else [int(t) for t in tgt_all],
+        threshold=thr,
+        head_kind=head_kind_of(model),
+        seed=spec.seed,
+        settings={
+            "F": spec.F, "tol": spec.tol, "batch_size": spec.bs, "chunk": spec.chunk, "amp": spec.amp,
+            "device": str(spec.dev), "fitness": spec.fitness, "success": spec.success, "bounds": spec.bounds,
+            "adaptive": spec.log_thr is not None,
+        },
+    )
+
+
+def paired(a: OnePixelResult, b: OnePixelResult) -> dict[str, Any]:
+    """Paired comparison of two models attacked on the same images (matched by ``index``).
+
+    ``robust``: robust accuracy (correct and not fooled) of ``b`` minus ``a`` over all
+    shared images, with Newcombe's interval and McNemar's exact test; ``fooled`` and
+    ``effective``: the same for the attack rates, over the images both models attacked
+    (both classified correctly), so no image enters one rate and not the other.
+    """
+    ia = {int(v): i for i, v in enumerate(a.index.tolist())}
+    common = [(ia[int(v)], j) for j, v in enumerate(b.index.tolist()) if int(v) in ia]
+    if not common:
+        raise ConfigError("the two results share no images (compare runs on the same inputs)")
+    pa = torch.tensor([c[0] for c in common])
+    pb = torch.tensor([c[1] for c in common])
+    oa, ob = a.outcomes(), b.outcomes()
+    both = oa["attacked"][pa.numpy()] & ob["attacked"][pb.numpy()]
+    out: dict[str, Any] = {"images": len(common), "attacked_by_both": int(both.sum())}
+    out["robust"] = paired_diff(oa["robust"][pa.numpy()], ob["robust"][pb.numpy()]).to_dict()
+    for key in ("fooled", "effective"):
+        out[key] = paired_diff(oa[key][pa.numpy()][both], ob[key][pb.numpy()][both]).to_dict()
+    return out

@@ -47,8 +47,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kmtools.attacks.deepfool import decision_scores, eval_mode, model_device
 from kmtools.errors import ConfigError
+from kmtools.models.scoring import decision_scores, eval_mode, model_device
 
 Progress = Callable[[int, int], None]
 HvpMethod = Literal["auto", "exact", "fd"]

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kmtools.attacks.deepfool import decision_scores, deepfool, eval_mode, model_device
+from kmtools.attacks.deepfool import deepfool
 from kmtools.errors import ConfigError, DataError
 from kmtools.geometry.curvature import (
     BoundaryOperator,
@@ -51,6 +51,7 @@ from kmtools.geometry.curvature import (
     resolve_method,
 )
 from kmtools.geometry.distance import boundary_points
+from kmtools.models.scoring import decision_scores, eval_mode, model_device
 
 Progress = Callable[[int, int], None]
 

@@ -52,8 +52,9 @@ import torch
 import torch.nn.functional as Fn
 from torch import nn
 
-from kmtools.attacks.deepfool import decision_scores, deepfool, eval_mode, model_device
+from kmtools.attacks.deepfool import deepfool
 from kmtools.errors import ConfigError
+from kmtools.models.scoring import decision_scores, eval_mode, model_device
 
 Progress = Callable[[int, int], None]
 

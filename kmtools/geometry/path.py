@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kmtools.attacks.deepfool import decision_scores, eval_mode, model_device
 from kmtools.errors import ConfigError
+from kmtools.models.scoring import decision_scores, eval_mode, model_device
 
 Progress = Callable[[int, int], None]
 
