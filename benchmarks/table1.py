@@ -230,7 +230,8 @@ def render(doc: dict[str, Any]) -> str:
                      f"{_pct(op['fooled_confidence'])} | {_f(op['conf_fooled'], '.2f')} |")
     ch = doc["test_accuracy_change"]
     lines += ["", f"Paired test-accuracy change Gauss − softmax: {100 * ch['diff']:+.2f} points "
-              f"(95% CI {100 * ch['diff_lo']:+.2f} to {100 * ch['diff_hi']:+.2f}; McNemar p = {ch['p_value']:.3g}).", "",
+              f"(95% CI {100 * ch['diff_lo']:+.2f} to {100 * ch['diff_hi']:+.2f}; McNemar p = {ch['p_value']:.3g}).",
+              "",
               "| rate | softmax | Gauss | factor softmax/Gauss (95% CI) | McNemar p |", "|---|---|---|---|---|"]
     names = {"fooled_confidence": "paper's fitness (p_y, κ_y)", "fooled_margin": "margin fitness",
              "fooled": "either fitness (union)", "effective": "union, fooled and not flagged"}

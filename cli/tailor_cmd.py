@@ -38,7 +38,8 @@ def tailor_cmd(
     warmup: Annotated[float, typer.Option("--warmup", help="Share of the steps that warm the learning rate up from 0.")] = 0.1,
     val_data: Annotated[str | None, typer.Option("--val-data", help="Validation data NAME|PATH for selection, early stopping and γ (default: --val-split of the training data).")] = None,
     val_split: Annotated[float, typer.Option("--val-split", help="Hold out this stratified, seeded fraction of the training data (at most 5,000 items) for validation; 0 = none (harm check off).")] = 0.1,
-    max_drop: Annotated[float, typer.Option("--max-drop", help="Points of validation accuracy an exported epoch may lose against the softmax network; training stops beyond it.")] = 0.5,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="Points of validation accuracy an exported epoch may lose against the softmax network.")] = 0.5,
+    patience: Annotated[int, typer.Option("--patience", help="Stop after this many epochs in a row lose more than --max-drop.")] = 2,
     fpr: Annotated[float, typer.Option("--fpr", help="γ is fitted so that the outlier rule κ < 1/c flags this share of the validation data.")] = 0.05,
     ce_weight: Annotated[float, typer.Option("--ce-weight", help="Weight λ of the cross-entropy on log κ (collapse/accuracy guard).")] = 1.0,
     gamma: Annotated[str, typer.Option("--gamma", help="κ = exp(-γ‖f-C‖²) of the exported model: 'auto' (fitted on validation data, see --fpr) or a number (1 = paper).")] = "auto",
@@ -97,7 +98,7 @@ def tailor_cmd(
     cfg = TailorConfig(
         epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
         batch_size=run.batch_size, train_from=train_from, init=init, ramp_epochs=ramp_epochs, ce_weight=ce_weight,
-        gamma=g_val, fpr=fpr, max_drop=max_drop, augment=augment, amp=run.amp, channels_last=run.amp, seed=seed,
+        gamma=g_val, fpr=fpr, max_drop=max_drop, patience=patience, augment=augment, amp=run.amp, channels_last=run.amp, seed=seed,
         head=head_kind, head_options=_head_options(head_kind, prototypes_per_class, proto_init, temperature,
                                                    normaliser, sigma, squashing, slope),
     )
@@ -134,6 +135,7 @@ def tailor_cmd(
             results["files"]["report"] = str(out_dir / "report.html")
         doc = envelope("tailor", results, model=describe_model(model_path, model), data=train.to_dict(),
                        seed=seed, device=dev, timings=timer.timings)
+        write_json(out_dir / "tailor.json", doc, force=True)  # the file says what stdout says
         out.emit(doc, lambda con: _human(con, model_path, target, head_kind, results))
         if not done.ok:
             raise KmtoolsError(

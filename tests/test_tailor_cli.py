@@ -27,7 +27,7 @@ def digits_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tailored(digits_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("run") / "g"
-    res = runner.invoke(app, ["tailor", str(digits_ckpt), "--data", "digits", "--epochs", "3", "--lr", "0.02",
+    res = runner.invoke(app, ["tailor", str(digits_ckpt), "--data", "digits", "--epochs", "3",
                               "--out", str(out), "--export", "", "--format", "json", "--quiet",
                               "--gate", "results.accuracy_change>=-0.01", "--gate", "results.max_drop_ok==1"])
     assert res.exit_code == 0, res.output

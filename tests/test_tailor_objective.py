@@ -144,13 +144,13 @@ def test_dropout_and_batchnorm_stay_in_eval_mode_while_tailoring() -> None:
 def test_epoch_zero_is_recorded_and_selection_guards_accuracy() -> None:
     train, val = _blobs(400, 1), _blobs(200, 2)
     model = _dropout_model(train, 10)
-    res = tailor(model, train, TailorConfig(epochs=3, lr=0.01, batch_size=32, amp=False), val_data=val)
+    res = tailor(model, train, TailorConfig(epochs=4, lr=0.01, batch_size=32, amp=False), val_data=val)
     h0 = res.history[0]
     assert h0.epoch == 0 and h0.val_accuracy == h0.softmax_val_accuracy and not h0.eligible
     assert res.selected_epoch is not None and res.selected_epoch >= 1
     sel = res.history[res.selected_epoch]
     assert sel.eligible and sel.rho == 1.0
-    assert res.accuracy_drop is not None and res.accuracy_drop <= 0.5
+    assert res.accuracy_drop is not None and res.accuracy_drop <= 0.5 + 1e-9
     # γ is fitted so that the 1/c rule flags ≈ fpr of the validation data
     assert res.gamma_fit["val_flagged_at_threshold"] == pytest.approx(0.05, abs=0.02)
     # a learning rate that wrecks the network: nothing qualifies, training stops, no model

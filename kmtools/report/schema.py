@@ -178,7 +178,7 @@ def strip_volatile(doc: Mapping[str, Any]) -> dict[str, Any]:
 def _drop_seconds(obj: Any) -> Any:
     """Remove wall-clock ``seconds`` fields (e.g. tailor's per-epoch history) at any depth."""
     if isinstance(obj, Mapping):
-        return {k: _drop_seconds(v) for k, v in obj.items() if k not in ("seconds", "train_seconds")}
+        return {k: _drop_seconds(v) for k, v in obj.items() if k not in ("seconds", "train_seconds", "eval_seconds")}
     if isinstance(obj, list):
         return [_drop_seconds(v) for v in obj]
     return obj

@@ -37,6 +37,7 @@ class TailorConfig:
     gamma: float | None = None  # exported γ; None = fitted on validation data (1/c flags `fpr`)
     fpr: float = 0.05  # share of validation inputs the 1/c rule flags when γ is fitted
     max_drop: float = 0.5  # points of validation accuracy an exported epoch may lose
+    patience: int = 2  # stop after this many epochs in a row lose more than max_drop
     clip: float = 5.0  # gradient-norm clipping (0 = off)
     freeze_bn: bool = True  # keep BatchNorm statistics of the trained network
     augment: str = "auto"  # auto | none | crop-flip
@@ -69,6 +70,8 @@ class TailorConfig:
             raise ConfigError("--fpr must be a fraction between 0 and 1")
         if self.max_drop < 0 or not math.isfinite(self.max_drop):
             raise ConfigError("--max-drop must be a non-negative number of points")
+        if self.patience < 1:
+            raise ConfigError("--patience must be at least 1")
         if self.augment not in ("auto", "none", "crop-flip"):
             raise ConfigError("--augment must be auto, none or crop-flip")
         if self.head not in HEADS:
@@ -150,6 +153,6 @@ class TailorResult:
             "world_size": self.world_size, "head_kind": self.config.head,
             "selected_epoch": self.selected_epoch, "stopped_early": self.stopped_early,
             "accuracy_drop": drop, "max_drop": self.config.max_drop,
-            "max_drop_ok": int(self.model is not None and (drop is None or drop <= self.config.max_drop)),
+            "max_drop_ok": int(self.model is not None and (drop is None or drop <= self.config.max_drop + 1e-9)),
             "validation": self.validation, "benefit": self.benefit, "gamma_fit": self.gamma_fit,
         }

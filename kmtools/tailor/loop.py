@@ -18,7 +18,7 @@ Algorithm 1 alternates the centroid update C = f(X) Y (YᵀY)⁻¹ with minimisi
   held-out validation data. Among epochs ≥ 1 whose centroids are the class means and whose
   validation accuracy is within ``max_drop`` points of the softmax network's, the one with the
   lowest validation scatter / gap² (Algorithm 1's objective, scale-free) is exported; training
-  stops when the drop is exceeded.
+  stops once ``patience`` epochs in a row exceed the drop.
 * **γ.** κ = exp(-γ‖f - C‖²) on the raw features; γ is fitted on the validation data so that
   the paper's outlier rule κ < 1/c flags a share ``fpr`` of it (unless ``gamma`` is given).
 
@@ -215,6 +215,7 @@ class _Run:
         self.history: list[EpochStats] = []
         self.best: dict[str, Any] | None = None
         self.stopped = False
+        self.below = 0  # epochs in a row below the accuracy floor
         self.base_val: float | None = None  # the softmax network's validation accuracy
 
     def feats(self, model: KmModel, data: Dataset[Any], shard: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -498,13 +499,14 @@ def _epoch_end(gm: KmModel, data: Dataset[Any], val: Dataset[Any] | None, run: _
         target = obj.HeadState((mom.means / s**0.5).float(), torch.zeros(c), run.warm.gamma)
         row.rho = min(1.0, epoch / cfg.ramp)
         run.state, run.scale = obj.blend(run.warm, target, row.rho), s
-        head: nn.Module = run.state.raw_head(s)
-        gm.head = head.to(run.device)
-        correct = torch.tensor([float((head.log_kappa(f.double()).argmax(1) == y).sum()), float(len(y))],
+        gauss = run.state.raw_head(s)
+        head: nn.Module = gauss
+        gm.head = gauss.to(run.device)
+        correct = torch.tensor([float((gauss.log_kappa(f.double()).argmax(1) == y).sum()), float(len(y))],
                                dtype=torch.float64)
         _all_reduce(correct)
         row.train_accuracy = float(correct[0] / correct[1])
-        row.scatter_over_gap2 = mom.scatter_over_gap2(head.centroids)
+        row.scatter_over_gap2 = mom.scatter_over_gap2(gauss.centroids)
     else:
         head = gm.head.cpu()
         row.train_accuracy = float((head(f).argmax(1) == y).double().mean())
@@ -527,7 +529,8 @@ def _select(gm: KmModel, run: _Run, row: EpochStats) -> None:
     floor = None if run.base_val is None else run.base_val - cfg.max_drop / 100.0
     within = floor is None or (row.val_accuracy is not None and row.val_accuracy >= floor - 1e-12)
     row.eligible = row.rho >= 1.0 and within
-    if floor is not None and not within:
+    run.below = 0 if within else run.below + 1
+    if run.below >= cfg.patience:
         run.stopped = True
     if not row.eligible:
         return
@@ -664,7 +667,7 @@ def _save_checkpoint(path: Path, gm: KmModel, opt: torch.optim.Optimizer, sched:
         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
         "history": [h.to_dict() for h in run.history], "epoch": epoch, "config": run.cfg.to_dict(),
         "warm": hs(run.warm), "state": hs(run.state), "scale": run.scale, "best": best,
-        "stopped": run.stopped, "base_val": run.base_val,
+        "stopped": run.stopped, "below": run.below, "base_val": run.base_val,
     }
     write_with(path, lambda tmp: torch.save(state, tmp), force=True)
 
@@ -691,6 +694,7 @@ def _restore(ckpt: Path | None, gm: KmModel, opt: torch.optim.Optimizer, sched: 
     torch.set_rng_state(state["torch_rng"])
     run.history = [EpochStats(**h) for h in state["history"]]
     run.stopped, run.base_val = bool(state["stopped"]), state["base_val"]
+    run.below = int(state.get("below", 0))
     if state["best"] is not None:
         b = state["best"]
         head = copy.deepcopy(gm.head).cpu()
