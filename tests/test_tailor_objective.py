@@ -141,15 +141,19 @@ def test_dropout_and_batchnorm_stay_in_eval_mode_while_tailoring() -> None:
     assert torch.equal(tuned_bn.running_mean, stats[0]) and torch.equal(tuned_bn.running_var, stats[1])
 
 
-def test_epoch_zero_is_recorded_and_selection_guards_accuracy() -> None:
+@pytest.mark.parametrize("centroids", ["fixed", "means"])
+def test_epoch_zero_is_recorded_and_selection_guards_accuracy(centroids: str) -> None:
     train, val = _blobs(400, 1), _blobs(200, 2)
     model = _dropout_model(train, 10)
-    res = tailor(model, train, TailorConfig(epochs=4, lr=0.01, batch_size=32, amp=False), val_data=val)
+    cfg = TailorConfig(epochs=4, lr=0.01, batch_size=32, amp=False, centroids=centroids)
+    res = tailor(model, train, cfg, val_data=val)
     h0 = res.history[0]
     assert h0.epoch == 0 and h0.val_accuracy == h0.softmax_val_accuracy and not h0.eligible
     assert res.selected_epoch is not None and res.selected_epoch >= 1
     sel = res.history[res.selected_epoch]
-    assert sel.eligible and sel.rho == 1.0
+    assert sel.eligible and (sel.rho == 1.0 or centroids == "fixed")
+    if centroids == "means":  # Algorithm 1: the exported centroids are the class means
+        assert sel.centroid_shift == pytest.approx(0.0, abs=1e-9)
     assert res.accuracy_drop is not None and res.accuracy_drop <= 0.5 + 1e-9
     # γ is fitted so that the 1/c rule flags ≈ fpr of the validation data
     assert res.gamma_fit["val_flagged_at_threshold"] == pytest.approx(0.05, abs=0.02)
@@ -170,3 +174,21 @@ def test_under_trained_network_is_not_harmed() -> None:
         return float((fe.predictions == fe.labels).double().mean())
 
     assert acc(res.model) >= acc(model) - 0.02
+
+
+def test_fixed_centroids_pull_the_features_onto_the_warm_start() -> None:
+    """centroids="fixed": the exact Theorem-1 head stays and the scatter term moves the
+    features towards its centroids, so the centroids end up nearer the class means and the
+    scale-free scatter around them falls; the scatter weight is what does it."""
+    train, val = _blobs(400, 1), _blobs(200, 2)
+    model = _dropout_model(train, 10)
+
+    def run(weight: float) -> list:
+        cfg = TailorConfig(epochs=3, lr=0.01, batch_size=32, amp=False, scatter_weight=weight, max_drop=100.0)
+        return tailor(model, train, cfg, val_data=val).history
+
+    pulled, free = run(1.0), run(0.0)
+    assert pulled[-1].centroid_shift < 0.7 * free[-1].centroid_shift
+    assert pulled[-1].centroid_shift < pulled[0].centroid_shift
+    assert pulled[-1].val_scatter_over_gap2 < 0.7 * pulled[0].val_scatter_over_gap2
+    assert pulled[-1].val_scatter_over_gap2 < 0.85 * free[-1].val_scatter_over_gap2

@@ -32,15 +32,17 @@ class TailorConfig:
     batch_size: int = 128
     train_from: str | None = None  # first backbone module that trains; earlier ones are frozen
     init: str = "equidistant"  # equidistant (exact Theorem-1 warm start) | means | kmeans
-    ramp_epochs: int = 1  # epochs over which the centroids move from the warm start to the class means
+    centroids: str = "fixed"  # fixed: the initial centroids stay, the features move to them | means: Algorithm 1
+    ramp_epochs: int = 1  # centroids="means": epochs over which the centroids move to the class means
     ce_weight: float = 1.0  # λ
+    scatter_weight: float = 0.1  # weight of the scatter term γ̂‖f̂ - Ĉ_y‖² against the cross-entropy
     gamma: float | None = None  # exported γ; None = fitted on validation data (1/c flags `fpr`)
     fpr: float = 0.05  # share of validation inputs the 1/c rule flags when γ is fitted
     max_drop: float = 0.5  # points of validation accuracy an exported epoch may lose
     patience: int = 2  # stop after this many epochs in a row lose more than max_drop
     clip: float = 5.0  # gradient-norm clipping (0 = off)
     freeze_bn: bool = True  # keep BatchNorm statistics of the trained network
-    augment: str = "auto"  # auto | none | crop-flip
+    augment: str = "none"  # none | auto (crop-flip for FLIP_SAFE data) | crop-flip
     amp: bool = True
     channels_last: bool = True
     seed: int = 0
@@ -62,6 +64,10 @@ class TailorConfig:
             raise ConfigError(f"--init must be one of {', '.join(INITS)}")
         if self.ramp_epochs < 1:
             raise ConfigError("--ramp-epochs must be at least 1")
+        if self.centroids not in ("fixed", "means"):
+            raise ConfigError("--centroids must be fixed or means")
+        if self.scatter_weight < 0 or not math.isfinite(self.scatter_weight):
+            raise ConfigError("--scatter-weight must be >= 0")
         if self.ce_weight < 0:
             raise ConfigError("--ce-weight must be >= 0")
         if self.gamma is not None and (self.gamma <= 0 or not math.isfinite(self.gamma)):
@@ -110,8 +116,9 @@ class EpochStats:
     scatter_over_gap2: float | None = None  # scale-free separation (training data)
     val_scatter_over_gap2: float | None = None  # the same on validation data (the selection criterion)
     median_margin_gap: float | None = None  # validation data, in units of the rms centroid gap
-    rho: float = 0.0  # 0 = warm start centroids, 1 = class means
-    eligible: bool = False  # may be exported (epoch ≥ 1, class-mean head, within --max-drop)
+    rho: float = 0.0  # centroids="means": 0 = warm start centroids, 1 = class means
+    centroid_shift: float | None = None  # mean_k ‖C_k - M_k‖² / E‖f - M_y‖² (training data): 0 = class means
+    eligible: bool = False  # may be exported (epoch ≥ 1, within --max-drop; "means": ρ = 1)
     softmax_train_accuracy: float | None = None
     softmax_val_accuracy: float | None = None
     softmax_val_nll: float | None = None

@@ -245,6 +245,16 @@ class _Moments:
     def means(self) -> torch.Tensor:
         return self.sums / self.counts.clamp_min(1)[:, None]
 
+    def within(self, centroids: torch.Tensor) -> float:
+        """E‖f - C_y‖² from the moments."""
+        cen = centroids.double()
+        w = self.sumsq - 2 * float((self.sums * cen).sum()) + float((self.counts * cen.pow(2).sum(1)).sum())
+        return w / self.n
+
+    def centroid_shift(self, centroids: torch.Tensor) -> float:
+        """mean_k ‖C_k - M_k‖² / E‖f - M_y‖²: how far the centroids sit from the class means."""
+        return float((centroids.double() - self.means).pow(2).sum(1).mean()) / max(self.within(self.means), obj.EPS)
+
     def scatter_over_gap2(self, centroids: torch.Tensor) -> float:
         """E‖f - C_y‖² / mean ‖C_k - C_l‖² from the moments (the same on every rank)."""
         cen = centroids.double()
@@ -395,6 +405,8 @@ def _build(model: KmModel, data: Dataset[Any], run: _Run, say: Log) -> tuple[KmM
     if cfg.head == "gauss":
         run.warm, run.scale = initial_state(model, f, y, cfg.init, cfg.seed)
         run.state = run.warm
+        if cfg.centroids == "fixed":  # the scatter pulls towards the centroids themselves
+            run.state = obj.HeadState(run.warm.centroids, run.warm.offsets, run.warm.gamma)
         head: nn.Module = run.warm.raw_head(run.scale)
     else:
         from kmtools.heads import build_head
@@ -446,7 +458,7 @@ def _batch(data: Dataset[Any], tensors: tuple[torch.Tensor, torch.Tensor] | None
 def _step_loss(head: nn.Module, st: obj.HeadState | None, f: torch.Tensor, y: torch.Tensor, cfg: TailorConfig
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if st is not None:
-        return obj.loss(f, y, st, cfg.ce_weight)
+        return obj.loss(f, y, st, cfg.ce_weight, cfg.scatter_weight)
     from kmtools.heads import head_loss
 
     loss = head_loss(head, f, y)
@@ -469,6 +481,9 @@ def _epoch0(model: KmModel, softmax: KmModel | None, gm: KmModel, data: Dataset[
         cen = run.state.raw_head(run.scale)
         g = obj.geometry(f, y, cen.centroids, cen.offsets)
         row.scatter_over_gap2 = g.scatter_over_gap2
+        mu = class_means(f.double(), y, model.num_classes)
+        within = float((f.double() - mu[y]).pow(2).sum(1).mean())
+        row.centroid_shift = float((cen.centroids.double() - mu).pow(2).sum(1).mean()) / max(within, obj.EPS)
     if val is not None:
         fv, yv = run.feats(model, val, shard=False)
         if softmax is not None:
@@ -497,8 +512,13 @@ def _epoch_end(gm: KmModel, data: Dataset[Any], val: Dataset[Any] | None, run: _
         mom = _Moments(f, y, c)
         s = mom.scale
         target = obj.HeadState((mom.means / s**0.5).float(), torch.zeros(c), run.warm.gamma)
-        row.rho = min(1.0, epoch / cfg.ramp)
-        run.state, run.scale = obj.blend(run.warm, target, row.rho), s
+        if cfg.centroids == "means":
+            row.rho = min(1.0, epoch / cfg.ramp)
+            run.state = obj.blend(run.warm, target, row.rho)
+        else:
+            row.rho = 0.0
+        run.scale = s
+        assert run.state is not None
         gauss = run.state.raw_head(s)
         head: nn.Module = gauss
         gm.head = gauss.to(run.device)
@@ -507,6 +527,7 @@ def _epoch_end(gm: KmModel, data: Dataset[Any], val: Dataset[Any] | None, run: _
         _all_reduce(correct)
         row.train_accuracy = float(correct[0] / correct[1])
         row.scatter_over_gap2 = mom.scatter_over_gap2(gauss.centroids)
+        row.centroid_shift = mom.centroid_shift(gauss.centroids)
     else:
         head = gm.head.cpu()
         row.train_accuracy = float((head(f).argmax(1) == y).double().mean())
@@ -528,7 +549,7 @@ def _select(gm: KmModel, run: _Run, row: EpochStats) -> None:
     cfg = run.cfg
     floor = None if run.base_val is None else run.base_val - cfg.max_drop / 100.0
     within = floor is None or (row.val_accuracy is not None and row.val_accuracy >= floor - 1e-12)
-    row.eligible = row.rho >= 1.0 and within
+    row.eligible = (cfg.centroids == "fixed" or row.rho >= 1.0) and within
     run.below = 0 if within else run.below + 1
     if run.below >= cfg.patience:
         run.stopped = True

@@ -75,7 +75,7 @@ def logits(fh: torch.Tensor, st: HeadState) -> torch.Tensor:
     return -st.gamma * (d2 + st.offsets.to(fh.dtype))
 
 
-def loss(f: torch.Tensor, y: torch.Tensor, st: HeadState, ce_weight: float
+def loss(f: torch.Tensor, y: torch.Tensor, st: HeadState, ce_weight: float, scatter_weight: float = 1.0
          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scale-free Algorithm-1 loss on a batch; returns (loss, scatter, ce, logits)."""
     fh = normalise(f)
@@ -83,7 +83,7 @@ def loss(f: torch.Tensor, y: torch.Tensor, st: HeadState, ce_weight: float
     target = st.centroids if st.means is None else st.means
     scatter = st.gamma * (fh - target.to(fh.dtype)[y]).pow(2).sum(1).mean()
     ce = F.cross_entropy(lg, y)
-    return scatter + ce_weight * ce, scatter.detach(), ce.detach(), lg.detach()
+    return scatter_weight * scatter + ce_weight * ce, scatter.detach(), ce.detach(), lg.detach()
 
 
 def mean_pair_sq(c: torch.Tensor) -> float:
