@@ -36,7 +36,7 @@ def tailor_cmd(
     init: Annotated[str, typer.Option("--init", help="Centroid init: equidistant (exact Theorem-1 copy of the softmax head, then a ramp to the class means), means or kmeans.")] = "equidistant",
     centroids: Annotated[str, typer.Option("--centroids", help="fixed: the initial centroids stay and the features move towards them (default; keeps accuracy) | means: Algorithm 1's class-mean update every epoch (costs accuracy on the reference models, docs/tailor.md).")] = "fixed",
     ramp_epochs: Annotated[int, typer.Option("--ramp-epochs", help="With --centroids means: epochs over which the centroids move from the exact warm start to the class means.")] = 1,
-    scatter_weight: Annotated[float, typer.Option("--scatter-weight", help="Weight of the scatter term (features towards their centroid) against the cross-entropy; higher: tighter clusters, more accuracy at risk.")] = 0.1,
+    scatter_weight: Annotated[float, typer.Option("--scatter-weight", help="Weight of the scatter term (features towards their centroid) against the cross-entropy; higher: tighter clusters, more accuracy at risk.")] = 0.02,
     warmup: Annotated[float, typer.Option("--warmup", help="Share of the steps that warm the learning rate up from 0.")] = 0.1,
     val_data: Annotated[str | None, typer.Option("--val-data", help="Validation data NAME|PATH for selection, early stopping and γ (default: --val-split of the training data).")] = None,
     val_split: Annotated[float, typer.Option("--val-split", help="Hold out this stratified, seeded fraction of the training data (at most 5,000 items) for validation; 0 = none (harm check off).")] = 0.1,

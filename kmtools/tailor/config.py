@@ -35,7 +35,7 @@ class TailorConfig:
     centroids: str = "fixed"  # fixed: the initial centroids stay, the features move to them | means: Algorithm 1
     ramp_epochs: int = 1  # centroids="means": epochs over which the centroids move to the class means
     ce_weight: float = 1.0  # λ
-    scatter_weight: float = 0.1  # weight of the scatter term γ̂‖f̂ - Ĉ_y‖² against the cross-entropy
+    scatter_weight: float = 0.02  # weight of the scatter term γ̂‖f̂ - Ĉ_y‖² against the cross-entropy
     gamma: float | None = None  # exported γ; None = fitted on validation data (1/c flags `fpr`)
     fpr: float = 0.05  # share of validation inputs the 1/c rule flags when γ is fitted
     max_drop: float = 0.5  # points of validation accuracy an exported epoch may lose
