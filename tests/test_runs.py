@@ -158,3 +158,29 @@ def test_helpers(tmp_path: Path) -> None:
     assert finite({"a": (float("-inf"), 2)}) == {"a": [None, 2]}
     x, y = tensors(subset(load_dataset("digits", split="test"), 7))
     assert x.shape == (7, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.long
+
+
+def test_a_signal_stops_a_geometry_run_between_batches(tmp_path: Path) -> None:
+    """run_distance checks for SIGINT after each batch: the first batch's signal stops it
+    before the second batch runs, with one Interrupted error and no result file."""
+    from contextlib import contextmanager
+
+    from kmtools.geometry.run import run_distance
+
+    calls: list[int] = []
+
+    @contextmanager
+    def progress(_desc: str, _total: int):  # type: ignore[no-untyped-def]
+        def update(done: int, _tot: int, _extra: str = "") -> None:
+            calls.append(done)
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        yield update
+
+    x = torch.rand(8, 6)
+    with pytest.raises(Interrupted, match="SIGINT during geometry distance") as err:
+        with RunContext("geometry distance", out_dir=tmp_path, progress=progress) as ctx:
+            run_distance(tiny_mlp_model(), x, ctx, batch_size=4)
+    assert err.value.exit_code == 130 and calls == [4]
+    assert not (tmp_path / "geometry-distance.json").exists()

@@ -10,11 +10,13 @@ Command-level runs live beside their maths, e.g. :mod:`kmtools.geometry.run`.
 """
 
 from kmtools.runs.context import (
+    ProgressFactory,
     RunContext,
     Timer,
     check_gates,
     check_out_dir,
     finite,
+    no_progress,
     save_npz,
     tensors,
     to_numpy,
@@ -23,6 +25,7 @@ from kmtools.runs.journal import Journal, jsonl, settings_diff
 from kmtools.runs.signals import Interrupted, Signals, catch_signals, signal_name
 
 __all__ = [
-    "Interrupted", "Journal", "RunContext", "Signals", "Timer", "catch_signals", "check_gates", "check_out_dir",
-    "finite", "jsonl", "save_npz", "settings_diff", "signal_name", "tensors", "to_numpy",
+    "Interrupted", "Journal", "ProgressFactory", "RunContext", "Signals", "Timer", "catch_signals", "check_gates",
+    "check_out_dir", "finite", "jsonl", "no_progress", "save_npz", "settings_diff", "signal_name", "tensors",
+    "to_numpy",
 ]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,6 +28,20 @@ from kmtools.io import check_writable, write_json, write_with
 from kmtools.report import gates
 from kmtools.report.schema import envelope, model_info
 from kmtools.runs.signals import Signals, catch_signals
+
+ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[..., None]]]
+"""``progress(description, total)`` → a context yielding ``update(done, total, extra="")``
+(``kmtools_cli._output.Output.progress`` draws a bar; :func:`no_progress` draws nothing)."""
+
+
+@contextmanager
+def no_progress(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """A progress factory that shows nothing."""
+    yield lambda *_a, **_k: None
+
+
+def _quiet(_msg: str) -> None:
+    return None
 
 
 class Timer:
@@ -122,8 +136,12 @@ class RunContext:
         seed: int | None = 0,
         device: torch.device | str = "cpu",
         stem: str | None = None,
+        progress: ProgressFactory = no_progress,
+        info: Callable[[str], None] = _quiet,
+        warn: Callable[[str], None] = _quiet,
     ) -> None:
         check_out_dir(out_dir)
+        self.progress, self.info, self.warn = progress, info, warn
         self.command = command
         self.out_dir = out_dir
         self.force = force
@@ -152,6 +170,18 @@ class RunContext:
         """Call between batches: a caught SIGINT/SIGTERM becomes :class:`Interrupted`."""
         self.signals.check(f"during {self.command}")
 
+    @contextmanager
+    def stage(self, name: str, description: str, total: int) -> Iterator[Callable[..., None]]:
+        """A timed stage with a progress callback that also checks for SIGINT/SIGTERM."""
+        with self.timer(name), self.progress(description, total) as prog:
+
+            def update(done: int, tot: int, extra: str = "") -> None:
+                prog(done, tot, extra)
+                self.check()
+
+            yield update
+        self.check()
+
     def paths(self, **suffixes: str) -> dict[str, Path]:
         """``{name: OUT/<stem><suffix>}`` for each ``name=suffix``, each checked against
         ``--force`` before any work; ``{}`` without ``--out``."""
@@ -179,7 +209,10 @@ class RunContext:
         )
 
     def write(self, doc: Mapping[str, Any], paths: Mapping[str, Path]) -> list[Path]:
-        """Write ``doc`` to ``paths["json"]`` (when there is one); return every path that exists."""
+        """Write ``doc`` to ``paths["json"]`` (when there is one) and say which files exist."""
         if "json" in paths:
             write_json(paths["json"], doc, self.force)
-        return [p for p in paths.values() if p.exists()]
+        written = [p for p in paths.values() if p.exists()]
+        if written:
+            self.info("wrote " + ", ".join(str(p) for p in written))
+        return written

@@ -1,0 +1,56 @@
+"""The view registry (see :mod:`kmtools.report.views`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from kmtools.report.collect import Run
+    from kmtools.report.document import FigureRef, Section
+
+Rows = list[tuple[str, Any]]
+AddFigure = Callable[[str, str, "Path"], None]
+
+
+@dataclass(frozen=True)
+class View:
+    """How one result kind is shown. ``command`` is the document's ``command`` with dashes
+    (``"attack-onepixel"``, ``"geometry-distance"``: :func:`kmtools.report.collect.command_key`)."""
+
+    command: str
+    summary: Callable[[Mapping[str, Any]], tuple[str, Rows]] | None = None
+    section: Callable[[Run, Mapping[str, list[FigureRef]]], Section | None] | None = None
+    figures: Callable[[Run, Path, bool, AddFigure, bool], None] | None = None
+    order: int = 100  # place of the section in the report (lower first)
+
+
+VIEWS: dict[str, View] = {}
+
+
+def register(view: View) -> View:
+    """Add ``view`` to the registry (one view per command)."""
+    if view.command in VIEWS:
+        raise ValueError(f"a view for {view.command!r} is registered twice")
+    VIEWS[view.command] = view
+    return view
+
+
+def view_for(command: str) -> View | None:
+    """The view of a document's ``command`` (spaces or dashes), or ``None`` (generic table)."""
+    return VIEWS.get(command.replace(" ", "-"))
+
+
+def all_views() -> list[View]:
+    """Every registered view, in report order."""
+    return sorted(VIEWS.values(), key=lambda v: (v.order, v.command))
+
+
+def summary(doc: Mapping[str, Any]) -> tuple[str, Rows] | None:
+    """The terminal summary of ``doc`` by its command's view, or ``None``."""
+    view = view_for(str(doc.get("command", "")))
+    return view.summary(doc) if view is not None and view.summary is not None else None
+
