@@ -9,7 +9,8 @@ kind is known in one place: its view module (docs/architecture.md, "Adding a vie
 
 from __future__ import annotations
 
-from kmtools.report.views import geometry  # noqa: F401  (each view module registers its views)
+# each view module registers its views on import
+from kmtools.report.views import deepfool, evaluate, explain, fgsm, geometry, onepixel, tailor  # noqa: F401
 from kmtools.report.views.base import VIEWS, AddFigure, Rows, View, all_views, register, summary, view_for
 
 __all__ = ["VIEWS", "AddFigure", "Rows", "View", "all_views", "register", "summary", "view_for"]

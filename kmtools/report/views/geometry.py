@@ -4,10 +4,15 @@ summaries (Fawzi et al., Sec. II-V; Gauss-network paper Theorem 2) and the repor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
-from kmtools.report.views.base import Rows, View, register
+from kmtools.report import figures
+from kmtools.report.collect import Run
+from kmtools.report.document import num
+from kmtools.report.layout import primary_kind
+from kmtools.report.views.base import AddFigure, Rows, View, register
 
 
 def _results(doc: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,6 +120,84 @@ def path_summary(doc: Mapping[str, Any]) -> tuple[str, Rows]:
     return "Algorithm 1: paths inside classification regions (paper: always found)", rows
 
 
+_GENERIC_PARTS = {"results", "detect", "detection", "evaluation", "curvature", "roc", "summary", "metrics"}
+
+
+def find_objects(
+    obj: Any, test: Callable[[Mapping[str, Any]], bool], path: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Mapping[str, Any]]]:
+    """Every mapping inside ``obj`` (depth first, ``obj`` included) for which ``test(m)`` holds."""
+    found: list[tuple[tuple[str, ...], Mapping]] = []
+    if isinstance(obj, Mapping):
+        if test(obj):
+            found.append((path, obj))
+        for k, v in obj.items():
+            found.extend(find_objects(v, test, (*path, str(k))))
+    return found
+
+
+def _series_name(path: tuple[str, ...], command: str, doc: Mapping[str, Any]) -> str:
+    """A legend name for a result found at ``path``: the head kind / model key it sits under."""
+    parts = [p for p in path if p not in _GENERIC_PARTS]
+    if parts:
+        return ".".join(parts)
+    kind = primary_kind(doc)
+    return kind if kind != "model" else command
+
+
+def draw(run: Run, out: Path, force: bool, add: AddFigure, svg: bool = True) -> None:
+    """Curvature profiles and detection ROC curves found anywhere in geometry results (for
+    results without the command's own figure, e.g. copied JSON or several models merged)."""
+    for cmd in run.family("geometry"):
+        if run.figures_of(cmd):
+            continue  # the command drew its curvature profile / ROC itself: those are shown
+        doc = run.docs[cmd]
+        res = run.results(cmd)
+        profiles = {
+            _series_name(path, cmd, doc): m
+            for path, m in find_objects(
+                res, lambda m: isinstance(m.get("top_mean_profile"), list) and bool(m["top_mean_profile"])
+            )
+        }
+        if profiles:
+            name = Path(figures.NAMES["curvature"])
+            p = figures.curvature_profiles(profiles, out / f"{name.stem}_{cmd}{name.suffix}", force=force, svg=svg)
+            add(
+                cmd,
+                "Average principal curvatures of the decision boundary at boundary points near the "
+                "inputs, largest on the left and smallest on the right (boundary-geometry paper, Fig. 4b).",
+                p,
+            )
+        curves: dict[str, dict[str, Any]] = {}
+        for path, m in find_objects(res, lambda m: isinstance(m.get("roc"), Mapping)):
+            roc = m["roc"]
+            fp = roc.get("false_positive", roc.get("fpr"))
+            tp = roc.get("true_positive", roc.get("tpr"))
+            if not isinstance(fp, list) or not isinstance(tp, list):
+                continue
+            t0: Mapping[str, Any] = m["t0"] if isinstance(m.get("t0"), Mapping) else {}
+            point = None
+            if num(t0.get("false_positive")) is not None and num(t0.get("true_positive")) is not None:
+                point = (float(t0["false_positive"]), float(t0["true_positive"]))
+            curves[_series_name(path, cmd, doc)] = {
+                "false_positive": fp,
+                "true_positive": tp,
+                "auc": m.get("auc"),
+                "point": point,
+            }
+        if curves:
+            name = Path(figures.NAMES["roc"])
+            p = figures.roc_curves(curves, out / f"{name.stem}_{cmd}{name.suffix}", force=force, svg=svg)
+            add(
+                cmd,
+                "Detection of small adversarial perturbations by the sign of the average boundary "
+                "curvature (Algorithm 2): clean inputs declared clean against perturbed inputs declared "
+                "clean over the threshold t (boundary-geometry paper, Fig. 8).",
+                p,
+            )
+
+
+register(View("geometry", figures=draw, order=60))
 for _cmd, _summary in (("distance", distance_summary), ("curvature", curvature_summary),
                        ("detect", detect_summary), ("path", path_summary)):
     register(View(f"geometry-{_cmd}", summary=_summary, order=60))
