@@ -15,7 +15,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kmtools.runs.demo import run_demo
 from kmtools_cli._options import OutputOptions, RunOptions, Use, grouped
 from kmtools_cli._output import fmt
 
@@ -39,6 +38,8 @@ def demo(
 
     Example: kmtools demo --out demo-out --force
     """
+    from kmtools.runs.demo import run_demo
+
     out = output.output()
     out_dir = output.out or Path("demo-out")
     doc = run_demo(out_dir, seed=run.seed, epochs=epochs, attack_n=attack_n, force=output.force, info=out.info)

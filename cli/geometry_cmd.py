@@ -15,10 +15,7 @@ import typer
 
 from kmtools.data import DataInfo
 from kmtools.errors import ConfigError, DataError
-from kmtools.geometry.run import run_curvature, run_detect, run_distance, run_path
 from kmtools.models import KmModel
-from kmtools.report.views import view_for
-from kmtools.runs import RunContext, check_gates, tensors
 from kmtools_cli._common import device_of
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import kv_table
@@ -59,6 +56,8 @@ class _Geo:
     SIGTERM become one ``Interrupted`` error, exit 128 + signal)."""
 
     def __init__(self, command: str, mo: ModelOptions, run: RunOptions, output: OutputOptions) -> None:
+        from kmtools.runs import RunContext, check_gates  # imported when a command runs (fast --help)
+
         check_gates(output.gate)
         self.out = output.output()
         self.output = output
@@ -84,6 +83,8 @@ class _Geo:
         self.info = ds.load(self.model, n=n or default_n)
         if n is None:
             self.out.info(f"using the first {len(self.info)} inputs (-n to change)")
+        from kmtools.runs import tensors
+
         return tensors(self.info)[0]
 
     @property
@@ -92,6 +93,8 @@ class _Geo:
         return {"model_path": self.model_path, "data": self.info}
 
     def show(self, doc: dict[str, Any]) -> None:
+        from kmtools.report.views import view_for
+
         title, rows = view_for(doc["command"]).summary(doc)  # type: ignore[union-attr,misc]
         self.out.emit(doc, lambda con: con.print(kv_table(title, rows)))
         self.out.gate(self.output.gate, doc)
@@ -147,6 +150,8 @@ def geometry_distance(
     """
     with _Geo("distance", mo, run, output) as geo:
         x = geo.data(ds, 100)
+        from kmtools.geometry.run import run_distance
+
         doc = run_distance(
             geo.model, x, geo.ctx, **geo.where, lipschitz=_lipschitz(lipschitz), overshoot=overshoot,
             max_iter=max_iter, candidates=candidates, bisection_steps=bisection_steps, clip=clip,
@@ -188,6 +193,8 @@ def geometry_curvature(
     """
     with _Geo("curvature", mo, run, output) as geo:
         x = geo.data(ds, 20)
+        from kmtools.geometry.run import run_curvature
+
         doc = run_curvature(
             geo.model, x, geo.ctx, **geo.where, top=top, bottom=bottom, steps=steps, samples=samples, hvp=hvp,
             fd_step=fd_step, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=run.batch_size,
@@ -247,6 +254,7 @@ def geometry_detect(
     Example: kmtools geometry detect model.pt --arch resnet18 --data cifar10 -n 200 --out runs/ --gate "auc>=0.8"
     """
     from kmtools.geometry import load_adversarial_set
+    from kmtools.geometry.run import run_detect
 
     with _Geo("detect", mo, run, output) as geo:
         aset = None
@@ -315,6 +323,8 @@ def geometry_path(
     """
     with _Geo("path", mo, run, output) as geo:
         x = geo.data(ds, 200)
+        from kmtools.geometry.run import run_path
+
         doc = run_path(
             geo.model, x, geo.ctx, **geo.where, pair=_pair(pair) if pair is not None else None, pairs=pairs,
             samples=samples, max_depth=max_depth, max_anchors=max_anchors, min_push=min_push, overshoot=overshoot,
