@@ -179,8 +179,10 @@ def test_a_signal_stops_a_geometry_run_between_batches(tmp_path: Path) -> None:
         yield update
 
     x = torch.rand(8, 6)
-    with pytest.raises(Interrupted, match="SIGINT during geometry distance") as err:
-        with RunContext("geometry distance", out_dir=tmp_path, progress=progress) as ctx:
-            run_distance(tiny_mlp_model(), x, ctx, batch_size=4)
+    with (
+        pytest.raises(Interrupted, match="SIGINT during geometry distance") as err,
+        RunContext("geometry distance", out_dir=tmp_path, progress=progress) as ctx,
+    ):
+        run_distance(tiny_mlp_model(), x, ctx, batch_size=4)
     assert err.value.exit_code == 130 and calls == [4]
     assert not (tmp_path / "geometry-distance.json").exists()
