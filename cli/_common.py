@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,6 +13,9 @@ from kmtools.device import resolve
 from kmtools.errors import ConfigError
 from kmtools.models import KmModel, load_model
 from kmtools.report.schema import model_info
+from kmtools.runs import Timer
+
+__all__ = ["Timer", "describe_model", "device_of", "floats", "ints", "open_data", "open_model"]
 
 
 def floats(text: str | None, name: str) -> list[float] | None:
@@ -90,16 +90,3 @@ def device_of(spec: str) -> torch.device:
 
 def describe_model(path: Path, model: KmModel) -> dict[str, object] | None:
     return model_info(path, model)
-
-
-class Timer:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0

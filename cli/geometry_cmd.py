@@ -7,24 +7,16 @@ Algorithms 1-2) and Theorem 2 of "Gauss networks / softmax is k-means". The math
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import torch
 import typer
-from rich.console import Console
 
 from kmtools.data import DataInfo
 from kmtools.errors import ConfigError, DataError
-from kmtools.features import as_tensors
-from kmtools.io import check_writable, write_json, write_with
 from kmtools.models import KmModel
-from kmtools.report import gates
-from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of
+from kmtools_cli._common import device_of
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import kv_table
 
@@ -59,101 +51,53 @@ SamplesOpt = Annotated[int, typer.Option("--samples", "-T", min=1, help="Random 
 
 
 # ------------------------------------------------------------------------------ helpers
-def _check_gates(gate: list[str] | None) -> None:
-    for g in gate or []:
-        gates.parse(g)
-
-
-def _tensors(info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    t = as_tensors(info.dataset)
-    if t is not None:
-        return t[0].float(), torch.as_tensor(t[1]).long()
-    xs, ys = [], []
-    for i in range(len(info)):
-        xi, yi = info.dataset[i]
-        xs.append(torch.as_tensor(xi).float())
-        ys.append(int(yi))
-    if not xs:
-        raise DataError(f"{info.name} ({info.split}) has no inputs")
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
-
-
-def _finite(obj: Any) -> Any:
-    """The result tree with NaN/±inf floats as null (strict JSON for CI tools)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-class _Run:
-    """Model, data and bookkeeping shared by the four commands."""
+class _Geo:
+    """The run context, model and inputs of one geometry command (``with`` block: SIGINT and
+    SIGTERM become one ``Interrupted`` error, exit 128 + signal)."""
 
     def __init__(self, command: str, mo: ModelOptions, run: RunOptions, output: OutputOptions) -> None:
-        self.command = command
-        self.output = output
+        from kmtools.runs import RunContext, check_gates  # imported when a command runs (fast --help)
+
+        check_gates(output.gate)
         self.out = output.output()
-        _check_gates(output.gate)
-        self.gate = output.gate
-        self.timer = Timer()
+        self.output = output
         self.model_path = mo.path
-        self.seed = run.seed
-        torch.manual_seed(run.seed)
-        with self.timer("load"):
+        self.ctx = RunContext(f"geometry {command}", out_dir=output.out, force=output.force, seed=run.seed,
+                              device=device_of(run.device), progress=self.out.progress, info=self.out.info)
+        with self.ctx.timer("load"):
             self.model: KmModel = mo.load()
-        self.dev = device_of(run.device)
-        self.model.to(self.dev).eval()
+        self.model.to(self.ctx.device).eval()
         self.info: DataInfo | None = None
 
-    def data(self, ds: DataOptions, default_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __enter__(self) -> _Geo:
+        self.ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.ctx.__exit__(*exc)
+
+    def data(self, ds: DataOptions, default_n: int) -> torch.Tensor:
         n = ds.n
         if n is not None and n < 1:
             raise ConfigError("-n must be at least 1")
         self.info = ds.load(self.model, n=n or default_n)
         if n is None:
             self.out.info(f"using the first {len(self.info)} inputs (-n to change)")
-        return _tensors(self.info)
+        from kmtools.runs import tensors
 
-    def paths(self, **files: str) -> dict[str, Path]:
-        out_dir, force = self.output.out, self.output.force
-        if out_dir is None:
-            return {}
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ConfigError(f"--out {out_dir} is a file: give a folder")
-        stem = f"geometry-{self.command}"
-        paths = {k: out_dir / f"{stem}{suffix}" for k, suffix in files.items()}
-        for p in paths.values():
-            check_writable(p, force)
-        return paths
+        return tensors(self.info)[0]
 
-    def doc(self, results: dict[str, Any]) -> dict[str, Any]:
-        return envelope(
-            f"geometry {self.command}", _finite(results), model=describe_model(self.model_path, self.model),
-            data=self.info.to_dict() if self.info is not None else None, seed=self.seed, device=self.dev,
-            timings=self.timer.timings,
-        )
+    @property
+    def where(self) -> dict[str, Any]:
+        """What every ``run_*`` takes besides its options: model file and data, for the document."""
+        return {"model_path": self.model_path, "data": self.info}
 
-    def finish(self, doc: dict[str, Any], human: Callable[[Console], None], paths: dict[str, Path]) -> None:
-        if "json" in paths:
-            write_json(paths["json"], doc, self.output.force)
-            self.out.info("wrote " + ", ".join(str(p) for p in paths.values() if p.exists()))
-        self.out.emit(doc, human)
-        self.out.gate(self.gate, doc)
+    def show(self, doc: dict[str, Any]) -> None:
+        from kmtools.report.views import view_for
 
-
-def _save_npz(path: Path, arrays: dict[str, Any], force: bool) -> None:
-    def writer(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:  # a file object, so numpy does not append '.npz'
-            np.savez(fh, **arrays)
-
-    write_with(path, writer, force)
-
-
-def _np(t: torch.Tensor | None) -> np.ndarray:
-    return np.zeros(0) if t is None else t.detach().cpu().numpy()
+        title, rows = view_for(doc["command"]).summary(doc)  # type: ignore[union-attr,misc]
+        self.out.emit(doc, lambda con: con.print(kv_table(title, rows)))
+        self.out.gate(self.output.gate, doc)
 
 
 def _lipschitz(text: str) -> str | float:
@@ -204,58 +148,16 @@ def geometry_distance(
 
     Example: kmtools geometry distance gauss.safetensors --data cifar10 -n 500 --gate "theorem2.violations==0"
     """
-    from kmtools.geometry import boundary_distance
-    from kmtools.geometry.plots import plot_distance
+    with _Geo("distance", mo, run, output) as geo:
+        x = geo.data(ds, 100)
+        from kmtools.geometry.run import run_distance
 
-    geo = _Run("distance", mo, run, output)
-    x, _ = geo.data(ds, 100)
-    paths = geo.paths(json=".json", npz=".npz", png=".png")
-    lip = _lipschitz(lipschitz)
-    with geo.timer("distance"), geo.out.progress("DeepFool", len(x)) as prog:
-        res = boundary_distance(
-            geo.model, x, lipschitz=lip, overshoot=overshoot, max_iter=max_iter, candidates=candidates or None,
-            bisection_steps=bisection_steps, clip=(0.0, 1.0) if clip else None, batch_size=run.batch_size,
-            device=geo.dev, progress=prog,
+        doc = run_distance(
+            geo.model, x, geo.ctx, **geo.where, lipschitz=_lipschitz(lipschitz), overshoot=overshoot,
+            max_iter=max_iter, candidates=candidates, bisection_steps=bisection_steps, clip=clip,
+            batch_size=run.batch_size,
         )
-    results: dict[str, Any] = {"head_kind": geo.model.head_kind, **res.to_dict()}
-    if paths:
-        arrays = {
-            "distance": _np(res.distance), "deepfool_norm": _np(res.deepfool_norm), "labels": _np(res.labels),
-            "adv_labels": _np(res.adv_labels), "converged": _np(res.converged), "on_boundary": _np(res.on_boundary),
-            "r": _np(res.r).astype(np.float32),
-        }
-        bounds = {k: getattr(res, k) for k in ("bound_at_adv", "bound_any", "bound_margin") if getattr(res, k) is not None}
-        arrays |= {k: _np(v) for k, v in bounds.items()}
-        _save_npz(paths["npz"], arrays, output.force)
-        plot_distance(res.distance.cpu(), paths["png"], bounds=bounds or None, force=output.force)
-    doc = geo.doc(results)
-
-    def human(con: Console) -> None:
-        d = results.get("distance") or {}
-        rows: list[tuple[str, Any]] = [
-            ("head", results["head_kind"]),
-            ("inputs", results["inputs"]),
-            ("DeepFool converged", results["converged"]),
-            ("z on the boundary", results["on_boundary"]),
-            ("‖r(x)‖ median", d.get("median")),
-            ("‖r(x)‖ mean", d.get("mean")),
-            ("‖r(x)‖ min / max", [d.get("min"), d.get("max")]),
-        ]
-        t2 = results.get("theorem2")
-        if t2:
-            lipv = (t2.get("lipschitz") or {}).get("value")
-            rows += [
-                ("Theorem 2 L_p", lipv if not isinstance(lipv, dict) else lipv.get("median")),
-                ("bound (at x_adv) median", (t2["bound_at_adv"] or {}).get("median")),
-                ("bound (any x̃) median", (t2["bound_any"] or {}).get("median")),
-                ("bound (bisector) median", (t2["bound_margin"] or {}).get("median")),
-                ("non-vacuous (any x̃)", t2["nonvacuous_any"]),
-                ("violations (bound > ‖r‖)", t2["violations"]),
-            ]
-        name = geo.info.name if geo.info else "data"
-        con.print(kv_table(f"Boundary distance r(x) on {results['inputs']} {name} inputs", rows))
-
-    geo.finish(doc, human, paths)
+    geo.show(doc)
 
 
 # ---------------------------------------------------------------------------- curvature
@@ -289,45 +191,15 @@ def geometry_curvature(
 
     Example: kmtools geometry curvature model.pt --arch resnet18 --data cifar10 -n 50 --out runs/
     """
-    from kmtools.geometry import boundary_curvature
-    from kmtools.geometry.plots import plot_curvature_profile
+    with _Geo("curvature", mo, run, output) as geo:
+        x = geo.data(ds, 20)
+        from kmtools.geometry.run import run_curvature
 
-    geo = _Run("curvature", mo, run, output)
-    x, _ = geo.data(ds, 20)
-    paths = geo.paths(json=".json", npz=".npz", png=".png")
-    with geo.timer("curvature"), geo.out.progress("Lanczos", len(x)) as prog:
-        res = boundary_curvature(
-            geo.model, x, top=top, bottom=bottom, steps=steps, samples=samples, method=hvp, fd_step=fd_step,
-            seed=run.seed, overshoot=overshoot, max_iter=max_iter, candidates=candidates or None,
-            batch_size=run.batch_size, device=geo.dev, progress=prog,
+        doc = run_curvature(
+            geo.model, x, geo.ctx, **geo.where, top=top, bottom=bottom, steps=steps, samples=samples, hvp=hvp,
+            fd_step=fd_step, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=run.batch_size,
         )
-    results: dict[str, Any] = {"head_kind": geo.model.head_kind, **res.to_dict()}
-    if paths:
-        _save_npz(paths["npz"], {
-            "top": _np(res.top), "bottom": _np(res.bottom), "mean": _np(res.mean), "grad_norm": _np(res.grad_norm),
-            "labels": _np(res.labels), "others": _np(res.others), "distance": _np(res.distance),
-            "valid": _np(res.valid),
-        }, output.force)
-        plot_curvature_profile(res, paths["png"], force=output.force)
-    doc = geo.doc(results)
-
-    def human(con: Console) -> None:
-        tp, bp = results["top_mean_profile"], results["bottom_mean_profile"]
-        rows: list[tuple[str, Any]] = [
-            ("head", results["head_kind"]),
-            ("inputs (valid)", f"{results['inputs']} ({results['valid']})"),
-            ("input dimension d", results["dim"]),
-            ("Hessian-vector products", results["hvp"] + (f" (h = {results['fd_step']:.4g})" if results["fd_step"] else "")),
-            ("Lanczos steps", results["lanczos_steps"]),
-            ("largest κ (mean over inputs)", [round(v, 4) for v in tp[:5]]),
-            ("smallest κ (mean over inputs)", [round(v, 4) for v in bp[:5]]),
-            ("average curvature κ̄ (mean)", results["mean_curvature_mean"]),
-            ("κ̄ < 0 (paper: natural inputs)", results["fraction_negative"]),
-            ("distance median", results.get("distance_median")),
-        ]
-        con.print(kv_table("Principal curvatures at z = x + r(x) (F = s_other - s_own)", rows))
-
-    geo.finish(doc, human, paths)
+    geo.show(doc)
 
 
 # ------------------------------------------------------------------------------- detect
@@ -381,119 +253,26 @@ def geometry_detect(
 
     Example: kmtools geometry detect model.pt --arch resnet18 --data cifar10 -n 200 --out runs/ --gate "auc>=0.8"
     """
-    from kmtools.attacks import deepfool
-    from kmtools.geometry import (
-        AdversarialSet,
-        boundary_asymmetry,
-        default_fd_step,
-        detect,
-        evaluate_detection,
-        load_adversarial_set,
-        save_adversarial_set,
-    )
-    from kmtools.geometry.plots import plot_detection_roc
+    from kmtools.geometry import load_adversarial_set
+    from kmtools.geometry.run import run_detect
 
-    if adversarial is not None and save_adversarial is not None:
-        raise ConfigError("--save-adversarial saves the DeepFool set: it cannot be combined with --adversarial")
-    geo = _Run("detect", mo, run, output)
-    aset = None
-    if adversarial is not None:
-        aset = load_adversarial_set(adversarial, key=adv_key, prefer=geo.model.head_kind)
-        if not len(aset):
-            raise DataError(f"{adversarial} holds no successful adversarial input")
-    if ds.name is not None or aset is None or aset.x is None:
-        x, _ = geo.data(ds, 100)
-    else:
-        x = aset.x[: ds.n or len(aset.x)]
-        geo.out.info(f"clean inputs: the {len(x)} originals stored in {adversarial}")
-    if save_adversarial is not None:
-        check_writable(save_adversarial, output.force)
-    paths = geo.paths(json=".json", npz=".npz", png=".png")
-    want = tuple(geo.model.input_shape or x.shape[1:])
-    if aset is not None:
-        x_pert, orig = aset.x_adv[: ds.n or len(aset)], aset.labels[: ds.n or len(aset)]
-        if tuple(x_pert.shape[1:]) != tuple(x.shape[1:]) or tuple(x.shape[1:]) != want:
-            raise DataError(f"{adversarial}: inputs of shape {tuple(x_pert.shape[1:])}, the model takes {want}")
-        source: dict[str, Any] = {"kind": "file", "path": str(adversarial), **aset.meta}
-    else:
-        with geo.timer("deepfool"), geo.out.progress("DeepFool", len(x)) as prog:
-            df = deepfool(geo.model, x, overshoot=overshoot, max_iter=max_iter, batch_size=run.batch_size,
-                          device=geo.dev, progress=prog)
-        ok = (df.converged & (df.iterations > 0)).cpu()
-        x_pert, orig = df.x_adv.cpu()[ok], df.labels.cpu()[ok]
-        source = {"kind": "deepfool", "overshoot": overshoot, "flipped": int(ok.sum()), "inputs": len(x),
-                  "norm_median": float(df.norms.cpu()[ok].median()) if bool(ok.any()) else None}
-        if save_adversarial is not None:
-            save_adversarial_set(save_adversarial, AdversarialSet(
-                x_adv=x_pert, labels=orig, x=x[ok], adv_labels=df.adv_labels.cpu()[ok],
-                meta={"source": "kmtools geometry detect (DeepFool)", "overshoot": overshoot},
-            ), output.force)
-    if not len(x_pert):
-        raise DataError("no perturbed input to detect: DeepFool changed no prediction (try a larger -n)")
-    h = fd_step if fd_step is not None else default_fd_step(x)
-    common: dict[str, Any] = dict(threshold=threshold, samples=samples, fd_step=h, seed=run.seed,
-                                  batch_size=run.batch_size, device=geo.dev)
-    with geo.timer("detect_clean"), geo.out.progress("Algorithm 2 (clean)", len(x)) as prog:
-        dc = detect(geo.model, x, method=hvp, progress=prog, **common)
-    with geo.timer("detect_perturbed"), geo.out.progress("Algorithm 2 (perturbed)", len(x_pert)) as prog:
-        dp = detect(geo.model, x_pert, method=dc.method, progress=prog, **common)
-    ev = evaluate_detection(dc, dp, orig)
-    L = geo.model.num_classes
-    results: dict[str, Any] = {
-        "head_kind": geo.model.head_kind,
-        "perturbed_source": source,
-        "threshold": threshold,
-        "samples": samples,
-        "hvp": dc.method,
-        "fd_step": dc.fd_step,
-        "sign_convention": "F_i = s_i - s_pred; perturbed when rho >= t (clean expected rho < 0)",
-        **ev.to_dict(),
-        "at_threshold": {
-            "clean_flagged": float(dc.perturbed.float().mean()),
-            "perturbed_flagged": float(dp.perturbed.float().mean()),
-            "recovery_flagged": float((dp.recovered[dp.perturbed] == orig[dp.perturbed]).float().mean())
-            if bool(dp.perturbed.any()) else None,
-        },
-        "chance_recovery": 1.0 / (L - 1) if L > 1 else None,
-        "clean_rho": dc.to_dict(),
-        "perturbed_rho": dp.to_dict(),
-    }
-    if asymmetry:
-        with geo.timer("asymmetry"):
-            asym = boundary_asymmetry(geo.model, x, x_pert=x_pert, samples=samples, method=dc.method, fd_step=h,
-                                      seed=run.seed, overshoot=overshoot, max_iter=max_iter, batch_size=run.batch_size,
-                                      device=geo.dev)
-        results["table2"] = asym.to_dict()
-    if paths:
-        _save_npz(paths["npz"], {
-            "rho_clean": _np(dc.rho), "rho_perturbed": _np(dp.rho), "curv_clean": _np(dc.curvatures),
-            "curv_perturbed": _np(dp.curvatures), "pred_clean": _np(dc.predictions),
-            "pred_perturbed": _np(dp.predictions), "recovered": _np(dp.candidates), "original_labels": _np(orig),
-        }, output.force)
-        plot_detection_roc(ev, paths["png"], force=output.force)
-    doc = geo.doc(results)
-
-    def human(con: Console) -> None:
-        rows: list[tuple[str, Any]] = [
-            ("head", results["head_kind"]),
-            ("clean / perturbed inputs", f"{ev.clean} / {ev.perturbed} ({source['kind']})"),
-            ("Hessian-vector products", f"{dc.method}" + (f" (h = {h:.4g})" if dc.method == "fd" else "")),
-            ("AUC of TP(FP) (Fig. 8)", ev.auc),
-            ("t = 0: clean declared clean (TP)", ev.tp0),
-            ("t = 0: perturbed declared clean (FP)", ev.fp0),
-            ("best balanced accuracy (t)", f"{ev.best_balanced_accuracy:.3f} (t = {ev.best_threshold:.3g})"),
-            ("label recovery, all perturbed", ev.recovery_all),
-            ("label recovery, flagged at t = 0", ev.recovery_detected),
-            ("chance level of recovery", results["chance_recovery"]),
-            ("ρ median clean / perturbed", [float(dc.rho.median()), float(dp.rho.median())]),
-        ]
-        if "table2" in results:
-            t2 = results["table2"]
-            rows += [("Table II: clean κ̄ < 0", t2["clean_negative"]), ("Table II: perturbed κ̄ > 0",
-                                                                        t2["perturbed_positive"])]
-        con.print(kv_table(f"Algorithm 2 at t = {threshold:g} (paper: >95% detection, 74-92% recovery)", rows))
-
-    geo.finish(doc, human, paths)
+    with _Geo("detect", mo, run, output) as geo:
+        aset = None
+        if adversarial is not None:
+            aset = load_adversarial_set(adversarial, key=adv_key, prefer=geo.model.head_kind)
+            if not len(aset):
+                raise DataError(f"{adversarial} holds no successful adversarial input")
+        if ds.name is not None or aset is None or aset.x is None:
+            x = geo.data(ds, 100)
+        else:
+            x = aset.x[: ds.n or len(aset.x)]
+            geo.out.info(f"clean inputs: the {len(x)} originals stored in {adversarial}")
+        doc = run_detect(
+            geo.model, x, geo.ctx, **geo.where, adversarial=aset, adversarial_path=adversarial, limit=ds.n,
+            threshold=threshold, samples=samples, hvp=hvp, fd_step=fd_step, overshoot=overshoot, max_iter=max_iter,
+            asymmetry=asymmetry, save_adversarial=save_adversarial, batch_size=run.batch_size,
+        )
+    geo.show(doc)
 
 
 # --------------------------------------------------------------------------------- path
@@ -542,78 +321,16 @@ def geometry_path(
 
     Example: kmtools geometry path model.pt --arch resnet18 --data cifar10 -n 200 --pairs 50 --out runs/
     """
-    from kmtools.geometry import find_path, path_profile, same_class_pairs
-    from kmtools.geometry.plots import plot_path_profile
+    with _Geo("path", mo, run, output) as geo:
+        x = geo.data(ds, 200)
+        from kmtools.geometry.run import run_path
 
-    geo = _Run("path", mo, run, output)
-    x, _ = geo.data(ds, 200)
-    paths = geo.paths(json=".json", npz=".npz", png=".png")
-    from kmtools.attacks import decision_scores
-
-    with torch.no_grad():
-        pred = torch.cat([decision_scores(geo.model, x[i : i + run.batch_size].to(geo.dev)).argmax(1).cpu()
-                          for i in range(0, len(x), run.batch_size)])
-    if pair is not None:
-        i, j = _pair(pair)
-        if not (0 <= i < len(x) and 0 <= j < len(x)) or i == j:
-            raise ConfigError(f"--pair {pair}: need two different indices below {len(x)} (the -n inputs)")
-        todo = [(i, j)]
-    else:
-        todo = same_class_pairs(pred, pairs, run.seed)
-        if not todo:
-            raise DataError("no two inputs share a predicted class: use a larger -n")
-    recs = []
-    found = []
-    with geo.timer("paths"), geo.out.progress("Algorithm 1", len(todo)) as prog:
-        for done, (i, j) in enumerate(todo, 1):
-            res = find_path(geo.model, x[i], x[j], samples=samples, max_depth=max_depth, max_anchors=max_anchors,
-                            overshoot=overshoot, max_iter=max_iter, min_push=min_push, device=geo.dev)
-            found.append(res)
-            recs.append({"pair": [i, j], **res.to_dict()})
-            prog(done, len(todo))
-    ok = [r for r in found if r.success]
-    results: dict[str, Any] = {
-        "head_kind": geo.model.head_kind,
-        "pairs": len(found),
-        "success": len(ok),
-        "success_rate": len(ok) / len(found),
-        "straight_rate": sum(r.straight for r in found) / len(found),
-        "anchors_mean": float(np.mean([r.anchors.shape[0] for r in found])),
-        "projections_mean": float(np.mean([r.projections for r in found])),
-        "length_ratio_mean": float(np.mean([r.length / r.straight_length for r in ok if r.straight_length > 0]))
-        if ok else None,
-        "paths": recs,
-    }
-    if paths:
-        shown = next((k for k, r in enumerate(found) if not r.straight), 0)
-        res = found[shown]
-        s, scores, anchors_s = path_profile(geo.model, res.anchors, device=geo.dev)
-        i, j = todo[shown]
-        classes = geo.model.classes
-        plot_path_profile(s, scores, anchors_s, paths["png"], label=res.label, class_names=classes, force=output.force,
-                          title=f"Algorithm 1: inputs {i} → {j}, class {classes[res.label]}, "
-                          f"{'found' if res.success else 'not found'}, {res.anchors.shape[0]} anchors")
-        _save_npz(paths["npz"], {"anchors": _np(res.anchors).astype(np.float32), "pair": np.asarray(todo[shown]),
-                                 "positions": _np(s), "scores": _np(scores)}, output.force)
-        results["plotted_pair"] = list(todo[shown])
-    doc = geo.doc(results)
-
-    def human(con: Console) -> None:
-        rows: list[tuple[str, Any]] = [
-            ("head", results["head_kind"]),
-            ("pairs (same predicted class)", results["pairs"]),
-            ("path found", f"{results['success']} ({results['success_rate']:.0%})"),
-            ("straight segment already inside", results["straight_rate"]),
-            ("anchors (mean)", results["anchors_mean"]),
-            ("midpoint projections (mean)", results["projections_mean"]),
-            ("path length / straight length", results["length_ratio_mean"]),
-        ]
-        failed = [r for r in recs if not r["success"]]
-        if failed:
-            rows.append(("failed pairs", ", ".join(f"{r['pair'][0]}-{r['pair'][1]} ({r['reason']})" for r in failed[:5])))
-        con.print(kv_table("Algorithm 1: paths inside classification regions (paper: always found)", rows))
-
-    geo.finish(doc, human, paths)
+        doc = run_path(
+            geo.model, x, geo.ctx, **geo.where, pair=_pair(pair) if pair is not None else None, pairs=pairs,
+            samples=samples, max_depth=max_depth, max_anchors=max_anchors, min_push=min_push, overshoot=overshoot,
+            max_iter=max_iter, batch_size=run.batch_size,
+        )
+    geo.show(doc)
 
 
 app.command("distance")(geometry_distance)

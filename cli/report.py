@@ -13,7 +13,6 @@ from rich.table import Table
 from kmtools.errors import GateError
 from kmtools.report import gates
 from kmtools.report.collect import load_run
-from kmtools.report.render import summary, write_report
 from kmtools.report.schema import envelope
 from kmtools_cli._options import REQUIRED, OutputOptions, Use, grouped
 
@@ -49,6 +48,8 @@ def report(
     """
     out = output.output()
     assert output.out is not None  # --out is required here
+    from kmtools.report.render import summary, write_report  # imported when the command runs (fast --help)
+
     run = load_run(paths)
     for skipped, why in run.skipped:
         out.info(f"skipped {skipped}: {why}")

@@ -50,6 +50,7 @@ from kmtools.device import resolve as resolve_device
 from kmtools.errors import ConfigError, DataError
 from kmtools.features import loader
 from kmtools.models.core import KmModel, head_confidences
+from kmtools.stats import auroc, fpr_at_tpr  # ranking metrics (ood.py uses them too)
 
 Progress = Callable[[int, int], None]
 
@@ -67,43 +68,6 @@ def _safe_name(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def auroc(positive: Any, negative: Any) -> float:
-    """Area under the ROC curve with ``positive`` scoring higher (ties count 1/2).
-
-    The Mann-Whitney U statistic with mid-ranks for ties, divided by P·N; equal to
-    ``sklearn.metrics.roc_auc_score`` with the positives labelled 1.
-    """
-    pos = np.asarray(positive, dtype=np.float64).ravel()
-    neg = np.asarray(negative, dtype=np.float64).ravel()
-    if pos.size == 0 or neg.size == 0:
-        raise DataError("AUROC needs at least one positive and one negative score")
-    scores = np.concatenate([pos, neg])
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)  # 1-based rank of the last member of each group of ties
-    ranks = (ends - (counts - 1) / 2.0)[inverse]
-    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
-    return float(u / (pos.size * neg.size))
-
-
-def fpr_at_tpr(positive: Any, negative: Any, tpr: float = TPR_LEVEL) -> float:
-    """False-positive rate at the highest threshold whose true-positive rate is ≥ ``tpr``.
-
-    An input is called positive when its score is ≥ t. t is the ⌈tpr·P⌉-th largest positive
-    score (the largest t keeping at least ``tpr`` of the positives); the result is the share
-    of negatives scoring ≥ t, i.e. ``fpr[argmax(tpr_curve >= tpr)]`` on sklearn's
-    ``roc_curve(..., drop_intermediate=False)``.
-    """
-    pos = np.asarray(positive, dtype=np.float64).ravel()
-    neg = np.asarray(negative, dtype=np.float64).ravel()
-    if pos.size == 0 or neg.size == 0:
-        raise DataError("FPR at a TPR needs at least one positive and one negative score")
-    if not 0.0 < tpr <= 1.0:
-        raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
-    k = min(max(math.ceil(tpr * pos.size - 1e-9), 1), pos.size)
-    t = np.sort(pos)[::-1][k - 1]
-    return float((neg >= t).mean())
 
 
 def summary(values: Any) -> dict[str, float] | None:

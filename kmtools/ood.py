@@ -33,8 +33,7 @@ import torch
 from torch import nn
 
 from kmtools.errors import ConfigError, DataError
-from kmtools.evaluate import auroc, fpr_at_tpr
-from kmtools.stats import bootstrap
+from kmtools.stats import auroc, bootstrap, fpr_at_tpr
 
 __all__ = [
     "SCORES",

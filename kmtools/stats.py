@@ -7,6 +7,8 @@ a 95% interval; two models on the same inputs get a paired test.
 * :func:`paired_diff` – difference of two paired proportions with a Wilson-type interval
   (Newcombe 1998, method 10), for "accuracy changed by Δ points".
 * :func:`bootstrap` – percentile bootstrap interval of any statistic (AUROC, AUPR, ECE).
+* :func:`auroc`, :func:`fpr_at_tpr` – ranking metrics (Mann-Whitney AUROC, FPR at a TPR)
+  shared by :mod:`kmtools.evaluate` and :mod:`kmtools.ood`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from kmtools.errors import ConfigError, DataError
 
 Z95 = 1.959963984540054
 
@@ -174,3 +178,43 @@ def bootstrap(
         return value, None, None
     q = (1 - level) / 2
     return value, float(np.quantile(vals, q)), float(np.quantile(vals, 1 - q))
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def auroc(positive: Any, negative: Any) -> float:
+    """Area under the ROC curve with ``positive`` scoring higher (ties count 1/2).
+
+    The Mann-Whitney U statistic with mid-ranks for ties, divided by P·N; equal to
+    ``sklearn.metrics.roc_auc_score`` with the positives labelled 1.
+    """
+    pos = np.asarray(positive, dtype=np.float64).ravel()
+    neg = np.asarray(negative, dtype=np.float64).ravel()
+    if pos.size == 0 or neg.size == 0:
+        raise DataError("AUROC needs at least one positive and one negative score")
+    scores = np.concatenate([pos, neg])
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)  # 1-based rank of the last member of each group of ties
+    ranks = (ends - (counts - 1) / 2.0)[inverse]
+    u = ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
+def fpr_at_tpr(positive: Any, negative: Any, tpr: float = 0.95) -> float:
+    """False-positive rate at the highest threshold whose true-positive rate is ≥ ``tpr``.
+
+    An input is called positive when its score is ≥ t. t is the ⌈tpr·P⌉-th largest positive
+    score (the largest t keeping at least ``tpr`` of the positives); the result is the share
+    of negatives scoring ≥ t, i.e. ``fpr[argmax(tpr_curve >= tpr)]`` on sklearn's
+    ``roc_curve(..., drop_intermediate=False)``.
+    """
+    pos = np.asarray(positive, dtype=np.float64).ravel()
+    neg = np.asarray(negative, dtype=np.float64).ravel()
+    if pos.size == 0 or neg.size == 0:
+        raise DataError("FPR at a TPR needs at least one positive and one negative score")
+    if not 0.0 < tpr <= 1.0:
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
+    k = min(max(math.ceil(tpr * pos.size - 1e-9), 1), pos.size)
+    t = np.sort(pos)[::-1][k - 1]
+    return float((neg >= t).mean())

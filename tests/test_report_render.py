@@ -340,7 +340,7 @@ def make_explain_geometry_dir(root: Path) -> Path:
     _write(root, "explain-neon", {"n": 4, "layer": "penultimate", "conservation_mean": 0.998, "auc": {"neon": 0.71}})
     np.savez(
         root / "explain-neon.npz",
-        x=rng.random((4, 1, 8, 8)),
+        inputs=rng.random((4, 1, 8, 8)),  # the names `kmtools explain` writes (NeonRun.arrays)
         relevance=rng.normal(size=(4, 1, 8, 8)),
         assignments=np.array([0, 1, 2, 1]),
     )

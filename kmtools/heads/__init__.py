@@ -39,6 +39,7 @@ from kmtools.heads.rbf import (
     soft_centroid_step,
     squared_distances,
 )
+from kmtools.models.checkpoint import register_head
 from kmtools.models.core import GaussHead
 
 
@@ -74,6 +75,8 @@ HEADS: dict[str, HeadClass] = {
     "rslvq": RSLVQHead,
     "glvq": GLVQHead,
 }
+for _kind, _cls in HEADS.items():  # checkpoints name their head kind: make these loadable
+    register_head(_kind, _cls)
 
 __all__ = [
     "HEADS",

@@ -533,15 +533,28 @@ def _check_size(arch: str, kwargs: dict[str, Any], tensors: Mapping[str, torch.T
         )
 
 
+#: Head kinds a checkpoint may name -> classes with ``from_config(config, state_dict)``.
+#: The package defining a head kind fills it (:func:`register_head`), so ``models/`` does
+#: not import ``heads/``; the built-in prototype heads register themselves when
+#: :data:`BUILTIN_HEADS` is imported, which loading does on first need.
+HEAD_CLASSES: dict[str, Any] = {}
+BUILTIN_HEADS = "kmtools.heads"
+
+
+def register_head(kind: str, cls: Any) -> None:
+    """Make checkpoints with head kind ``kind`` loadable: ``cls.from_config(config, state)``."""
+    HEAD_CLASSES[kind] = cls
+
+
 def _prototype_head(kind: str, cfg: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> nn.Module:
-    try:
-        from kmtools import heads
-    except ImportError as exc:  # pragma: no cover - heads ship with kmtools
-        raise CheckpointError(f"{path}: head kind {kind!r} needs kmtools.heads") from exc
-    if kind not in heads.HEADS:
-        raise CheckpointError(f"{path}: unknown head kind {kind!r} (known: {', '.join(heads.HEADS)})")
+    if kind not in HEAD_CLASSES:
+        import importlib
+
+        importlib.import_module(BUILTIN_HEADS)  # registers the built-in kinds
+    if kind not in HEAD_CLASSES:
+        raise CheckpointError(f"{path}: unknown head kind {kind!r} (known: {', '.join(HEAD_CLASSES)})")
     state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-    built: nn.Module = heads.HEADS[kind].from_config(cfg, state)
+    built: nn.Module = HEAD_CLASSES[kind].from_config(cfg, state)
     return built
 
 
