@@ -46,7 +46,11 @@ def test_tailor_keeps_accuracy_and_writes_a_gauss_model(tailored: tuple[Path, di
     assert r["selected_epoch"] >= 1 and r["max_drop_ok"] == 1 and r["accuracy_drop"] <= 0.5
     assert r["validation"]["source"] == "split" and r["validation"]["n"] == 136  # round(0.1 · 1348), stratified
     b = r["benefit"]
-    assert b["gauss"]["scatter_over_gap2"] < b["softmax"]["scatter_over_gap2"]  # scale-free separation
+    # the features gather round the exported centroids (scale-free), on validation data
+    sel = r["history"][r["selected_epoch"]]
+    assert sel["val_scatter_over_gap2"] < r["history"][0]["val_scatter_over_gap2"]
+    assert b["gauss"]["centroids_scatter_over_gap2"] == pytest.approx(sel["val_scatter_over_gap2"], rel=1e-4)
+    assert b["gauss"]["noise_auroc"] > 0.5 and 0 < b["softmax"]["scatter_over_gap2"]
     ch = r["test"]["accuracy_change"]
     assert ch["diff_lo"] <= ch["diff"] <= ch["diff_hi"] and 0 <= ch["p_value"] <= 1
     assert (out / "gauss.safetensors").is_file() and (out / "tailor.json").is_file()
@@ -54,11 +58,12 @@ def test_tailor_keeps_accuracy_and_writes_a_gauss_model(tailored: tuple[Path, di
     gm = load_model(out / "gauss.safetensors")  # no --arch needed
     assert gm.head_kind == "gauss" and isinstance(gm.head, GaussHead)
     assert float(gm.head.gamma) == pytest.approx(r["gamma"])
-    # κ by hand: exp(-γ‖f - C_k‖²); the outlier threshold is 1/c
+    # κ by hand: exp(-γ(‖f - C_k‖² + o_k)); the outlier threshold is 1/c
     x = torch.rand(5, 1, 8, 8)
     with torch.no_grad():
         f = gm.features(x)
-        kappa = torch.exp(-gm.head.gamma * torch.cdist(f.double(), gm.head.centroids.double()) ** 2)
+        d2 = torch.cdist(f.double(), gm.head.centroids.double()) ** 2 + gm.head.offsets.double()
+        kappa = torch.exp(-gm.head.gamma * d2)  # the offsets carry Theorem 1's bias coordinate
         torch.testing.assert_close(gm.confidences(x).double(), kappa, rtol=1e-4, atol=1e-6)
     assert gm.threshold == pytest.approx(0.1)
 

@@ -643,16 +643,18 @@ def benefit(softmax: KmModel, gauss: KmModel, val: Dataset[Any], device: torch.d
         fz = extract(m, torch.utils.data.TensorDataset(noise, torch.zeros(n_noise, dtype=torch.long)),
                      batch_size=256, device=device)
         c = m.num_classes
+        extra: dict[str, Any] = {}
         if isinstance(m.head, GaussHead):
             sv, sz = (m.head.log_kappa(x.features.double()).max(1).values for x in (fv, fz))
-            cen = m.head.centroids.cpu()
+            own = obj.geometry(fv.features, fv.labels, m.head.centroids.cpu(), m.head.offsets.cpu())
+            extra = {"centroids_scatter_over_gap2": own.scatter_over_gap2}  # around the exported centroids
         else:
             sv, sz = (torch.log_softmax(x.scores.double(), 1).max(1).values for x in (fv, fz))
-            cen = class_means(fv.features.double(), fv.labels, c)
         auroc = float(roc_auc_score([1] * len(sv) + [0] * len(sz), torch.cat([sv, sz]).numpy()))
-        g = obj.geometry(fv.features, fv.labels, cen)
+        # the features' own clustering (Algorithm 1's objective), around their validation class means
+        g = obj.geometry(fv.features, fv.labels, class_means(fv.features.double(), fv.labels, c))
         out[name] = {"val_accuracy": float((fv.predictions == fv.labels).double().mean()),
-                     "noise_auroc": auroc, **g.to_dict()}
+                     "noise_auroc": auroc, **g.to_dict(), **extra}
     return out
 
 
