@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from kmtools_cli._options import OutputOptions, RunOptions, Use, grouped
-from kmtools_cli._output import fmt
 
 DemoOutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")]
 
@@ -38,7 +37,7 @@ def demo(
 
     Example: kmtools demo --out demo-out --force
     """
-    from kmtools.runs.demo import run_demo
+    from kmtools.runs.demo import cell, paired_cell, run_demo
 
     out = output.output()
     out_dir = output.out or Path("demo-out")
@@ -47,11 +46,12 @@ def demo(
 
     def human(con: Console) -> None:
         t = Table(title=f"kmtools demo ({res['seconds']:.0f} s): {out_dir}", title_justify="left")
-        for col in ("", "softmax", "Gauss network"):
+        for col in ("", "softmax [95% CI]", "Gauss network [95% CI]", "Gauss − softmax (paired)"):
             t.add_column(col)
         for r in res["rows"]:
-            t.add_row(r["metric"], *(f"{v:.3f}" if isinstance(v, float) else fmt(v) for v in (r["softmax"], r["gauss"])))
+            t.add_row(r["metric"], cell(r, "softmax"), cell(r, "gauss"), paired_cell(r))
         con.print(t)
+        con.print(res["verdict"])
         con.print(f"open {out_dir / 'report.html'} (or summary.md); models in {out_dir}")
 
     out.emit(doc, human)

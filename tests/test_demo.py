@@ -22,7 +22,15 @@ def test_demo_runs_the_pipeline(tmp_path: Path) -> None:
     assert rows["test accuracy"]["gauss"] >= rows["test accuracy"]["softmax"] - 0.02
     noise = rows["mean confidence (uniform noise)"]
     assert noise["gauss"] < noise["softmax"]
-    assert 0.0 <= rows["one-pixel attack rate"]["softmax"] <= 1.0
+    op = rows["one-pixel attack rate"]
+    for key in ("softmax", "gauss"):  # every rate carries its 95% interval
+        lo, hi = op[f"{key}_ci"]
+        assert 0.0 <= lo <= op[key] <= hi <= 1.0
+        lo, hi = rows["test accuracy"][f"{key}_ci"]
+        assert lo <= rows["test accuracy"][key] <= hi
+    d = op["paired"]  # the paired difference is the Gauss rate minus the softmax rate on the same images
+    assert d["diff_lo"] <= d["diff"] <= d["diff_hi"] and 0.0 <= d["p_value"] <= 1.0
+    assert ("do not differ significantly" in doc["results"]["verdict"]) == (d["p_value"] >= 0.05)
     for f in ("softmax.safetensors", "softmax/model.pt2", "softmax/model.onnx", "gauss/gauss.safetensors",
               "gauss/gauss/model.pt2", "gauss/gauss/model.onnx", "gauss/tailor.json", "evaluate/evaluate.json",
               "onepixel/attack-onepixel.json", "fgsm/attack-fgsm.json", "summary.md", "report.html", "report.md"):
@@ -36,3 +44,16 @@ def test_demo_runs_the_pipeline(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["demo", "--out", str(out / "summary.md")])
     assert res.exit_code == 1 and "is a file" in res.stderr
 
+
+
+def test_the_verdict_never_reads_noise_as_an_effect() -> None:
+    from kmtools.runs.demo import paired_cell, verdict
+
+    def rows(p: float, soft: float, gauss: float) -> list[dict]:
+        pair = {"diff": gauss - soft, "diff_lo": -0.1, "diff_hi": 0.1, "p_value": p}
+        return [{"metric": "one-pixel attack rate", "softmax": soft, "gauss": gauss, "paired": pair}]
+
+    assert "do not differ significantly" in verdict(rows(0.62, 0.30, 0.25))
+    assert "lower" in verdict(rows(0.001, 0.30, 0.05)) and "higher" in verdict(rows(0.01, 0.05, 0.30))
+    assert "(not significant)" in paired_cell(rows(0.62, 0.3, 0.25)[0])
+    assert "(significant)" in paired_cell(rows(0.01, 0.3, 0.05)[0])
