@@ -248,7 +248,7 @@ def load_model(
             shape = tuple(input_shape) if input_shape else (kwargs["in_features"],)
         clean = {k: v for k, v in kwargs.items() if v is not None}
     if m_mean is None:
-        m_mean, m_std, _ = arch_norm(arch, n, net)
+        m_mean, m_std, _ = arch_norm(arch, n, net, shape[0] if len(shape) == 3 else None)
     model = wrap(net, arch=arch, arch_kwargs=clean, input_shape=shape, head_path=head,
                  mean=m_mean, std=m_std, classes=classes)
     if _flexible(arch) and input_shape is None:
@@ -319,6 +319,8 @@ def _opaque(net: nn.Module, path: str | Path, input_shape: Sequence[int] | None,
             classes = [str(i) for i in range(n)]
     model = KmModel(_Opaque(net), nn.Identity(), Normalize(mean, std), classes=classes,
                     input_shape=shape, head_path=None)
+    if input_shape is None and shape is not None:
+        model.any_size = any_size(net, shape)
     return model.eval()
 
 
@@ -427,10 +429,7 @@ def save_model(model: KmModel, path: str | Path, force: bool = False, extra: dic
     if model.any_size:
         meta["any_size"] = True
     if usercode.is_user_ref(model.arch):
-        target = Path(path)
-        if target.parent.name.startswith(".kmtools-export-"):  # export stages files one folder down
-            target = target.parent.parent / target.name
-        meta["arch"], meta["code"] = usercode.record(model.arch, target)
+        meta["arch"], meta["code"] = usercode.record(model.arch, usercode.final_path(Path(path)))
     if extra:
         meta.update(extra)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}

@@ -46,13 +46,17 @@ def resolve_norm(
     return (list(mean) if mean else None), (list(std) if std else None)
 
 
-def arch_norm(arch: str | None, num_classes: int | None, net: nn.Module | None = None
+def arch_norm(arch: str | None, num_classes: int | None, net: nn.Module | None = None, channels: int | None = None
               ) -> tuple[list[float] | None, list[float] | None, str]:
-    """The architecture's own normalisation convention: ``(mean, std, source)``."""
+    """The architecture's own normalisation convention: ``(mean, std, source)``; RGB
+    statistics are averaged for a one-channel (``in_chans=1``) model."""
     if arch and arch.startswith("timm:") and net is not None:
         cfg = getattr(net, "pretrained_cfg", None) or {}
         if cfg.get("mean") and cfg.get("std"):
-            return [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]], "timm pretrained config"
+            m, s = [float(v) for v in cfg["mean"]], [float(v) for v in cfg["std"]]
+            if channels == 1 and len(m) > 1:
+                m, s = [sum(m) / len(m)], [sum(s) / len(s)]
+            return m, s, "timm pretrained config"
     if arch and arch.startswith("torchvision:") and num_classes == 1000:
         m, s = NORM_PRESETS["imagenet"]
         return m, s, "ImageNet (torchvision, 1000 classes)"

@@ -152,6 +152,13 @@ def accepts(ref: CodeRef, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def final_path(checkpoint: Path) -> Path:
+    """Where a file ends up: ``kmtools.export`` stages its files one folder down."""
+    if checkpoint.parent.name.startswith(".kmtools-export-"):
+        return checkpoint.parent.parent / checkpoint.name
+    return checkpoint
+
+
 def record(arch: str, checkpoint: Path) -> tuple[str, dict[str, Any]]:
     """What a kmtools file stores for user code saved at ``checkpoint``: the ``arch`` text
     (a file path relative to the checkpoint's folder when it can be) and ``meta["code"]``."""
@@ -178,7 +185,7 @@ def resolve_saved(arch: str, code: dict[str, Any] | None, checkpoint: Path, *, g
     ``trust_code`` allows the recorded reference, whose source must still hash to the
     recorded sha256. Otherwise the file is refused: nothing is imported.
     """
-    saved = parse(arch, base=checkpoint.resolve().parent)
+    saved = parse(arch, base=final_path(checkpoint.resolve()).parent)
     if given is not None and is_user_ref(given):
         ref = parse(given)
         if ref.cls != saved.cls:
