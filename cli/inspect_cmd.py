@@ -10,6 +10,7 @@ from rich.console import Console
 from kmtools.centroids import theorem1_agreement
 from kmtools.data import subset
 from kmtools.features import extract
+from kmtools.models.checkpoint import norm_source
 from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of, open_data
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
@@ -46,6 +47,7 @@ def inspect(
         "input_shape": meta["input_shape"],
         "mean": meta["mean"],
         "std": meta["std"],
+        "normalisation": norm_source(model),
         "parameters": sum(p.numel() for p in model.parameters()),
         "outlier_threshold": model.threshold,
     }

@@ -197,8 +197,10 @@ def load_model(
             raise ConfigError(
                 f"{path} is a kmtools model with {model.num_classes} classes, not {num_classes}: drop --num-classes"
             )
+        model.norm_from = "kmtools file"
         if m_mean is not None:
             model.normalize = Normalize(m_mean, m_std)
+            model.norm_from = "--norm/--mean/--std"
         if input_shape is not None:
             model.input_shape = tuple(int(v) for v in input_shape)
         return model.eval()
@@ -247,24 +249,23 @@ def load_model(
         if arch == "mlp":
             shape = tuple(input_shape) if input_shape else (kwargs["in_features"],)
         clean = {k: v for k, v in kwargs.items() if v is not None}
+    source = "--norm/--mean/--std"
     if m_mean is None:
-        m_mean, m_std, _ = arch_norm(arch, n, net, shape[0] if len(shape) == 3 else None)
+        m_mean, m_std, source = arch_norm(arch, n, net, shape[0] if len(shape) == 3 else None)
     model = wrap(net, arch=arch, arch_kwargs=clean, input_shape=shape, head_path=head,
                  mean=m_mean, std=m_std, classes=classes)
+    model.norm_from = source
     if _flexible(arch) and input_shape is None:
         model.any_size = any_size(net, shape)
     return model.eval()
 
 
 def norm_source(model: KmModel) -> str:
-    """Where ``model``'s normalisation came from, for ``inspect``: the architecture's own
-    convention when the statistics equal it, else the checkpoint/options, else none."""
+    """Where ``model``'s input normalisation came from (``inspect`` shows it): the options,
+    the kmtools file, the architecture's convention (:func:`arch_norm`), or none."""
     if not model.normalize.active:
         return "none"
-    m, s, src = arch_norm(model.arch, model.num_classes, None)
-    if m is not None and model.normalize.mean.tolist() == [float(v) for v in m]:
-        return src
-    return "checkpoint or --norm/--mean/--std"
+    return str(getattr(model, "norm_from", "checkpoint"))
 
 
 def _whole_module(obj: nn.Module, path: str | Path, arch: str | None, in_channels: int | None,

@@ -158,6 +158,8 @@ class KmModel(nn.Module):
         #: True when the backbone takes any spatial size (adaptive pooling): the input
         #: shape then follows the data (see ``kmtools.models.inputs.fit_to_data``).
         self.any_size = False
+        #: Where the normalisation statistics came from (set by ``load_model``).
+        self.norm_from = "checkpoint"
 
     @property
     def head_kind(self) -> str:
@@ -199,6 +201,7 @@ class KmModel(nn.Module):
             head_path=self.head_path,
         )
         new.any_size = self.any_size
+        new.norm_from = self.norm_from
         return new
 
     def meta(self) -> dict[str, Any]:

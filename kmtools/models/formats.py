@@ -201,7 +201,8 @@ def _read_state(p: Path, trust: bool) -> tuple[Any, dict[str, str]]:
             missing = re.search(r"Can't get attribute '(\w+)' on <module '([\w.]+)'", str(exc2))
             if missing:
                 cls, mod = missing.groups()
-                where = "the script that saved it (__main__)" if mod == "__main__" else f"module {mod}"
+                script = mod == "__main__" or mod.endswith(".__main__")
+                where = "the script that saved it (__main__)" if script else f"module {mod}"
                 raise CheckpointError(
                     f"{p} holds a pickled {cls} from {where}, which cannot be imported here: save its "
                     f"state_dict() instead and pass --arch FILE.py:{cls}"

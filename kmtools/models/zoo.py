@@ -268,7 +268,8 @@ def _timm_builder(name: str) -> Callable[..., nn.Module]:
             raise ConfigError(f"--arch timm:{name} needs the timm package: {TIMM_HINT}") from exc
         if not timm.is_model(name):
             raise ConfigError(f"unknown timm model {name!r}: see timm.list_models('{name[:4]}*')")
-        args = {k: v for k, v in {"num_classes": num_classes, "in_chans": in_channels}.items() if v is not None}
+        args: dict[str, Any] = {k: v for k, v in {"num_classes": num_classes, "in_chans": in_channels}.items()
+                                if v is not None}
         # pretrained=False: timm never downloads; the weights come from the checkpoint file
         net: nn.Module = timm.create_model(name, pretrained=False, **args, **kwargs)
         return net
