@@ -57,7 +57,7 @@ CompareOpt = Annotated[Path | None, typer.Option("--compare", help="A second che
 
 DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Dataset: digits, wine, cifar10, cifar100, mnist, fashion-mnist, svhn, an ImageFolder path or an .npz file.")]
 DataRootOpt = Annotated[Path | None, typer.Option("--data-root", envvar="KMTOOLS_DATA", help="Folder holding datasets (env KMTOOLS_DATA).")]
-SplitOpt = Annotated[str, typer.Option("--split", help="train or test.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="train or test (val too for ImageFolder trees with a val/ folder).")]
 NOpt = Annotated[int | None, typer.Option("-n", "--num", help="Use only the first N samples.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing (never done otherwise).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]

@@ -21,7 +21,7 @@ from kmtools_cli._output import kv_table
 def inspect(
     *,
     mo: ModelOptions,
-    ds: DataOptions,
+    ds: Annotated[DataOptions, Use(add=("workers",))],
     run: Annotated[RunOptions, Use(skip=("seed",))],
     output: Annotated[OutputOptions, Use(skip=("out", "force", "gate"))],
 ) -> None:
@@ -58,7 +58,8 @@ def inspect(
         info = subset(info, ds.n if ds.n is not None else min(len(info), 1000))
         data_doc = info.to_dict()
         with timer("features"), out.progress("features", len(info)) as prog:
-            feats = extract(model, info.dataset, batch_size=run.batch_size, device=dev, progress=prog)
+            feats = extract(model, info.dataset, batch_size=run.batch_size, device=dev, workers=ds.workers,
+                            progress=prog)
         acc = float((feats.predictions == feats.labels).double().mean())
         results["accuracy"] = acc
         results["n"] = len(feats)

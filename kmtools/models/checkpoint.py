@@ -263,7 +263,8 @@ def load_model(
 def norm_source(model: KmModel) -> str:
     """Where ``model``'s input normalisation came from (``inspect`` shows it): the options,
     the kmtools file, the architecture's convention (:func:`arch_norm`), or none."""
-    if not model.normalize.active:
+    norm = getattr(model, "normalize", None)
+    if norm is None or not norm.active:
         return "none"
     return str(getattr(model, "norm_from", "checkpoint"))
 
