@@ -56,8 +56,8 @@ def test_centroids_takes_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.chdir(tmp_path)
     outs = []
     for w in ("0", "2"):
-        res = CliRunner().invoke(app, ["centroids", "m.pt", "--arch", "model.py:Net", "--data", str(root), "--split", "val",
-                                       "--workers", w, "--out", f"c{w}.safetensors", "-q"])
+        res = CliRunner().invoke(app, ["centroids", "m.pt", "--arch", "model.py:Net", "--data", str(root),
+                                       "--split", "val", "--workers", w, "--out", f"c{w}.safetensors", "-q"])
         assert res.exit_code == 0, res.output
         from safetensors.torch import load_file
 

@@ -98,7 +98,8 @@ def load_dataset(
         raise ConfigError(f"--split must be train, val (ImageFolder trees) or test, not {split!r}")
     key = name.strip().lower().replace("_", "-")
     if split == "val" and not Path(name).expanduser().is_dir():
-        raise ConfigError(f"--split val exists only for ImageFolder trees with a val/ folder; {name} has train and test")
+        raise ConfigError(f"--split val exists only for ImageFolder trees with a val/ folder; {name} has "
+                          "train and test")
     if key in ("digits", "wine"):
         return _sklearn(key, split)
     path = Path(name).expanduser()
