@@ -12,6 +12,7 @@ from kmtools.data.registry import check_compatible
 from kmtools.device import resolve
 from kmtools.errors import ConfigError
 from kmtools.models import KmModel, load_model
+from kmtools.models.inputs import fit_to_data
 from kmtools.report.schema import model_info
 from kmtools.runs import Timer
 
@@ -52,6 +53,8 @@ def open_model(
     mean: str | None = None,
     std: str | None = None,
     input_shape: str | None = None,
+    arch_kwargs: str | None = None,
+    trust_code: bool = False,
 ) -> KmModel:
     """Load a checkpoint with the shared model options."""
     if norm is not None and (mean or std):
@@ -61,7 +64,23 @@ def open_model(
     if (mean is None) != (std is None):
         raise ConfigError("--mean and --std go together")
     return load_model(path, arch=arch, head=head, num_classes=num_classes, trust=trust, mean=m, std=s,
-                      input_shape=ints(input_shape, "--input-shape"))
+                      input_shape=ints(input_shape, "--input-shape"), arch_kwargs=json_object(arch_kwargs, "--arch-kwargs"),
+                      trust_code=trust_code)
+
+
+def json_object(text: str | None, name: str) -> dict[str, object] | None:
+    """Parse a JSON object option such as ``--arch-kwargs '{"num_classes": 10}'``."""
+    if text is None:
+        return None
+    import json
+
+    try:
+        val = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{name} must be a JSON object such as '{{\"num_classes\": 10}}', got {text!r}") from exc
+    if not isinstance(val, dict):
+        raise ConfigError(f"{name} must be a JSON object such as '{{\"num_classes\": 10}}', got {text!r}")
+    return val
 
 
 def open_data(
@@ -80,6 +99,7 @@ def open_data(
         raise ConfigError("this command needs --data NAME|PATH (e.g. --data digits)")
     info = load_dataset(name, root=root, split=split, download=download)
     if model is not None:
+        fit_to_data(model, info.input_shape)  # a model that takes any size adopts the data's
         check_compatible(info, model.num_classes, model.input_shape)
     return subset(info, n, seed=seed, shuffle=shuffle)
 

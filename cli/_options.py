@@ -43,7 +43,9 @@ if TYPE_CHECKING:  # keep `kmtools --help` light: the library loads when a comma
 
 # ------------------------------------------------------------------ single option declarations
 ModelArg = Annotated[Path, typer.Argument(help="Checkpoint: kmtools .safetensors, state dict (.pt/.pth/.safetensors) with --arch, or TorchScript.", show_default=False)]
-ArchOpt = Annotated[str | None, typer.Option("--arch", help="Architecture of a plain state dict: resnet18, vgg16, smallcnn, mlp, torchvision:<name>.")]
+ArchOpt = Annotated[str | None, typer.Option("--arch", help="Architecture of a plain state dict: resnet18, vgg16, smallcnn, mlp, torchvision:NAME, timm:NAME (the timm extra), or your own class as path/to/file.py:Class or package.module:Class (imports that code).")]
+ArchKwargsOpt = Annotated[str | None, typer.Option("--arch-kwargs", help="JSON object of constructor arguments for --arch, e.g. '{\"num_classes\": 10}'.")]
+TrustCodeOpt = Annotated[bool, typer.Option("--trust-code", help="Allow importing the model class a kmtools file's metadata names (runs that code!); or give the same --arch FILE.py:Class again.")]
 HeadPathOpt = Annotated[str | None, typer.Option("--head", help="Module path of the final nn.Linear (found automatically when omitted).")]
 NumClassesOpt = Annotated[int | None, typer.Option("--num-classes", help="Number of classes (inferred from the checkpoint when omitted).")]
 TrustOpt = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling Python objects from the checkpoint (runs code from the file!).")]
@@ -55,7 +57,7 @@ CompareOpt = Annotated[Path | None, typer.Option("--compare", help="A second che
 
 DataOpt = Annotated[str | None, typer.Option("--data", "-d", help="Dataset: digits, wine, cifar10, cifar100, mnist, fashion-mnist, svhn, an ImageFolder path or an .npz file.")]
 DataRootOpt = Annotated[Path | None, typer.Option("--data-root", envvar="KMTOOLS_DATA", help="Folder holding datasets (env KMTOOLS_DATA).")]
-SplitOpt = Annotated[str, typer.Option("--split", help="train or test.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="train or test (val too for ImageFolder trees with a val/ folder).")]
 NOpt = Annotated[int | None, typer.Option("-n", "--num", help="Use only the first N samples.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing (never done otherwise).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
@@ -102,6 +104,8 @@ class ModelOptions:
     std: StdOpt = None
     input_shape: InputShapeOpt = None
     compare: CompareOpt = None
+    arch_kwargs: ArchKwargsOpt = None
+    trust_code: TrustCodeOpt = False
 
     PANEL: ClassVar[str] = "Model"
     FLAT: ClassVar[dict[str, str]] = {"path": "model_path"}
@@ -110,7 +114,8 @@ class ModelOptions:
     def load_kwargs(self) -> dict[str, Any]:
         """The options of ``open_model`` (also used for ``--compare``)."""
         return dict(arch=self.arch, head=self.head, num_classes=self.num_classes, trust=self.trust_checkpoint,
-                    norm=self.norm, mean=self.mean, std=self.std, input_shape=self.input_shape)
+                    norm=self.norm, mean=self.mean, std=self.std, input_shape=self.input_shape,
+                    arch_kwargs=self.arch_kwargs, trust_code=self.trust_code)
 
     def load(self, path: Path | None = None) -> KmModel:
         """Load MODEL (or ``path``, e.g. ``--compare``) with these options."""

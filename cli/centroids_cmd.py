@@ -25,7 +25,7 @@ METHODS = ("equidistant", "means", "kmeans")
 def centroids(
     *,
     mo: ModelOptions,
-    ds: Annotated[DataOptions, Use(defaults={"split": "train"})],
+    ds: Annotated[DataOptions, Use(add=("workers",), defaults={"split": "train"})],
     method: Annotated[str, typer.Option("--method", "-m", help="equidistant (Theorem 1), means (class means) or kmeans.")] = "means",
     k: Annotated[int | None, typer.Option("-k", help="Clusters for --method kmeans (default: number of classes).")] = None,
     n_init: Annotated[int, typer.Option("--n-init", help="k-means restarts.")] = 3,
@@ -52,7 +52,7 @@ def centroids(
     require_split(model, "kmtools centroids")
     info = ds.load(model)
     with timer("features"), out.progress("features", len(info)) as prog:
-        feats = extract(model, info.dataset, batch_size=run.batch_size, device=dev, progress=prog)
+        feats = extract(model, info.dataset, batch_size=run.batch_size, device=dev, workers=ds.workers, progress=prog)
     results: dict[str, object] = {"method": method, "n": len(feats), "feature_dim": feats.features.shape[1]}
     tensors: dict[str, torch.Tensor] = {}
     with timer("centroids"):

@@ -10,6 +10,7 @@ from rich.console import Console
 from kmtools.centroids import theorem1_agreement
 from kmtools.data import subset
 from kmtools.features import extract
+from kmtools.models.checkpoint import norm_source
 from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of, open_data
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
@@ -20,7 +21,7 @@ from kmtools_cli._output import kv_table
 def inspect(
     *,
     mo: ModelOptions,
-    ds: DataOptions,
+    ds: Annotated[DataOptions, Use(add=("workers",))],
     run: Annotated[RunOptions, Use(skip=("seed",))],
     output: Annotated[OutputOptions, Use(skip=("out", "force", "gate"))],
 ) -> None:
@@ -46,6 +47,7 @@ def inspect(
         "input_shape": meta["input_shape"],
         "mean": meta["mean"],
         "std": meta["std"],
+        "normalisation": norm_source(model),
         "parameters": sum(p.numel() for p in model.parameters()),
         "outlier_threshold": model.threshold,
     }
@@ -56,7 +58,8 @@ def inspect(
         info = subset(info, ds.n if ds.n is not None else min(len(info), 1000))
         data_doc = info.to_dict()
         with timer("features"), out.progress("features", len(info)) as prog:
-            feats = extract(model, info.dataset, batch_size=run.batch_size, device=dev, progress=prog)
+            feats = extract(model, info.dataset, batch_size=run.batch_size, device=dev, workers=ds.workers,
+                            progress=prog)
         acc = float((feats.predictions == feats.labels).double().mean())
         results["accuracy"] = acc
         results["n"] = len(feats)

@@ -12,7 +12,6 @@ from typer._click.exceptions import ClickException  # typer vendors click
 from typer.core import TyperGroup
 
 import kmtools
-from kmtools.device import is_oom
 from kmtools.errors import KmtoolsError
 
 
@@ -41,6 +40,8 @@ class _Group(TyperGroup):
             os.dup2(devnull, sys.stdout.fileno())
             raise SystemExit(0) from None
         except Exception as exc:  # a bug in kmtools, not the user's mistake: a failed run, exit 1
+            from kmtools.device import is_oom  # torch: imported only on this path
+
             if is_oom(exc):
                 typer.echo("error: the device ran out of memory: pass a smaller --batch-size", err=True)
                 raise SystemExit(1) from None

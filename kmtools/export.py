@@ -703,7 +703,7 @@ def _runner(fmt: str, path: Path) -> Callable[[torch.Tensor], list[torch.Tensor]
     if fmt == "kmtools":
         from kmtools.models.checkpoint import load_model
 
-        loaded = load_model(path)
+        loaded = load_model(path, trust_code=True)  # the file export just wrote, from the code in use
 
         def run_kmtools(x: torch.Tensor) -> list[torch.Tensor]:
             return list(_eager(loaded, x))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -77,7 +78,7 @@ def write_text(path: str | Path, text: str, force: bool = False) -> Path:
 
 
 def write_json(path: str | Path, obj: Any, force: bool = False) -> Path:
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n", force)
+    return write_text(path, dumps(obj) + "\n", force)
 
 
 def write_with(path: str | Path, writer: Callable[[Path], None], force: bool = False) -> Path:
@@ -97,6 +98,21 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` as plain JSON values, with every NaN/Infinity (uncomputable) replaced by ``None``:
+    the text :func:`dumps` writes is strict JSON (RFC 8259 has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return strict(_json_default(obj))
+
+
 def dumps(obj: Any) -> str:
-    """JSON text for results (dataclasses with ``to_dict``, tensors, numpy arrays, paths)."""
-    return json.dumps(obj, indent=2, default=_json_default)
+    """Strict JSON text for results (dataclasses with ``to_dict``, tensors, numpy arrays,
+    paths); uncomputable values (NaN, ±Infinity) become ``null``."""
+    return json.dumps(strict(obj), indent=2, allow_nan=False)

@@ -220,7 +220,7 @@ def test_library_rejects_zero_batch(model_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--split", "val"], "--split must be train or test"),
+        (["--split", "val"], "--split val exists only for ImageFolder trees"),
         (["--mean", "abc", "--std", "1"], "comma-separated numbers"),
         (["--mean", "0.5", "--std", "0"], "positive"),
         (["--mean", "0.5,0.5", "--std", "1"], "same number of values"),

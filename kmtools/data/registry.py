@@ -28,6 +28,8 @@ from kmtools.errors import ConfigError, DataError
 
 NAMES = ("digits", "wine", "cifar10", "cifar100", "mnist", "fashion-mnist", "svhn")
 SPLITS = ("train", "test")
+#: ImageFolder trees may also hold a ``val/`` folder (the ImageNet layout).
+FOLDER_SPLITS = ("train", "val", "test")
 _IMG_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
 
@@ -92,9 +94,12 @@ def load_dataset(
     download: bool = False,
 ) -> DataInfo:
     """Load a dataset by name or path (see module docstring)."""
-    if split not in SPLITS:
-        raise ConfigError(f"--split must be train or test, not {split!r}")
+    if split not in FOLDER_SPLITS:
+        raise ConfigError(f"--split must be train, val (ImageFolder trees) or test, not {split!r}")
     key = name.strip().lower().replace("_", "-")
+    if split == "val" and not Path(name).expanduser().is_dir():
+        raise ConfigError(f"--split val exists only for ImageFolder trees with a val/ folder; {name} has "
+                          "train and test")
     if key in ("digits", "wine"):
         return _sklearn(key, split)
     path = Path(name).expanduser()
@@ -278,7 +283,7 @@ def _decode_all(images: ImageFiles) -> Dataset[tuple[torch.Tensor, int]]:
 def _imagefolder_root(path: Path, split: str, name: str) -> DataInfo:
     if (path / split).is_dir():
         return _imagefolder(path / split, name, split)
-    other = [s for s in SPLITS if (path / s).is_dir()]
+    other = [s for s in FOLDER_SPLITS if (path / s).is_dir()]
     if other:
         raise DataError(f"{path} has no {split}/ folder (it has {', '.join(other)}/): use --split {other[0]}")
     return _imagefolder(path, name, split)
@@ -454,6 +459,24 @@ def subset(info: DataInfo, n: int | None, seed: int = 0, shuffle: bool = False) 
         idx = list(range(n))
     return DataInfo(Subset(info.dataset, idx), info.name, info.split, info.classes, info.input_shape,
                     info.source, info.mean, info.std)
+
+
+def to_tensors(data: Dataset[Any], workers: int = 0, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of ``data`` as ``(x float, y long)`` tensors. In-memory datasets are sliced; others
+    (large ImageFolders, decoded per item) go through a DataLoader with ``workers`` processes,
+    in dataset order, so the result does not depend on ``workers``."""
+    from kmtools.features import as_tensors, loader
+
+    t = as_tensors(data)
+    if t is not None:
+        return t[0].float(), torch.as_tensor(t[1]).long()
+    xs, ys = [], []
+    for x, y in loader(data, batch_size, torch.device("cpu"), workers):
+        xs.append(x.float())
+        ys.append(torch.as_tensor(y).long())
+    if not xs:
+        raise DataError("the dataset is empty")
+    return torch.cat(xs), torch.cat(ys)
 
 
 def check_compatible(info: DataInfo, num_classes: int, input_shape: Sequence[int] | None) -> None:

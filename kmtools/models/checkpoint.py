@@ -1,21 +1,19 @@
-"""Load and save checkpoints safely.
+"""Load and save models: the public entry (:func:`load_model`, :func:`save_model`).
 
-Accepted: a state dict (``.pt``/``.pth``/``.safetensors``) with an architecture name;
-TorchScript archives; kmtools' own format (``.safetensors`` + JSON metadata, no arch
-needed); a pickled whole ``nn.Module`` only with ``trust=True``. Nothing is unpickled with
-``weights_only=False`` unless the user says so.
+Accepted: a state dict (``.pt``/``.pth``/``.safetensors``, ``{"state_dict": ...}`` wrappers,
+``module.`` prefixes) with ``--arch`` (a zoo name, ``torchvision:NAME``, ``timm:NAME`` or the
+user's ``FILE.py:Class``); TorchScript archives (scores only without ``--arch``; with it,
+their state dict loads into the class); kmtools' own format (``.safetensors`` + JSON
+metadata, no arch needed); a pickled whole ``nn.Module`` only with ``trust=True``.
+
+The pieces live in :mod:`~kmtools.models.formats` (reading files safely),
+:mod:`~kmtools.models.inputs` (input shape and normalisation) and
+:mod:`~kmtools.models.usercode` (a user's own class, imported only when asked).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
-import pickle
-import pickletools
-import re
-import warnings
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,231 +21,46 @@ from typing import Any
 import torch
 from torch import nn
 
-from kmtools.errors import CheckpointError, ConfigError, KmtoolsError, UntrustedCheckpointError
-from kmtools.models import zoo
+from kmtools.errors import CheckpointError, ConfigError, KmtoolsError
+from kmtools.models import usercode, zoo
 from kmtools.models.core import GaussHead, KmModel, Normalize, split
-
-FORMAT = "kmtools/1"
-_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
-
-NORM_PRESETS: dict[str, tuple[list[float], list[float]]] = {
-    "cifar10": ([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]),
-    "cifar100": ([0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]),
-    "imagenet": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    "mnist": ([0.1307], [0.3081]),
-    "fashion-mnist": ([0.2860], [0.3530]),
-    "svhn": ([0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970]),
-    "none": ([], []),
-}
-
-
-def _check_file(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"checkpoint {p} does not exist: check the path")
-    if p.is_dir():
-        raise CheckpointError(f"checkpoint {p} is a directory: give the checkpoint file inside it")
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} is not a regular file")
-    if p.stat().st_size == 0:
-        raise CheckpointError(f"checkpoint {p} is empty (0 bytes): re-save or re-download it")
-    return p
-
-
-def _is_torchscript(p: Path) -> bool:
-    if not zipfile.is_zipfile(p):
-        return False
-    try:
-        with zipfile.ZipFile(p) as zf:
-            return any(n.split("/", 1)[-1].startswith(("code/", "constants.pkl")) for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError):
-        return False
+from kmtools.models.formats import (  # noqa: F401  (re-exported: the historic names of this module)
+    FORMAT,
+    MAX_ZIP_RATIO,
+    READABLE,
+    _json_safe,
+    _short,
+    _sort_metadata,
+    check_finite,
+    digest,
+    read_safetensors,
+    read_state,
+    unwrap_state_dict,
+)
+from kmtools.models.inputs import (  # noqa: F401  (re-exported)
+    MAX_INPUT_ELEMENTS,
+    NORM_PRESETS,
+    any_size,
+    arch_norm,
+    check_shape,
+    count_outputs,
+    example,
+    infer_in_channels,
+    infer_in_features,
+    probe_shape,
+    resolve_norm,
+)
 
 
-#: A zip checkpoint may unpack to at most this many times its size (torch.save stores its
-#: entries uncompressed, so real checkpoints expand ~1x); beyond it, and past 64 MiB, it is
-#: refused as a zip bomb before torch allocates anything.
-MAX_ZIP_RATIO = 10
+def build(arch: str, **kwargs: Any) -> nn.Module:
+    """Build ``arch``: a zoo/torchvision/timm name, or (imports it) a user's ``FILE.py:Class``."""
+    if usercode.is_user_ref(arch):
+        return usercode.build(usercode.parse(arch), kwargs)
+    return zoo.create(arch, **kwargs)
 
 
-def _check_zip(p: Path) -> None:
-    """A readable zip whose declared contents are not much larger than the file itself."""
-    try:
-        with zipfile.ZipFile(p) as zf:
-            total = sum(i.file_size for i in zf.infolist())
-    except (zipfile.BadZipFile, OSError, UnicodeDecodeError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"{p} is a corrupt zip archive ({_short(exc)}): re-save or re-download it") from exc
-    size = p.stat().st_size
-    if total > max(64 << 20, MAX_ZIP_RATIO * size):
-        raise CheckpointError(
-            f"{p} would unpack to {total / 2**20:.0f} MiB from a {size / 2**20:.1f} MiB file (a zip bomb?): "
-            "kmtools refuses compressed checkpoints; re-save it with torch.save"
-        )
-
-
-_OBJECT_OPS = frozenset({"GLOBAL", "STACK_GLOBAL", "INST", "OBJ", "REDUCE", "NEWOBJ", "NEWOBJ_EX", "BUILD"})
-
-
-def _pickle_names_objects(p: Path) -> bool:
-    """True when ``p`` is a well-formed pickle stream that imports or builds Python objects.
-
-    Reads the opcodes with :func:`pickletools.genops`, which executes nothing.
-    """
-    try:
-        with open(p, "rb") as fh:
-            return any(op.name in _OBJECT_OPS for op, _arg, _pos in pickletools.genops(fh))
-    except Exception:
-        return False
-
-
-def read_safetensors(p: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; corrupt files raise CheckpointError."""
-    from safetensors import safe_open
-
-    size = p.stat().st_size
-    with open(p, "rb") as fh:
-        head = fh.read(8)
-    if len(head) < 8:
-        raise CheckpointError(f"{p} is not a valid safetensors file (truncated header)")
-    n = int.from_bytes(head, "little")
-    if n <= 0 or n + 8 > size or n > 100_000_000:
-        raise CheckpointError(f"{p} is not a valid safetensors file (header claims {n} bytes, file has {size})")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except Exception as exc:
-        raise CheckpointError(
-            f"{p} is not a valid safetensors file ({_short(exc)}): re-save or re-download it"
-        ) from exc
-    return tensors, meta
-
-
-def _short(exc: BaseException) -> str:
-    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return msg[:160]
-
-
-def _unpickle_reason(exc: BaseException) -> str:
-    """The useful part of torch's weights-only error (its first line advises weights_only=False)."""
-    text = " ".join(str(exc).split())
-    if "WeightsUnpickler error:" in text:
-        return text.split("WeightsUnpickler error:", 1)[1].split(" Check the documentation")[0].strip()[:160]
-    return _short(exc)
-
-
-def read_state(path: str | Path, trust: bool = False) -> tuple[Any, dict[str, str]]:
-    """Read a checkpoint file: ``(object, metadata)``.
-
-    The object is a state dict, a ``torch.jit.ScriptModule``, or (only with ``trust``) an
-    arbitrary unpickled object such as a whole ``nn.Module``.
-    """
-    p = _check_file(path)
-    try:
-        return _read_state(p, trust)
-    except (KmtoolsError, MemoryError):
-        raise
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {p} cannot be read ({exc.strerror or _short(exc)})") from exc
-    except Exception as exc:  # any other parser failure on a hostile file is a one-line error
-        raise CheckpointError(
-            f"{p} is corrupt or not a supported checkpoint ({type(exc).__name__}: {_short(exc)}): "
-            "re-save or re-download it"
-        ) from exc
-
-
-def _read_state(p: Path, trust: bool) -> tuple[Any, dict[str, str]]:
-    if p.suffix == ".safetensors":
-        return read_safetensors(p)
-    if p.suffix.lower() == ".onnx":
-        raise CheckpointError(
-            f"{p} is an ONNX model, an export format kmtools cannot load back: give the PyTorch "
-            "checkpoint (state dict, TorchScript or kmtools .safetensors) it was exported from"
-        )
-    if p.suffix.lower() == ".pt2":
-        raise CheckpointError(
-            f"{p} is a torch.export program, which kmtools cannot split into backbone and head: give "
-            "the kmtools .safetensors written beside it"
-        )
-    with open(p, "rb") as fh:
-        magic = fh.read(8)
-    if len(magic) >= 8 and int.from_bytes(magic, "little") < p.stat().st_size and magic[:1] not in (b"P", b"\x80"):
-        # no zip/pickle signature but plausibly a safetensors header under another suffix
-        try:
-            return read_safetensors(p)
-        except CheckpointError:
-            pass
-    is_zip = zipfile.is_zipfile(p)
-    if is_zip:
-        _check_zip(p)
-    if _is_torchscript(p):
-        try:
-            with warnings.catch_warnings():  # torch.jit.load is deprecated (FutureWarning) but still served
-                warnings.simplefilter("ignore")
-                return torch.jit.load(str(p), map_location="cpu"), {}
-        except Exception as exc:
-            raise CheckpointError(f"{p} looks like TorchScript but cannot be loaded ({_short(exc)})") from exc
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on hostile files
-            warnings.simplefilter("ignore")
-            obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # "GLOBAL x.y" = the weights-only unpickler met an import it refused; a plain pickle
-        # stream (no zip) it cannot parse is checked opcode by opcode without running it.
-        names_objects = "GLOBAL" in str(exc) or (not is_zip and _pickle_names_objects(p))
-        if not names_objects:
-            raise CheckpointError(
-                f"{p} is corrupt or not a PyTorch checkpoint ({_unpickle_reason(exc)}): re-save or re-download it"
-            ) from exc
-        if not trust:
-            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-            what = f"it names {found.group(1)}" if found else "e.g. a whole nn.Module"
-            raise UntrustedCheckpointError(
-                f"{p} contains pickled Python objects ({what}) and loading it could run code "
-                "from the file: save a state dict instead, or pass --trust-checkpoint if you trust its source"
-            ) from exc
-        try:
-            obj = torch.load(str(p), map_location="cpu", weights_only=False)
-        except Exception as exc2:
-            raise CheckpointError(f"{p} could not be unpickled ({_short(exc2)})") from exc2
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError) as exc:
-        raise CheckpointError(
-            f"{p} is corrupt or not a PyTorch checkpoint ({_short(exc)}): re-save or re-download it"
-        ) from exc
-    return obj, {}
-
-
-def unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor]:
-    """Find the state dict inside common wrappers and strip DataParallel ``module.`` prefixes."""
-    seen = 0
-    while isinstance(obj, Mapping) and seen < 4:
-        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in _WRAPPERS if k in obj and isinstance(obj[k], (Mapping, nn.Module))), None)
-        if inner is None:
-            break
-        obj = inner.state_dict() if isinstance(inner, nn.Module) else inner
-        seen += 1
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
-    sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not sd:
-        raise CheckpointError("checkpoint holds no tensors: is it a training log rather than a model?")
-    for prefix in ("module.", "_orig_mod.", "model."):
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
-
-
-def check_finite(sd: Mapping[str, torch.Tensor]) -> None:
-    for k, v in sd.items():
-        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
-            raise CheckpointError(
-                f"tensor {k!r} holds NaN or Inf values: the checkpoint is broken (diverged training?)"
-            )
-
-
-def in_module_order(sd: Mapping[str, torch.Tensor], arch: str | None = None) -> dict[str, torch.Tensor]:
+def in_module_order(sd: Mapping[str, torch.Tensor], arch: str | None = None,
+                    arch_kwargs: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """``sd`` with its keys in ``arch``'s module order (safetensors files come back sorted by
     name, where ``fc.weight`` precedes ``fc1.weight``); the architecture is built on the meta
     device, so this costs no memory. Unknown keys keep their order at the end."""
@@ -255,7 +68,7 @@ def in_module_order(sd: Mapping[str, torch.Tensor], arch: str | None = None) -> 
         return dict(sd)
     try:
         with torch.device("meta"):
-            order = {k: i for i, k in enumerate(zoo.create(arch).state_dict())}
+            order = {k: i for i, k in enumerate(build(arch, **(arch_kwargs or {})).state_dict())}
     except Exception:
         return dict(sd)
     return dict(sorted(sd.items(), key=lambda kv: order.get(kv[0], len(order))))
@@ -267,7 +80,7 @@ def infer_num_classes(sd: Mapping[str, torch.Tensor], arch: str | None = None) -
     return int(weights[-1].shape[0]) if weights else None
 
 
-def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint", hint: str = "") -> None:
     """``load_state_dict(strict=True)`` with a one-line message naming the first mismatches."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -291,14 +104,28 @@ def load_into(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "che
         parts.append(f"wrong dtype ({'; '.join(dtypes[:3])})")
     if parts:
         raise CheckpointError(
-            f"{what} does not fit the architecture: {', '.join(parts)}: check --arch/--num-classes"
+            f"{what} does not fit the architecture: {', '.join(parts)}: {hint or 'check --arch/--num-classes'}"
         )
     model.load_state_dict(sd, strict=True)
 
 
-def _example(shape: Sequence[int]) -> torch.Tensor:
-    g = torch.Generator().manual_seed(0)
-    return torch.rand((2, *shape), generator=g)
+def better_arch(sd: Mapping[str, torch.Tensor], arch: str, num_classes: int | None) -> str | None:
+    """Another spelling of ``arch`` whose parameter names are exactly those of ``sd``: the
+    CIFAR ``resnet18`` vs ``torchvision:resnet18`` vs ``timm:resnet18`` confusion."""
+    base = arch.split(":", 1)[-1]
+    candidates = [c for c in (base, f"torchvision:{base}", f"timm:{base}") if c != arch]
+    keys = set(sd)
+    for cand in candidates:
+        if cand == base and base not in zoo._REGISTRY:
+            continue
+        try:
+            with torch.device("meta"):
+                net = zoo.create(cand, num_classes=num_classes)
+        except Exception:  # not a model of that family, or timm absent
+            continue
+        if set(net.state_dict()) == keys:
+            return cand
+    return None
 
 
 def wrap(
@@ -315,7 +142,7 @@ def wrap(
     """Split a plain classifier at its head and wrap it as a :class:`KmModel`."""
     net.eval()
     try:
-        backbone, head, path = split(net, _example(input_shape), head_path)
+        backbone, head, path = split(net, example(input_shape), head_path)
     except RuntimeError as exc:
         raise CheckpointError(
             f"the model does not run on inputs of shape {tuple(input_shape)} ({_short(exc)}): "
@@ -327,16 +154,9 @@ def wrap(
     )
 
 
-def resolve_norm(
-    mean: Sequence[float] | str | None, std: Sequence[float] | None
-) -> tuple[list[float] | None, list[float] | None]:
-    """``--norm PRESET`` or explicit ``--mean``/``--std``."""
-    if isinstance(mean, str):
-        if mean not in NORM_PRESETS:
-            raise ConfigError(f"unknown normalisation preset {mean!r}: choose one of {', '.join(NORM_PRESETS)}")
-        m, s = NORM_PRESETS[mean]
-        return m, s
-    return (list(mean) if mean else None), (list(std) if std else None)
+def _flexible(arch: str | None) -> bool:
+    """Architectures whose input size may follow the data (adaptive pooling is checked)."""
+    return bool(arch) and (str(arch).startswith(("torchvision:", "timm:")) or usercode.is_user_ref(arch))
 
 
 def load_model(
@@ -351,13 +171,21 @@ def load_model(
     mean: Sequence[float] | str | None = None,
     std: Sequence[float] | None = None,
     classes: Sequence[str] | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    trust_code: bool = False,
 ) -> KmModel:
-    """Load any supported checkpoint as a :class:`KmModel` on the CPU, in eval mode."""
+    """Load any supported checkpoint as a :class:`KmModel` on the CPU, in eval mode.
+
+    ``arch_kwargs`` go to the architecture's constructor (``--arch-kwargs``); ``trust_code``
+    allows importing the user code a kmtools file's metadata names (``--trust-code``).
+    """
+    if arch is not None and ":" in arch and not arch.startswith(usercode.RESERVED) and not usercode.is_user_ref(arch):
+        usercode.parse(arch)  # raises the one-line message for a malformed FILE:Class
     obj, meta = read_state(path, trust=trust)
     m_mean, m_std = resolve_norm(mean, std)
     if "kmtools" in meta:
         try:
-            model = _from_kmtools(obj, meta, path)
+            model = _from_kmtools(obj, meta, path, given_arch=arch, trust_code=trust_code)
         except (KmtoolsError, MemoryError):
             raise
         except Exception as exc:  # forged or damaged metadata that passed the JSON parse
@@ -369,19 +197,19 @@ def load_model(
             raise ConfigError(
                 f"{path} is a kmtools model with {model.num_classes} classes, not {num_classes}: drop --num-classes"
             )
+        model.norm_from = "kmtools file"
         if m_mean is not None:
             model.normalize = Normalize(m_mean, m_std)
+            model.norm_from = "--norm/--mean/--std"
+        if input_shape is not None:
+            model.input_shape = tuple(int(v) for v in input_shape)
         return model.eval()
     if isinstance(obj, torch.jit.ScriptModule):
         if arch is None:
-            return _opaque(obj, path, input_shape, m_mean, m_std, classes)
+            return _opaque(obj, path, input_shape, num_classes, m_mean, m_std, classes)
         obj = obj.state_dict()
     if isinstance(obj, nn.Module):  # trusted pickle of a whole module
-        shape = input_shape or (zoo.default_input_shape(arch, in_channels) if arch else None)
-        if shape is None:
-            raise ConfigError(f"{path}: a whole pickled module needs --input-shape (e.g. 3,32,32) or --arch")
-        return wrap(obj, arch=None, arch_kwargs={}, input_shape=shape, head_path=head,
-                    mean=m_mean, std=m_std, classes=classes).eval()
+        return _whole_module(obj, path, arch, in_channels, input_shape, head, m_mean, m_std, classes)
     sd = unwrap_state_dict(obj)
     check_finite(sd)
     if arch is None:
@@ -389,36 +217,75 @@ def load_model(
             f"{path} is a plain state dict: name its architecture with --arch "
             f"({', '.join(zoo.names())})"
         )
-    ordered = in_module_order(sd, arch)
-    n = num_classes or infer_num_classes(ordered)
-    kwargs: dict[str, Any] = {"num_classes": n, "in_channels": in_channels}
-    if in_channels is None and not arch.startswith("torchvision:"):
-        kwargs["in_channels"] = _infer_in_channels(ordered)
-    if arch == "mlp":
-        kwargs.pop("in_channels")
-        kwargs["in_features"] = _infer_in_features(ordered)
-    net = zoo.create(arch, **kwargs)
-    load_into(net, sd, what=str(path))
-    shape = input_shape or zoo.default_input_shape(arch, kwargs.get("in_channels"))
-    if arch == "mlp":
-        shape = input_shape or (kwargs["in_features"],)
-    clean = {k: v for k, v in kwargs.items() if v is not None}
-    return wrap(net, arch=arch, arch_kwargs=clean, input_shape=shape, head_path=head,
-                mean=m_mean, std=m_std, classes=classes).eval()
+    user = dict(arch_kwargs or {})
+    if usercode.is_user_ref(arch):
+        ref = usercode.parse(arch)
+        arch = ref.text
+        n: int | None = None
+        kwargs = dict(user)
+        if "num_classes" not in kwargs and usercode.accepts(ref, "num_classes"):
+            n = num_classes or infer_num_classes(in_module_order(sd, arch, user))
+            if n is not None:
+                kwargs["num_classes"] = n
+        net = usercode.build(ref, kwargs)
+        load_into(net, sd, what=str(path), hint=f"check the class and --arch-kwargs of {ref.cls}")
+        shape = tuple(input_shape) if input_shape else probe_shape(net, in_module_order(sd, arch, kwargs))
+        clean = kwargs
+    else:
+        ordered = in_module_order(sd, arch)
+        n = num_classes or infer_num_classes(ordered)
+        kwargs = {"num_classes": n, "in_channels": in_channels}
+        if in_channels is None and not arch.startswith("torchvision:"):
+            kwargs["in_channels"] = infer_in_channels(ordered)
+        if arch == "mlp":
+            kwargs.pop("in_channels")
+            kwargs["in_features"] = infer_in_features(ordered)
+        kwargs.update(user)
+        net = zoo.create(arch, **kwargs)
+        better = better_arch(sd, arch, n)
+        load_into(net, sd, what=str(path),
+                  hint=f"the keys fit --arch {better}" if better else "check --arch/--num-classes")
+        shape = tuple(input_shape) if input_shape else zoo.input_shape_of(arch, net, kwargs.get("in_channels"))
+        if arch == "mlp":
+            shape = tuple(input_shape) if input_shape else (kwargs["in_features"],)
+        clean = {k: v for k, v in kwargs.items() if v is not None}
+    source = "--norm/--mean/--std"
+    if m_mean is None:
+        m_mean, m_std, source = arch_norm(arch, n, net, shape[0] if len(shape) == 3 else None)
+    model = wrap(net, arch=arch, arch_kwargs=clean, input_shape=shape, head_path=head,
+                 mean=m_mean, std=m_std, classes=classes)
+    model.norm_from = source
+    if _flexible(arch) and input_shape is None:
+        model.any_size = any_size(net, shape)
+    return model.eval()
 
 
-def _infer_in_channels(sd: Mapping[str, torch.Tensor]) -> int | None:
-    for v in sd.values():
-        if v.dim() == 4:
-            return int(v.shape[1])
-    return None
+def norm_source(model: KmModel) -> str:
+    """Where ``model``'s input normalisation came from (``inspect`` shows it): the options,
+    the kmtools file, the architecture's convention (:func:`arch_norm`), or none."""
+    norm = getattr(model, "normalize", None)
+    if norm is None or not norm.active:
+        return "none"
+    return str(getattr(model, "norm_from", "checkpoint"))
 
 
-def _infer_in_features(sd: Mapping[str, torch.Tensor]) -> int | None:
-    for v in sd.values():
-        if v.dim() == 2:
-            return int(v.shape[1])
-    return None
+def _whole_module(obj: nn.Module, path: str | Path, arch: str | None, in_channels: int | None,
+                  input_shape: Sequence[int] | None, head: str | None, mean: Sequence[float] | None,
+                  std: Sequence[float] | None, classes: Sequence[str] | None) -> KmModel:
+    """A trusted pickle of a whole module; it can be saved when its class is importable."""
+    cls = type(obj)
+    shape: Sequence[int] | None = input_shape
+    if shape is None and arch is not None and not usercode.is_user_ref(arch):
+        shape = zoo.default_input_shape(arch, in_channels)
+    if shape is None:
+        obj.eval()
+        shape = probe_shape(obj, obj.state_dict())
+    ref: str | None = None
+    if cls.__module__ not in ("__main__", "builtins") and not cls.__module__.startswith("kmtools_user_"):
+        ref = f"{cls.__module__}:{cls.__qualname__}" if "." not in cls.__qualname__ else None
+    model = wrap(obj, arch=ref, arch_kwargs={}, input_shape=shape, head_path=head,
+                 mean=mean, std=std, classes=classes)
+    return model.eval()
 
 
 class _Opaque(nn.Module):
@@ -433,23 +300,29 @@ class _Opaque(nn.Module):
         return out
 
 
-def _opaque(net: nn.Module, path: str | Path, input_shape: Sequence[int] | None,
+def _opaque(net: nn.Module, path: str | Path, input_shape: Sequence[int] | None, num_classes: int | None,
             mean: Sequence[float] | None, std: Sequence[float] | None,
             classes: Sequence[str] | None) -> KmModel:
     """TorchScript without ``--arch``: the backbone is the whole network, the head an identity.
 
-    Commands that need penultimate features refuse such a model (see :func:`require_split`).
+    The input shape is ``--input-shape`` or probed (:func:`probe_shape`); the class count
+    is ``--num-classes``, else the width of one forward pass's output. Commands that need
+    penultimate features refuse such a model (see :func:`require_split`).
     """
-    if classes is None and input_shape is not None:  # count the outputs on one example input
+    shape: Sequence[int] | None = input_shape
+    if shape is None:
         try:
-            with torch.no_grad():
-                out = net(torch.zeros(1, *input_shape))
-            if isinstance(out, torch.Tensor) and out.dim() == 2:
-                classes = [str(i) for i in range(out.shape[1])]
-        except Exception:  # an opaque model may reject zeros; its class count stays unknown
-            classes = None
+            shape = probe_shape(net, net.state_dict())
+        except ConfigError:
+            shape = None
+    if classes is None:
+        n = num_classes or count_outputs(net, shape)
+        if n:
+            classes = [str(i) for i in range(n)]
     model = KmModel(_Opaque(net), nn.Identity(), Normalize(mean, std), classes=classes,
-                    input_shape=input_shape, head_path=None)
+                    input_shape=shape, head_path=None)
+    if input_shape is None and shape is not None:
+        model.any_size = any_size(net, shape)
     return model.eval()
 
 
@@ -457,26 +330,12 @@ def require_split(model: KmModel, command: str) -> None:
     if model.head_path is None and isinstance(model.head, nn.Identity):
         raise ConfigError(
             f"{command} needs the penultimate features, but this TorchScript model was loaded without "
-            "--arch: pass --arch NAME so its weights load into a splittable network"
+            "--arch: pass --arch FILE.py:Class (or a zoo name) so its weights load into a splittable network"
         )
 
 
-def digest(tensors: Mapping[str, torch.Tensor], text: str) -> str:
-    """sha256 over the metadata text and every tensor's name, dtype, shape and bytes (sorted by
-    name): stored by :func:`save_model`, checked on load, so a flipped bit anywhere is caught."""
-    h = hashlib.sha256(text.encode())
-    for k in sorted(tensors):
-        t = tensors[k].detach().cpu().contiguous()
-        h.update(f"|{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-#: Largest input (elements per sample) a checkpoint's metadata may declare.
-MAX_INPUT_ELEMENTS = 1 << 26
-
-
-def _from_kmtools(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: str | Path) -> KmModel:
+def _from_kmtools(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: str | Path, *,
+                  given_arch: str | None = None, trust_code: bool = False) -> KmModel:
     try:
         info = json.loads(meta["kmtools"])
         if not isinstance(info, dict):
@@ -488,16 +347,22 @@ def _from_kmtools(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: 
             f"{path} is corrupt: its contents do not match the sha256 recorded when it was saved; "
             "re-download it or save it again"
         )
+    fmt = meta.get("format", FORMAT)
+    if fmt not in READABLE:
+        raise CheckpointError(
+            f"{path} has format {fmt!r}, newer than this kmtools reads ({', '.join(READABLE)}): upgrade kmtools"
+        )
     check_finite(tensors)
     arch = info.get("arch")
     if not arch or not isinstance(arch, str):
         raise CheckpointError(f"{path}: kmtools metadata names no architecture")
+    if usercode.is_user_ref(arch):  # refused here, before anything is imported, unless allowed
+        arch = usercode.resolve_saved(arch, info.get("code"), Path(path), given=given_arch, trust_code=trust_code)
     kwargs = dict(info.get("arch_kwargs") or {})
     _check_size(arch, kwargs, tensors, path)
-    net = zoo.create(arch, **kwargs)
-    shape = info.get("input_shape") or zoo.default_input_shape(arch, kwargs.get("in_channels"))
-    if math.prod(int(v) for v in shape) > MAX_INPUT_ELEMENTS or min(int(v) for v in shape) < 1:
-        raise CheckpointError(f"{path}: metadata declares an implausible input shape {shape}")
+    net = build(arch, **kwargs)
+    shape = check_shape(info.get("input_shape") or zoo.input_shape_of(arch, net, kwargs.get("in_channels")),
+                        str(path))
     base = wrap(net, arch=arch, arch_kwargs=kwargs, input_shape=shape, head_path=info.get("head_path"),
                 mean=info.get("mean") or None, std=info.get("std") or None, classes=info.get("classes"))
     kind = info.get("head_kind", "softmax")
@@ -516,6 +381,7 @@ def _from_kmtools(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: 
                     classes=info.get("classes"), input_shape=shape, head_path=base.head_path,
                     outlier_threshold=info.get("outlier_threshold"))
     load_into(model, tensors, what=str(path))
+    model.any_size = bool(info.get("any_size", False))
     return model
 
 
@@ -523,7 +389,7 @@ def _check_size(arch: str, kwargs: dict[str, Any], tensors: Mapping[str, torch.T
     """Build the architecture on the meta device (no memory) and refuse metadata that asks for
     a network far larger than the tensors in the file (a memory bomb by arch_kwargs)."""
     with torch.device("meta"):
-        probe = zoo.create(arch, **kwargs)
+        probe = build(arch, **kwargs)
     wanted = sum(p.numel() for p in probe.parameters())
     held = sum(t.numel() for t in tensors.values())
     if wanted > 2 * held + 100_000:
@@ -560,7 +426,8 @@ def _prototype_head(kind: str, cfg: dict[str, Any], tensors: dict[str, torch.Ten
 
 def save_model(model: KmModel, path: str | Path, force: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` in kmtools format: safetensors + JSON metadata (arch, classes,
-    normalisation, head kind and config, centroids in the tensors)."""
+    normalisation, head kind and config, centroids in the tensors). A user class is recorded
+    by its file path relative to ``path``'s folder and the file's sha256 (``meta["code"]``)."""
     from safetensors.torch import save_file
 
     from kmtools.io import write_with
@@ -568,12 +435,16 @@ def save_model(model: KmModel, path: str | Path, force: bool = False, extra: dic
     if model.arch is None:
         raise ConfigError(
             "this model has no known architecture, so it cannot be saved in kmtools format: "
-            "load it with --arch, or export it to .pt2/ONNX instead"
+            "load it with --arch (a zoo name or FILE.py:Class), or export it to .pt2/ONNX instead"
         )
     meta = model.meta()
     cfg = getattr(model.head, "config", None)
     meta["head_config"] = cfg() if callable(cfg) else {}
     meta["format"] = FORMAT
+    if model.any_size:
+        meta["any_size"] = True
+    if usercode.is_user_ref(model.arch):
+        meta["arch"], meta["code"] = usercode.record(model.arch, usercode.final_path(Path(path)))
     if extra:
         meta.update(extra)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -588,32 +459,3 @@ def save_model(model: KmModel, path: str | Path, force: bool = False, extra: dic
         _sort_metadata(tmp)
 
     return write_with(path, writer, force)
-
-
-def _sort_metadata(p: Path) -> None:
-    """Rewrite a safetensors header with its ``__metadata__`` keys sorted, in place.
-
-    safetensors serialises metadata from a Rust HashMap, whose order changes from process to
-    process; sorting makes a saved model byte-for-byte reproducible. The header keeps its
-    length (same keys and values, same compact JSON), so only its bytes are rewritten."""
-    with open(p, "r+b") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        raw = fh.read(n)
-        header = json.loads(raw)
-        meta = header.pop("__metadata__", None)
-        if not meta:
-            return
-        ordered = {"__metadata__": dict(sorted(meta.items())), **header}
-        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) > n or raw.rstrip(b" ") == text:
-            return
-        fh.seek(8)
-        fh.write(text + b" " * (n - len(text)))
-
-
-def _json_safe(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    return str(o)

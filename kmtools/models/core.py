@@ -128,7 +128,7 @@ class KmModel(nn.Module):
 
     Attributes: ``arch`` (zoo name or None), ``arch_kwargs``, ``classes`` (names),
     ``input_shape`` (C, H, W) or (D,), ``head_path`` (where the head sat in the original
-    network), ``outlier_threshold`` (default 1/c, paper Sec. 5).
+    network), ``outlier_threshold`` (default 1/c, paper Sec. 5), ``any_size``.
     """
 
     def __init__(
@@ -155,6 +155,11 @@ class KmModel(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape) if input_shape else None
         self.head_path = head_path
         self.outlier_threshold = outlier_threshold
+        #: True when the backbone takes any spatial size (adaptive pooling): the input
+        #: shape then follows the data (see ``kmtools.models.inputs.fit_to_data``).
+        self.any_size = False
+        #: Where the normalisation statistics came from (set by ``load_model``).
+        self.norm_from = "checkpoint"
 
     @property
     def head_kind(self) -> str:
@@ -195,6 +200,8 @@ class KmModel(nn.Module):
             input_shape=self.input_shape,
             head_path=self.head_path,
         )
+        new.any_size = self.any_size
+        new.norm_from = self.norm_from
         return new
 
     def meta(self) -> dict[str, Any]:

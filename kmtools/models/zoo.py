@@ -7,6 +7,9 @@
 * ``smallcnn``: the demo CNN (any input size, a few hundred KB).
 * ``mlp``: a small tabular classifier (wine).
 * ``torchvision:<name>``: any torchvision classifier, built without weights.
+* ``timm:<name>``: any timm model (the optional ``timm`` extra), built without weights;
+  nothing is downloaded, the weights come from the checkpoint file.
+* ``FILE.py:Class`` / ``package.module:Class``: a user's own class (``kmtools.models.usercode``).
 """
 
 from __future__ import annotations
@@ -44,12 +47,14 @@ def register(
 
 
 def names() -> list[str]:
-    return [*sorted(_REGISTRY), "torchvision:<name>"]
+    return [*sorted(_REGISTRY), "torchvision:<name>", "timm:<name>", "FILE.py:Class"]
 
 
 def spec(name: str) -> ArchSpec:
     if name.startswith("torchvision:"):
         return ArchSpec(name, _torchvision_builder(name.split(":", 1)[1]), (3, 224, 224), "torchvision model")
+    if name.startswith("timm:"):
+        return ArchSpec(name, _timm_builder(name.split(":", 1)[1]), (3, 224, 224), "timm model")
     if name not in _REGISTRY:
         raise ConfigError(f"unknown architecture {name!r}: choose one of {', '.join(names())}")
     return _REGISTRY[name]
@@ -249,3 +254,33 @@ def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
             ) from exc
 
     return build
+
+
+#: The one-line fix when ``timm:`` is asked for without timm installed.
+TIMM_HINT = "pip install 'kmtools[timm]' (or pip install timm)"
+
+
+def _timm_builder(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int | None = None, in_channels: int | None = None, **kwargs: Any) -> nn.Module:
+        try:
+            import timm
+        except ImportError as exc:
+            raise ConfigError(f"--arch timm:{name} needs the timm package: {TIMM_HINT}") from exc
+        if not timm.is_model(name):
+            raise ConfigError(f"unknown timm model {name!r}: see timm.list_models('{name[:4]}*')")
+        args: dict[str, Any] = {k: v for k, v in {"num_classes": num_classes, "in_chans": in_channels}.items()
+                                if v is not None}
+        # pretrained=False: timm never downloads; the weights come from the checkpoint file
+        net: nn.Module = timm.create_model(name, pretrained=False, **args, **kwargs)
+        return net
+
+    return build
+
+
+def input_shape_of(name: str, net: nn.Module | None = None, in_channels: int | None = None) -> tuple[int, ...]:
+    """Default input shape; a timm model's comes from its pretrained config."""
+    if name.startswith("timm:") and net is not None:
+        size = (getattr(net, "pretrained_cfg", None) or {}).get("input_size")
+        if size and len(size) == 3:
+            return (in_channels or int(size[0]), int(size[1]), int(size[2]))
+    return default_input_shape(name, in_channels)
