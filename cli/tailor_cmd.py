@@ -55,7 +55,7 @@ def tailor_cmd(
     proto_init: Annotated[str | None, typer.Option("--proto-init", help="Prototype init: means (M = 1) or kmeans (per class); default by M.")] = None,
     normaliser: Annotated[str, typer.Option("--normaliser", help="rbf responsibilities: softmax or entmax15.")] = "softmax",
     resume: Annotated[bool, typer.Option("--resume", help="Continue from OUT/tailor-checkpoint.pt.")] = False,
-    export_formats: Annotated[str, typer.Option("--export", help="Also export: comma list of pt2, onnx ('' for none).")] = "pt2,onnx",
+    export_formats: Annotated[str, typer.Option("--export", help="Also export: comma list of pt2, onnx ('' or none for none).")] = "pt2,onnx",
     report: Annotated[bool, typer.Option("--report", help="Write OUT/report.html at the end.")] = False,
     run: Annotated[RunOptions, Use(add=("amp",), defaults={"batch_size": 128})],
     output: OutputOptions,
@@ -124,7 +124,7 @@ def tailor_cmd(
 
     with timer("tailor"), out.progress("tailor", epochs) as prog:
         done = run_tailor(model, train, test, cfg, out_dir=out_dir, val=val, val_split=val_split, device=dev,
-                         resume=resume, export_formats=tuple(f for f in export_formats.replace(" ", "").split(",") if f),
+                         resume=resume, export_formats=tuple(f for f in export_formats.replace(" ", "").split(",") if f and f != "none"),
                          write_record=record, progress=prog, log=out.info)
     rank = torch.distributed.get_rank() if distributed else 0
     if rank == 0:
