@@ -29,13 +29,16 @@ from rich.table import Table
 from kmtools.attacks import FGSMResult, OnePixelResult, deepfool, fgsm, fgsm_sweep, onepixel, parse_eps
 from kmtools.attacks.deepfool import DeepFoolResult
 from kmtools.attacks.onepixel import class_confidences
+from kmtools.attacks.pgd import PGDResult, paired_pgd, pgd, sanity_checks
 from kmtools.data import DataInfo
 from kmtools.data.registry import check_compatible
 from kmtools.errors import ConfigError, DataError, KmtoolsError, OutputExistsError
 from kmtools.features import as_tensors
 from kmtools.io import check_writable, write_json, write_text, write_with
 from kmtools.models import KmModel
+from kmtools.models.scoring import outlier_threshold
 from kmtools.report import gates
+from kmtools.report.curves import eps_label, robustness_curve
 from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
@@ -1189,6 +1192,289 @@ def _deepfool(
     out.gate(gate, doc)
 
 
+# ------------------------------------------------------------------------------- intervals
+def _ci(rate: Any, lo: Any, hi: Any) -> str:
+    """``"43.0% [38.7, 47.4]"``: a rate with its 95% interval (``-`` when undefined)."""
+    if rate is None:
+        return "-"
+    if lo is None or hi is None:
+        return _pct(rate)
+    return f"{100 * float(rate):.1f}% [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
+
+
+def _rate_ci(d: dict[str, Any] | None) -> str:
+    """A ``wilson(...).to_dict()`` rate as ``"12.5% [9.0, 17.1] 25/200"``."""
+    if not d or d.get("rate") is None:
+        return "-"
+    k = next((d[c] for c in ("fooled", "correct", "k") if c in d), None)
+    return _ci(d["rate"], d.get("rate_lo"), d.get("rate_hi")) + (f" {k}/{d['n']}" if k is not None else "")
+
+
+def _diff_ci(d: dict[str, Any]) -> str:
+    """A paired difference ``{"diff", "diff_lo", "diff_hi"}`` in points: ``"+3.1 [-0.5, +6.8]"``."""
+    if d.get("diff") is None:
+        return "-"
+    return f"{100 * d['diff']:+.1f} [{100 * d['diff_lo']:+.1f}, {100 * d['diff_hi']:+.1f}]"
+
+
+def _p(v: Any) -> str:
+    return "-" if v is None else (f"{v:.2g}" if v >= 1e-3 else f"{v:.1e}")
+
+
+def _parse_target(target: str | None, classes: Sequence[str]) -> int | None:
+    """``--target``: a class name or index (None: untargeted)."""
+    if target is None:
+        return None
+    if target in classes:
+        return list(classes).index(target)
+    try:
+        return int(target)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--target {target!r} is neither a class index nor a class name ({', '.join(list(classes)[:12])})"
+        ) from exc
+
+
+def _paired_lists(rows: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Per-ε paired statistics as gate-friendly lists (``paired.diff_lo[-1]>0``)."""
+    keys = ("eps", "diff", "diff_lo", "diff_hi", "p_value", "only_a", "only_b", "n")
+    out: dict[str, Any] = {"a": a, "b": b, "what": "robust accuracy of b minus a (Newcombe 95% interval, "
+                           "McNemar exact test on the discordant inputs)"}
+    for k in keys:
+        out[k] = [r[k] for r in rows]
+    for k in ("diff", "diff_lo", "diff_hi", "p_value", "only_a", "only_b", "n"):
+        out[f"effective_{k}"] = [r["effective"][k] for r in rows]
+    return out
+
+
+# ------------------------------------------------------------------------------------- pgd
+PGDNOpt = Annotated[
+    int | None,
+    typer.Option("-n", "--num", help="Attack the first N inputs (default 500).", show_default=False),
+]
+
+
+@app.command("pgd")
+@grouped
+def attack_pgd(
+    *,
+    mo: Annotated[ModelOptions, Use(add=("compare",))],
+    ds: Annotated[DataOptions, Use(add=("download",), options={"n": PGDNOpt})],
+    eps: Annotated[
+        str,
+        typer.Option("--eps", help="Comma-separated radii in input units; fractions allowed: 0,2/255,4/255,8/255."),
+    ] = "0,1/255,2/255,4/255,8/255",
+    lp: Annotated[
+        str, typer.Option("--lp", help="Threat model: linf or l2. (--norm is the input normalisation preset.)")
+    ] = "linf",
+    steps: Annotated[int, typer.Option("--steps", min=0, help="Gradient steps per restart.")] = 10,
+    step_size: Annotated[
+        str | None,
+        typer.Option(
+            "--step-size", help="Step α (a number or a fraction such as 1/255). Default 2.5·ε/steps per ε.",
+            show_default=False,
+        ),
+    ] = None,
+    restarts: Annotated[
+        int, typer.Option("--restarts", min=1, help="Random starts in the ε-ball per input (the best is kept).")
+    ] = 1,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="Targeted attack: class index or name to reach (default untargeted).",
+                     show_default=False),
+    ] = None,
+    loss: Annotated[
+        str, typer.Option("--loss", help="margin (on the head's own scores: logits, log κ, ...) or ce.")
+    ] = "margin",
+    adaptive: Annotated[
+        bool,
+        typer.Option("--adaptive/--no-adaptive", help="Detector-aware objective: fool while staying above the "
+                     "outlier threshold (for heads that flag outliers, e.g. Gauss)."),
+    ] = False,
+    sanity: Annotated[
+        int,
+        typer.Option("--sanity", min=0, help="Gradient-masking checks on the first N inputs (accuracy at a huge "
+                     "ε must be ≈ 0; more steps and restarts must not raise accuracy). 0 = off."),
+    ] = 100,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write the robustness curve (accuracy and effective success against ε, "
+                     "95% Wilson bands, one line per model) to this PNG.", show_default=False),
+    ] = None,
+    resume: ResumeOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+) -> None:
+    """PGD (Madry et al. 2018): robust accuracy and attack success against ε, with 95% intervals.
+
+    Batched projected gradient ascent on a margin of the model's own decision scores (logits
+    for a softmax network, log κ for a Gauss network), ℓ∞ or ℓ₂, random starts, in pixel
+    space [0, 1]. Per ε: robust accuracy, attack rate (fooled / clean-correct) and effective
+    rate (fooled and not flagged as an outlier), each with its 95% Wilson interval. --adaptive
+    attacks the detector too. --compare attacks a second model on the same inputs with the same
+    random starts and adds, per ε, the paired difference of robust accuracy with McNemar's test.
+
+    Example: kmtools attack pgd model.pt --compare gauss.safetensors --data cifar10
+    --eps 0,2/255,4/255,8/255 --adaptive --plot curve.png --gate "gauss.pgd.accuracy_lo[-1]>=0.2"
+    """
+    out = output.output()
+    _check_gates(output.gate)
+    eps_l = parse_eps(eps)
+    lp_n = lp.lower().replace("∞", "inf")
+    lp_n = "linf" if lp_n in ("inf", "l_inf", "linfinity") else lp_n
+    if lp_n not in ("l2", "linf"):
+        raise ConfigError(f"--lp must be l2 or linf, got {lp!r}")
+    if loss not in ("margin", "ce"):
+        raise ConfigError(f"--loss must be margin or ce, got {loss!r}")
+    alpha = parse_eps(step_size)[0] if step_size is not None else None
+    if step_size is not None and not alpha:
+        raise ConfigError("--step-size must be positive, e.g. --step-size 1/255")
+    if plot is not None:
+        check_writable(plot, output.force)
+    if ds.n is None:
+        ds.n = 500
+        out.info("attacking the first 500 inputs (-n to change)")
+    s = _Setup(out, mo, ds, run.device)
+    try:
+        opts = dict(norm=lp_n, steps=steps, step_size=alpha, restarts=restarts, loss=loss, adaptive=adaptive)
+        _pgd(s, out, eps_l, opts, target, sanity, plot, output.out, resume, output.force, output.gate,
+             run.batch_size, run.seed)
+    finally:
+        s.close()
+
+
+def _pgd(
+    s: _Setup,
+    out: Output,
+    eps_l: list[float],
+    opts: dict[str, Any],
+    target: str | None,
+    sanity: int,
+    plot: Path | None,
+    out_dir: Path | None,
+    resume: bool,
+    force: bool,
+    gate: list[str] | None,
+    batch_size: int,
+    seed: int,
+) -> None:
+    tgt = _parse_target(target, s.classes)
+    settings = s.settings("pgd", eps=eps_l, target=tgt, batch_size=batch_size, seed=seed, **opts)
+    j = s.open_journal(out_dir, "pgd", settings, resume, force)
+    paths = _out_paths(out_dir, "pgd", [], force or resume)
+
+    def attack(key: str, m: KmModel, todo: list[int], check: Callable[[], None]) -> None:
+        with s.out.progress(f"PGD {key}", len(todo)) as prog:
+            done = 0
+            for idx in _blocks(todo, batch_size):
+                # the random starts are keyed by (seed, first input of the block): a resumed run
+                # attacks the remaining blocks as the interrupted one would have
+                r = pgd(m, s.x[idx], s.y[idx], eps_l, target=tgt, seed=(seed * 1_000_003 + int(idx[0])) % 2**62,
+                        keep_adv=False, device=s.dev, **opts)
+                j.add(key, _reindex(r.records(), idx))
+                done += len(idx)
+                prog(done, len(todo))
+                check()
+
+    s.run("pgd", attack)
+    ordered, new = s.collect()
+    res: dict[str, PGDResult] = {}
+    for key, m in zip(s.keys, s.models, strict=True):
+        st = opts["step_size"]
+        res[key] = PGDResult.from_records(
+            ordered[key], eps=eps_l, norm=opts["norm"], steps=opts["steps"],
+            step_size=[st if st is not None else 2.5 * e / max(opts["steps"], 1) for e in eps_l],
+            restarts=opts["restarts"], loss=opts["loss"], adaptive=opts["adaptive"],
+            threshold=outlier_threshold(m, m.num_classes), head_kind=m.head_kind, seed=seed,
+        )
+    if sanity and not s.rank:
+        k = min(sanity, len(s.y))
+        for key, m in zip(s.keys, s.models, strict=True):
+            with s.timer(f"sanity_{key}"):
+                sub = PGDResult.from_records(
+                    ordered[key][:k], eps=eps_l, **{f: getattr(res[key], f) for f in (
+                        "norm", "steps", "step_size", "restarts", "loss", "adaptive", "threshold", "head_kind",
+                        "seed")})
+                res[key].sanity = {"inputs": k, **sanity_checks(m, s.x[:k], s.y[:k], sub, target=tgt,
+                                                                 batch_size=batch_size, device=s.dev)}
+    summaries = {k: r.to_dict() for k, r in res.items()}
+    results = s.results("pgd", summaries)
+    if s.other is not None:
+        a, b = s.keys
+        results["paired"] = _paired_lists(paired_pgd(res[a], res[b]), a, b)
+    doc = s.doc("attack pgd", results, seed, new)
+    if s.rank:
+        return
+
+    if plot is not None:
+        robustness_curve(summaries, plot, title=f"PGD ({opts['norm']}, {opts['steps']} steps × "
+                         f"{opts['restarts']}) on {len(s.y)} {s.info.name} {s.info.split} inputs",
+                         norm=opts["norm"], force=True)
+        out.info(f"wrote {plot}")
+    if paths:
+        arrays: dict[str, np.ndarray] = {"labels": s.y.numpy(), "eps": np.asarray(eps_l)}
+        for key, r in res.items():
+            arrays |= {f"{key}_preds": r.preds.numpy(), f"{key}_confs": r.conf.numpy(),
+                       f"{key}_clean_preds": r.clean_preds.numpy()}
+        _save_npz(paths["npz"], arrays, True)
+        write_json(paths["json"], doc, True)
+        out.info(f"wrote {paths['json']}, {j.final.name} and {paths['npz'].name}")
+
+    def human(con: Console) -> None:
+        con.print(_pgd_table(summaries, results.get("paired"), opts, tgt, len(s.y), s.info, j.reused))
+        for key, d in summaries.items():
+            sc = d.get("sanity")
+            if sc:
+                con.print(_sanity_line(key, sc))
+
+    out.emit(doc, human)
+    out.gate(gate, doc)
+
+
+def _pgd_table(summaries: dict[str, dict[str, Any]], paired: dict[str, Any] | None, opts: dict[str, Any],
+               tgt: int | None, n: int, info: DataInfo, reused: int) -> Table:
+    """One row per ε and model: robust accuracy, attack rate and effective rate with 95% Wilson
+    intervals; with --compare the second model's rows add the paired difference of robust
+    accuracy (points, Newcombe interval) and McNemar's p."""
+    cols = ["ε", "model", "robust accuracy", "attack rate", "effective rate"]
+    if paired:
+        cols += [f"Δ accuracy vs {paired['a']}", "McNemar p"]
+    rows = []
+    first = next(iter(summaries.values()))
+    for i, e in enumerate(first["eps"]):
+        for j, (key, d) in enumerate(summaries.items()):
+            row: list[Any] = [eps_label(e, opts["norm"]) if j == 0 else "", key,
+                              _ci(d["accuracy"][i], d["accuracy_lo"][i], d["accuracy_hi"][i]),
+                              _ci(d["rate"][i], d["rate_lo"][i], d["rate_hi"][i]),
+                              _ci(d["effective_rate"][i], d["effective_rate_lo"][i], d["effective_rate_hi"][i])]
+            if paired:
+                row += (["", ""] if j == 0 else
+                        [_diff_ci({k: paired[k][i] for k in ("diff", "diff_lo", "diff_hi")}),
+                         _p(paired["p_value"][i])])
+            rows.append(row)
+    how = f"{opts['norm']}, {opts['steps']} steps, {opts['restarts']} restart(s), {opts['loss']} loss"
+    how += ", detector-aware" if opts["adaptive"] else ""
+    how += f", target {tgt}" if tgt is not None else ""
+    how += f"; {reused} records resumed" if reused else ""
+    att = ", ".join(f"{k} {d['n']}" for k, d in summaries.items())
+    return _table(
+        f"PGD on {n} {info.name} {info.split} inputs ({how}). Accuracy over all inputs; rates over the "
+        f"clean-correct ones ({att}); [95% Wilson interval]; effective = fooled and not flagged as an outlier",
+        cols,
+        rows,
+    )
+
+
+def _sanity_line(key: str, sc: dict[str, Any]) -> str:
+    ok = "passed" if sc.get("passed") else "FAILED (gradient masking?)"
+    return (
+        f"{key}: gradient-masking checks on {sc['inputs']} inputs {ok}: accuracy at ε = {sc['large_eps']:.3g} is "
+        f"{_pct(sc['accuracy_at_large_eps'])} (≤ 5% expected); at ε = {sc['eps_max']:.3g} "
+        f"{_pct(sc['accuracy_at_eps_max'])}, with {sc['stronger']['steps']} steps × {sc['stronger']['restarts']} "
+        f"restarts {_pct(sc['stronger']['accuracy'])} (must not be higher)"
+    )
+
+
 def register(root: typer.Typer) -> None:
-    """Add the ``attack`` group to the root app: ``kmtools attack onepixel|fgsm|deepfool``."""
+    """Add the ``attack`` group to the root app: ``kmtools attack onepixel|fgsm|pgd|deepfool|external``."""
     root.add_typer(app, name="attack")

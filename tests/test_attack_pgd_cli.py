@@ -1,0 +1,145 @@
+"""``kmtools attack pgd`` and the evidence options of ``attack onepixel`` / ``attack external``
+end to end on digits with tiny budgets: intervals in the JSON match the records, --compare's
+McNemar matches the paired outcomes, gates on the bounds, --plot, --resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kmtools.centroids import class_means
+from kmtools.data import load_dataset
+from kmtools.features import as_tensors
+from kmtools.models import GaussHead, save_model
+from kmtools.stats import mcnemar, wilson
+from kmtools_cli.main import app
+from tests.helpers import digits_model
+
+runner = CliRunner()
+PGD = ["--data", "digits", "-n", "40", "--steps", "3", "--eps", "0,4/255,0.1", "--sanity", "0", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("models")
+    model = digits_model(tmp, epochs=4)
+    t = as_tensors(load_dataset("digits", split="train").dataset)
+    assert t is not None
+    x, y = t[0].float(), torch.as_tensor(t[1]).long()
+    with torch.no_grad():
+        f = model.eval().features(x)
+    c = class_means(f, y, 10)
+    gamma = float(1.0 / ((f - c[y]) ** 2).sum(1).median())
+    save_model(model.with_head(GaussHead(c, gamma=gamma)), tmp / "gauss.safetensors")
+    return tmp / "digits.safetensors", tmp / "gauss.safetensors"
+
+
+def _run(*args: Any) -> Any:
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in path.read_text().splitlines()]
+
+
+def test_pgd_json_intervals_match_the_records(models: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = models
+    out = tmp_path / "run"
+    r = _run("attack", "pgd", model, *PGD, "--format", "json", "--out", out,
+             "--gate", "pgd.rate_hi[-1]>=pgd.rate[-1]")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)["results"]["pgd"]
+    assert d["eps"] == [0.0, 4 / 255, 0.1] and d["norm"] == "linf" and d["steps"] == 3
+    recs = _lines(out / "attack-pgd.jsonl")
+    assert [x["index"] for x in recs] == list(range(40))
+    correct = [x["pred"] == x["label"] for x in recs]
+    assert d["n"] == sum(correct) and d["accuracy"][0] == pytest.approx(sum(correct) / 40)
+    for i in range(3):
+        fooled = sum(ok and x["adv_pred"][i] != x["label"] for ok, x in zip(correct, recs, strict=True))
+        w = wilson(fooled, sum(correct))
+        assert (d["fooled"][i], d["rate"][i], d["rate_lo"][i], d["rate_hi"][i]) == (fooled, w.rate, w.lo, w.hi)
+        robust = sum(x["adv_pred"][i] == x["label"] for x in recs)
+        assert d["correct"][i] == robust and d["accuracy_lo"][i] == wilson(robust, 40).lo
+        # a softmax top probability is never below 1/c: effective = fooled
+        assert d["effective"][i] == fooled
+    assert d["fooled"][0] == 0 and d["fooled"][-1] > d["fooled"][0]
+    z = np.load(out / "attack-pgd.npz")
+    assert z["softmax_preds"].shape == (3, 40)
+
+
+def test_pgd_compare_mcnemar_plot_and_gate_on_bounds(models: tuple[Path, Path], tmp_path: Path) -> None:
+    model, gauss = models
+    out, png = tmp_path / "run", tmp_path / "curve.png"
+    r = _run("attack", "pgd", model, "--compare", gauss, *PGD, "--adaptive", "--format", "json", "--out", out,
+             "--plot", png)
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]
+    p = res["paired"]
+    assert (p["a"], p["b"]) == ("softmax", "gauss") and p["eps"] == res["gauss"]["pgd"]["eps"]
+    assert res["gauss"]["pgd"]["adaptive"] is True
+    recs = _lines(out / "attack-pgd.jsonl")
+    by = {k: [x for x in recs if x["model"] == k] for k in ("softmax", "gauss")}
+    for i in range(3):
+        ra = [x["adv_pred"][i] == x["label"] for x in by["softmax"]]
+        rb = [x["adv_pred"][i] == x["label"] for x in by["gauss"]]
+        t = mcnemar(ra, rb)
+        assert (p["only_a"][i], p["only_b"][i], p["p_value"][i]) == (t.b, t.c, t.p_value)
+        assert p["diff"][i] == pytest.approx(np.mean(rb) - np.mean(ra))
+        assert p["diff_lo"][i] <= p["diff"][i] <= p["diff_hi"][i]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # gates name the bounds: the Gauss network's effective rate upper bound at the largest ε
+    g = res["gauss"]["pgd"]["effective_rate_hi"][-1]
+    r2 = _run("attack", "pgd", model, "--compare", gauss, *PGD, "--out", out, "--resume",
+              "--adaptive", "--gate", f"gauss.pgd.effective_rate_hi[-1]<{g - 1e-9}")
+    assert r2.exit_code == 3, r2.output  # same records (resumed), so the same bound fails the gate
+    human = _run("attack", "pgd", model, "--compare", gauss, *PGD, "--out", out, "--resume", "--adaptive")
+    assert "McNemar p" in human.stdout and "[" in human.stdout
+
+
+def test_pgd_resume_reuses_records(models: tuple[Path, Path], tmp_path: Path) -> None:
+    model, _ = models
+    out = tmp_path / "run"
+    a = _run("attack", "pgd", model, *PGD, "--format", "json", "--out", out)
+    b = _run("attack", "pgd", model, *PGD, "--format", "json", "--out", out, "--resume")
+    da, db = json.loads(a.stdout), json.loads(b.stdout)
+    assert db["run"]["records_reused"] == 40 and db["run"]["attacked_this_run"] == {"softmax": 0}
+    assert da["results"]["pgd"] == db["results"]["pgd"]
+
+
+def test_pgd_sanity_checks_reported(models: tuple[Path, Path]) -> None:
+    model, _ = models
+    args = [a if a != "--sanity" else "--sanity" for a in PGD]
+    args[args.index("--sanity") + 1] = "10"
+    r = _run("attack", "pgd", model, *args, "--format", "json")
+    sc = json.loads(r.stdout)["results"]["pgd"]["sanity"]
+    assert sc["inputs"] == 10 and sc["large_eps"] == 1.0 and sc["passed"] is True
+    assert sc["accuracy_at_large_eps"] <= 0.05
+
+
+@pytest.mark.parametrize(("opt", "value", "words"), [
+    ("--lp", "l1", "--lp must be l2 or linf"),
+    ("--eps", "0,x/255", "--eps"),
+    ("--loss", "hinge", "--loss must be margin or ce"),
+    ("--step-size", "0", "--step-size must be positive"),
+    ("--target", "zebra", "--target"),
+])
+def test_pgd_bad_options_are_one_line_errors(models: tuple[Path, Path], opt: str, value: str, words: str) -> None:
+    model, _ = models
+    r = runner.invoke(app, ["attack", "pgd", str(model), "--data", "digits", "-n", "4", opt, value])
+    assert r.exit_code == 1, r.output
+    msg = r.stderr.strip()
+    assert words in msg and len(msg.splitlines()) == 1
