@@ -28,7 +28,8 @@ from rich.table import Table
 
 from kmtools.attacks import FGSMResult, OnePixelResult, deepfool, fgsm, fgsm_sweep, onepixel, parse_eps
 from kmtools.attacks.deepfool import DeepFoolResult
-from kmtools.attacks.onepixel import class_confidences
+from kmtools.attacks.onepixel import BOUNDS, FITNESSES, SUCCESS_RULES, class_confidences
+from kmtools.attacks.onepixel import paired as paired_onepixel
 from kmtools.attacks.pgd import PGDResult, paired_pgd, pgd, sanity_checks
 from kmtools.data import DataInfo
 from kmtools.data.registry import check_compatible
@@ -621,7 +622,7 @@ def _table1(title: str, files: Sequence[str], d: dict[str, dict[str, Any]], keys
             name,
             _pct(s["accuracy"]),
             fmt(s["mean_confidence"]),
-            _pct(s["rate"]),
+            _ci(s["rate"], s.get("rate_lo"), s.get("rate_hi")),
             fmt(s["mean_conf_fooled"]),
             _pct(s["outlier_share"]),
         )
@@ -659,6 +660,27 @@ def attack_onepixel(
             show_default=False,
         ),
     ] = None,
+    fitness: Annotated[
+        str,
+        typer.Option("--fitness", help="confidence (Su et al.: the true class's confidence), margin (its "
+                     "log-confidence minus the best other class's) or both (an image is fooled when either "
+                     "fools it; each fitness's rate and their McNemar test are reported)."),
+    ] = "confidence",
+    success: Annotated[
+        str,
+        typer.Option("--success", help="best (scipy/torchattacks: stop when the population's best member "
+                     "fools; that member is reported) or any (stop at the first fooling child)."),
+    ] = "best",
+    bounds: Annotated[
+        str,
+        typer.Option("--bounds", help="Out-of-range children: resample (scipy's rule, uniform inside the "
+                     "box) or clip (clamp to the border)."),
+    ] = "resample",
+    adaptive: Annotated[
+        bool,
+        typer.Option("--adaptive/--no-adaptive", help="Detector-aware: a candidate fools only when its "
+                     "prediction is not flagged as an outlier (for heads that flag outliers, e.g. Gauss)."),
+    ] = False,
     resume: ResumeOpt = False,
     chunk: Annotated[
         int | None,
@@ -687,13 +709,18 @@ def attack_onepixel(
     """
     out = output.output()
     _check_gates(output.gate)
+    for name, val, allowed in (("--fitness", fitness, FITNESSES), ("--success", success, SUCCESS_RULES),
+                               ("--bounds", bounds, BOUNDS)):
+        if val not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {val!r}")
     if ds.n is None:
         ds.n = 100
         out.info("attacking the first 100 inputs (-n to change)")
     s = _Setup(out, mo, ds, run.device)
     try:
+        rules = dict(fitness=fitness, success=success, bounds=bounds, adaptive=adaptive)
         _onepixel(s, out, pixels, popsize, steps, target, tol, output.out, resume, output.force, output.gate,
-                  run.batch_size, chunk, run.amp, run.seed)  # fmt: skip
+                  run.batch_size, chunk, run.amp, run.seed, rules)  # fmt: skip
     finally:
         s.close()
 
@@ -714,26 +741,16 @@ def _onepixel(
     chunk: int | None,
     amp: bool,
     seed: int,
+    rules: dict[str, Any],
 ) -> None:
     if s.x.dim() != 4:
         raise ConfigError(
             f"the one-pixel attack needs images (C, H, W); {s.info.name} has inputs of shape "
             f"{tuple(s.x.shape[1:])}"
         )
-    tgt: int | None = None
-    if target is not None:
-        if target in s.classes:
-            tgt = s.classes.index(target)
-        else:
-            try:
-                tgt = int(target)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"--target {target!r} is neither a class index nor a class name "
-                    f"({', '.join(s.classes[:12])})"
-                ) from exc
+    tgt = _parse_target(target, s.classes)
     settings = s.settings(
-        "onepixel", pixels=pixels, popsize=popsize, steps=steps, target=tgt, tol=tol, seed=seed
+        "onepixel", pixels=pixels, popsize=popsize, steps=steps, target=tgt, tol=tol, seed=seed, **rules
     )
     j = s.open_journal(out_dir, "onepixel", settings, resume, force)
     paths = _out_paths(out_dir, "onepixel", s.keys, force or resume)
@@ -762,6 +779,7 @@ def _onepixel(
                 device=s.dev,
                 progress=_progress_with_check(prog, check),
                 callback=lambda part: j.add(key, part.records(), attacked=part.attacked),
+                **rules,
             )
         run_settings[key] = r.settings
 
@@ -778,10 +796,13 @@ def _onepixel(
             threshold=m.threshold,
             head_kind=m.head_kind,
             seed=seed,
-            settings={"F": 0.5, "tol": tol, **run_settings.get(key, {})},
+            settings={"F": 0.5, "tol": tol, **run_settings.get(key, {}), **rules},
         )
     summaries = {k: r.to_dict() for k, r in res.items()}
     results = s.results("onepixel", summaries)
+    if s.other is not None:
+        a, b = s.keys
+        results["paired"] = {"a": a, "b": b, **paired_onepixel(res[a], res[b])}
     doc = s.doc("attack onepixel", results, seed, new)
     if s.rank:
         return
@@ -830,7 +851,13 @@ def _onepixel(
             ("attacked", [d[k]["attacked"] for k in res]),
             ("skipped (misclassified)", [d[k]["skipped"] for k in res]),
             ("fooled", [d[k]["fooled"] for k in res]),
-            ("attack rate", [_pct(d[k]["rate"]) for k in res]),
+            ("attack rate [95% CI] fooled/attacked", [_rate_ci(d[k]) for k in res]),
+            ("effective rate (fooled, not flagged)", [_rate_ci(d[k]["effective"]) for k in res]),
+            ("robust accuracy", [_rate_ci(d[k]["robust_accuracy"]) for k in res]),
+            *[(f"  fitness {f}: attack rate", [_rate_ci((d[k].get("by_fitness") or {}).get(f)) for k in res])
+              for f in ("confidence", "margin") if any(f in (d[k].get("by_fitness") or {}) for k in res)],
+            *[("  confidence vs margin: McNemar p", [_p(d[k]["by_fitness"]["mcnemar"]["p_value"]) for k in res])
+              for _ in [0] if all("mcnemar" in (d[k].get("by_fitness") or {}) for k in res)],
             ("mean confidence of fooled", [d[k]["mean_conf_fooled"] for k in res]),
             ("fooled flagged as outliers", [_pct(d[k]["outlier_share"]) for k in res]),
             ("outlier threshold", [d[k]["outlier_threshold"] for k in res]),
@@ -838,7 +865,8 @@ def _onepixel(
             ("images per second (this run)", speed),
         ]
         how = f"{pixels} pixel{'s' if pixels > 1 else ''}, population {popsize}, "
-        how += f"≤{steps} generations, seed {seed}"
+        how += f"≤{steps} generations, fitness {rules['fitness']}, success {rules['success']}, "
+        how += f"bounds {rules['bounds']}{', detector-aware' if rules['adaptive'] else ''}, seed {seed}"
         if tgt is not None:
             how += f", target {s.classes[tgt] if tgt < len(s.classes) else tgt}"
         if j.reused:
@@ -851,6 +879,7 @@ def _onepixel(
         if s.other is not None:
             files = [p.stem for p in s.paths]
             con.print(_table1("Table 1 layout (Gauss-network paper)", files, d, list(res)))
+            con.print(_paired_onepixel_table(results["paired"]))
 
     out.emit(doc, human)
     out.gate(gate, doc)
@@ -1219,6 +1248,21 @@ def _diff_ci(d: dict[str, Any]) -> str:
 
 def _p(v: Any) -> str:
     return "-" if v is None else (f"{v:.2g}" if v >= 1e-3 else f"{v:.1e}")
+
+
+def _paired_onepixel_table(p: dict[str, Any]) -> Table:
+    """``paired()`` of two one-pixel results as rows: robust accuracy over all shared images,
+    attack and effective rates over the images both models attacked."""
+    rows = []
+    for key, label in (("robust", "robust accuracy"), ("fooled", "attack rate"), ("effective", "effective rate")):
+        d = p[key]
+        rows.append([label, _diff_ci(d), f"{d['only_a']} / {d['only_b']}", _p(d["p_value"]), d["n"]])
+    return _table(
+        f"paired: {p['b']} − {p['a']} on the same images ({p['attacked_by_both']} attacked by both); "
+        "difference in points [Newcombe 95% CI], McNemar exact test on the discordant images",
+        ["", "difference (pts)", f"only {p['a']} / only {p['b']}", "McNemar p", "images"],
+        rows,
+    )
 
 
 def _parse_target(target: str | None, classes: Sequence[str]) -> int | None:

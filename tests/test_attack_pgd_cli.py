@@ -143,3 +143,46 @@ def test_pgd_bad_options_are_one_line_errors(models: tuple[Path, Path], opt: str
     assert r.exit_code == 1, r.output
     msg = r.stderr.strip()
     assert words in msg and len(msg.splitlines()) == 1
+
+
+OP = ["--data", "digits", "-n", "12", "--popsize", "10", "--steps", "3", "-q"]
+
+
+def test_onepixel_fitness_both_compare_mcnemar(models: tuple[Path, Path], tmp_path: Path) -> None:
+    model, gauss = models
+    out = tmp_path / "run"
+    r = _run("attack", "onepixel", model, "--compare", gauss, *OP, "--fitness", "both", "--adaptive",
+             "--success", "any", "--bounds", "clip", "--format", "json", "--out", out,
+             "--gate", "gauss.onepixel.effective.rate_hi<=1")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["results"]
+    g = res["gauss"]["onepixel"]
+    assert (g["fitness"], g["success_rule"], g["bounds"], g["adaptive"]) == ("both", "any", "clip", True)
+    recs = _lines(out / "attack-onepixel.jsonl")
+    by = {k: [x for x in recs if x["model"] == k] for k in ("softmax", "gauss")}
+    for key, rs in by.items():
+        d = res[key]["onepixel"]
+        att = [not x["skipped"] for x in rs]
+        conf = [x["success_by"]["confidence"] for x, a in zip(rs, att, strict=True) if a]
+        marg = [x["success_by"]["margin"] for x, a in zip(rs, att, strict=True) if a]
+        t = mcnemar(conf, marg)
+        assert d["by_fitness"]["mcnemar"]["p_value"] == t.p_value
+        assert d["by_fitness"]["margin"]["fooled"] == sum(marg)
+        # both = union of the two fitnesses
+        assert d["fooled"] == sum(c or m for c, m in zip(conf, marg, strict=True))
+        w = wilson(d["fooled"], d["attacked"])
+        assert (d["rate_lo"], d["rate_hi"]) == (w.lo, w.hi)
+    p = res["paired"]
+    rob = {k: [x["pred"] == x["label"] and not x["success"] for x in by[k]] for k in by}
+    t = mcnemar(rob["softmax"], rob["gauss"])
+    assert (p["robust"]["only_a"], p["robust"]["only_b"], p["robust"]["p_value"]) == (t.b, t.c, t.p_value)
+    human = _run("attack", "onepixel", model, "--compare", gauss, *OP, "--fitness", "both", "--adaptive",
+                 "--success", "any", "--bounds", "clip", "--out", out, "--resume")
+    assert "McNemar" in human.stdout and "effective rate" in human.stdout
+
+
+def test_onepixel_bad_rule_is_a_one_line_error(models: tuple[Path, Path]) -> None:
+    model, _ = models
+    r = runner.invoke(app, ["attack", "onepixel", str(model), *OP, "--fitness", "loss"])
+    assert r.exit_code == 1 and "--fitness must be one of confidence, margin, both" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
