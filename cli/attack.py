@@ -25,6 +25,7 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from kmtools.attacks import FGSMResult, OnePixelResult, deepfool, fgsm, fgsm_sweep, onepixel, parse_eps
 from kmtools.attacks.deepfool import DeepFoolResult
@@ -45,10 +46,23 @@ from kmtools_cli._common import Timer, describe_model, device_of
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import Output, fmt
 
+
+class _AttackGroup(TyperGroup):
+    """``kmtools attack torchattacks:NAME ...`` is ``kmtools attack external torchattacks:NAME ...``."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0].lower().startswith("torchattacks:"):
+            cmd = self.get_command(ctx, "external")
+            return "external", cmd, args
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
+    cls=_AttackGroup,
     name="attack",
-    help="Adversarial attacks: one-pixel (Su et al., batched differential evolution), FGSM against ε, "
-    "DeepFool (minimal perturbation). --compare attacks a second model on the same inputs.",
+    help="Adversarial attacks: one-pixel (Su et al., batched differential evolution), FGSM and PGD against ε, "
+    "DeepFool (minimal perturbation), torchattacks:NAME (any torchattacks attack). --compare attacks a "
+    "second model on the same inputs.",
     no_args_is_help=True,
 )
 
@@ -1517,6 +1531,107 @@ def _sanity_line(key: str, sc: dict[str, Any]) -> str:
         f"{_pct(sc['accuracy_at_eps_max'])}, with {sc['stronger']['steps']} steps × {sc['stronger']['restarts']} "
         f"restarts {_pct(sc['stronger']['accuracy'])} (must not be higher)"
     )
+
+
+# -------------------------------------------------------------------------------- external
+@app.command("external")
+@grouped
+def attack_external(
+    *,
+    spec: Annotated[
+        str, typer.Argument(help="torchattacks:NAME, e.g. torchattacks:PGD or torchattacks:CW.", show_default=False)
+    ],
+    mo: Annotated[ModelOptions, Use(add=("compare",))],
+    ds: Annotated[DataOptions, Use(add=("download",), options={"n": PGDNOpt})],
+    kw: Annotated[
+        list[str] | None,
+        typer.Option("--kw", help="Keyword argument of the attack, key=value (Python literal or a fraction "
+                     "such as eps=8/255). Repeatable.", show_default=False),
+    ] = None,
+    resume: ResumeOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+) -> None:
+    """Any torchattacks attack around MODEL: kmtools attack torchattacks:NAME MODEL [--kw key=value].
+
+    The attack sees the model's decision scores (logits for a softmax network, log κ for a
+    Gauss network) on inputs in [0, 1]. Reported per model: robust accuracy, attack rate
+    (fooled / clean-correct) and effective rate (fooled and not flagged as an outlier), each
+    with its 95% Wilson interval; --compare adds paired differences with McNemar's test.
+    torchattacks is an optional extra, installed apart: pip install --no-deps torchattacks.
+
+    Example: kmtools attack torchattacks:PGD model.pt --data cifar10 -n 200 --kw eps=8/255
+    --kw alpha=2/255 --kw steps=10 --compare gauss.safetensors
+    """
+    from kmtools.attacks.external import ExternalResult, attack_class, parse_kw, split_name, torchattacks_attack
+    from kmtools.attacks.external import paired as paired_external
+
+    out = output.output()
+    _check_gates(output.gate)
+    name = split_name(spec)
+    kwargs = parse_kw(kw)
+    attack_class(name)  # a missing torchattacks or an unknown attack fails before any model is loaded
+    if ds.n is None:
+        ds.n = 500
+        out.info("attacking the first 500 inputs (-n to change)")
+    s = _Setup(out, mo, ds, run.device)
+    try:
+        settings = s.settings(f"torchattacks:{name}", kw={k: repr(v) for k, v in kwargs.items()},
+                              batch_size=run.batch_size, seed=run.seed)
+        tag = f"torchattacks-{name}"
+        j = s.open_journal(output.out, tag, settings, resume, output.force)
+        paths = _out_paths(output.out, tag, [], output.force or resume)
+
+        def attack(key: str, m: KmModel, todo: list[int], check: Callable[[], None]) -> None:
+            with s.out.progress(f"{name} {key}", len(todo)) as prog:
+                done = 0
+                for idx in _blocks(todo, run.batch_size):
+                    torch.manual_seed(run.seed * 1_000_003 + int(idx[0]))  # torchattacks' random starts
+                    r = torchattacks_attack(name, m, s.x[idx], s.y[idx], kw=kwargs, device=s.dev)
+                    j.add(key, _reindex(r.records(), idx))
+                    done += len(idx)
+                    prog(done, len(todo))
+                    check()
+
+        s.run(tag, attack)
+        ordered, new = s.collect()
+        res = {
+            key: ExternalResult.from_records(ordered[key], name=name, threshold=outlier_threshold(m, m.num_classes),
+                                             head_kind=m.head_kind, kwargs=kwargs)
+            for key, m in zip(s.keys, s.models, strict=True)
+        }
+        summaries = {k: r.to_dict() for k, r in res.items()}
+        results = s.results("external", summaries)
+        if s.other is not None:
+            a, b = s.keys
+            results["paired"] = {"a": a, "b": b, **paired_external(res[a], res[b])}
+        doc = s.doc(f"attack torchattacks:{name}", results, run.seed, new)
+        if s.rank:
+            return
+        if paths:
+            write_json(paths["json"], doc, True)
+            out.info(f"wrote {paths['json']} and {j.final.name}")
+
+        def human(con: Console) -> None:
+            d = summaries
+            rows: list[tuple[str, list[Any]]] = [
+                ("head", [d[k]["head_kind"] for k in d]),
+                ("clean accuracy", [_rate_ci(d[k]["clean_accuracy"]) for k in d]),
+                ("robust accuracy", [_rate_ci(d[k]["robust_accuracy"]) for k in d]),
+                ("attack rate (fooled/attacked)", [_rate_ci(d[k]) for k in d]),
+                ("effective rate (fooled, not flagged)", [_rate_ci(d[k]["effective"]) for k in d]),
+                ("outlier threshold", [d[k]["outlier_threshold"] for k in d]),
+            ]
+            args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "defaults"
+            con.print(_metric_table(f"torchattacks.{name}({args}) on {len(s.y)} {s.info.name} {s.info.split} "
+                                    "inputs; [95% Wilson interval]", list(d), rows))
+            if s.other is not None:
+                con.print(_paired_onepixel_table(results["paired"]))
+
+        out.emit(doc, human)
+        out.gate(output.gate, doc)
+    finally:
+        s.close()
 
 
 def register(root: typer.Typer) -> None:

@@ -186,3 +186,62 @@ def test_onepixel_bad_rule_is_a_one_line_error(models: tuple[Path, Path]) -> Non
     r = runner.invoke(app, ["attack", "onepixel", str(model), *OP, "--fitness", "loss"])
     assert r.exit_code == 1 and "--fitness must be one of confidence, margin, both" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+class _FakeFGSM:
+    """torchattacks-like FGSM: __init__(model, **kw), __call__(x, y) -> x_adv in [0, 1]."""
+
+    made: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, model: torch.nn.Module, eps: float = 0.1) -> None:
+        self.model, self.eps = model, eps
+        _FakeFGSM.made.append({"eps": eps})
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        xg = x.clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(self.model(xg), y)
+        (g,) = torch.autograd.grad(loss, xg)
+        return (x + self.eps * g.sign()).clamp(0, 1).detach()
+
+
+def test_external_torchattacks_from_the_cli(models: tuple[Path, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    model, gauss = models
+    fake = types.ModuleType("torchattacks")
+    fake.FGSM = _FakeFGSM  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchattacks", fake)
+    _FakeFGSM.made.clear()
+    out = tmp_path / "run"
+    r = _run("attack", "torchattacks:FGSM", model, "--compare", gauss, "--data", "digits", "-n", "30",
+             "--kw", "eps=20/255", "--format", "json", "-q", "--out", out,
+             "--gate", "gauss.external.effective.rate_hi<=1")
+    assert r.exit_code == 0, r.output
+    assert _FakeFGSM.made[0] == {"eps": 20 / 255}
+    doc = json.loads(r.stdout)
+    assert doc["command"] == "attack torchattacks:FGSM"
+    res = doc["results"]
+    recs = _lines(out / "attack-torchattacks-FGSM.jsonl")
+    by = {k: [x for x in recs if x["model"] == k] for k in ("softmax", "gauss")}
+    for key, rs in by.items():
+        d = res[key]["external"]
+        fooled = sum(x["pred"] == x["label"] != x["adv_pred"] for x in rs)
+        w = wilson(fooled, sum(x["pred"] == x["label"] for x in rs))
+        assert (d["fooled"], d["rate_lo"], d["rate_hi"]) == (fooled, w.lo, w.hi)
+    rob = {k: [x["adv_pred"] == x["label"] for x in by[k]] for k in by}
+    t = mcnemar(rob["softmax"], rob["gauss"])
+    assert (res["paired"]["robust"]["only_a"], res["paired"]["robust"]["p_value"]) == (t.b, t.p_value)
+    # `attack external torchattacks:NAME` is the same command
+    r2 = _run("attack", "external", "torchattacks:FGSM", model, "--data", "digits", "-n", "4", "-q")
+    assert r2.exit_code == 0 and "robust accuracy" in r2.stdout
+
+
+def test_external_without_torchattacks_is_the_install_hint(models: tuple[Path, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = models
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # import raises ImportError
+    r = runner.invoke(app, ["attack", "torchattacks:PGD", str(model), "--data", "digits", "--kw", "eps=8/255"])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == [
+        "error: torchattacks is not installed: pip install --no-deps torchattacks (it pins an old requests)"]
+    bad = runner.invoke(app, ["attack", "external", "foolbox:PGD", str(model), "--data", "digits"])
+    assert bad.exit_code == 1 and "torchattacks:NAME" in bad.stderr
