@@ -245,3 +245,37 @@ def test_external_without_torchattacks_is_the_install_hint(models: tuple[Path, P
         "error: torchattacks is not installed: pip install --no-deps torchattacks (it pins an old requests)"]
     bad = runner.invoke(app, ["attack", "external", "foolbox:PGD", str(model), "--data", "digits"])
     assert bad.exit_code == 1 and "torchattacks:NAME" in bad.stderr
+
+
+def test_robustness_curve_plots_sorted_eps_with_wilson_bands() -> None:
+    from kmtools.report.curves import curve_figure, eps_label
+
+    d = {"eps": [0.0, 0.1, 2 / 255], "accuracy": [0.9, 0.1, 0.6], "accuracy_lo": [0.8, 0.05, 0.5],
+         "accuracy_hi": [0.95, 0.2, 0.7], "effective_rate": [0.0, 0.8, 0.3], "effective_rate_lo": [0.0, 0.7, 0.2],
+         "effective_rate_hi": [0.05, 0.9, 0.4]}
+    fig = curve_figure({"softmax": d}, norm="linf")
+    acc_ax, eff_ax = fig.axes
+    line = acc_ax.lines[0]
+    assert list(line.get_xdata()) == [0.0, 2 / 255, 0.1] and list(line.get_ydata()) == [0.9, 0.6, 0.1]
+    band = acc_ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(0.05) and band.max() == pytest.approx(0.95)
+    assert list(eff_ax.lines[0].get_ydata()) == [0.0, 0.3, 0.8]
+    assert [t.get_text() for t in acc_ax.get_xticklabels()] == ["0", "2/255", "0.1"]
+    assert eps_label(8 / 255) == "8/255" and eps_label(0.2) == "0.2" and eps_label(8 / 255, "l2") == "0.0313725"
+
+
+def test_report_shows_pgd_and_onepixel_intervals(models: tuple[Path, Path], tmp_path: Path) -> None:
+    model, gauss = models
+    out = tmp_path / "run"
+    assert _run("attack", "pgd", model, "--compare", gauss, *PGD, "--out", out).exit_code == 0
+    assert _run("attack", "onepixel", model, "--compare", gauss, *OP, "--out", out).exit_code == 0
+    r = _run("report", out, "--out", tmp_path / "report.html", "-q")
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "report.html").read_text()
+    assert "PGD: robustness against ε" in html and "One-pixel attack: intervals" in html
+    assert "McNemar" in html and "Paired, gauss − softmax" in html
+    doc = json.loads((out / "attack-pgd.json").read_text())["results"]
+    g = doc["gauss"]["pgd"]
+    want = f"{100 * g['accuracy'][-1]:.1f}% [{100 * g['accuracy_lo'][-1]:.1f}, {100 * g['accuracy_hi'][-1]:.1f}]"
+    assert want in html
+    assert "pgd_robustness_curve" in html

@@ -836,7 +836,7 @@ def _provenance_section(run: Run) -> Section:
 
 
 # commands with a section of their own; the others get a generic one
-_OWN = ("evaluate", "attack-onepixel", "attack-fgsm", "attack-deepfool", "tailor")
+_OWN = ("evaluate", "attack-onepixel", "attack-fgsm", "attack-deepfool", "tailor", "attack-pgd")
 
 
 def build(
@@ -881,6 +881,9 @@ def build(
     ):
         if part is not None:
             sections.append(part.add(*own))
+    from kmtools.report.curves import evidence_sections  # intervals, PGD curve, OOD baselines
+
+    sections += evidence_sections(run, fig_dir, force=force)
     for cmd in run.docs:
         if cmd not in _OWN:
             sections.append(_generic_section(cmd, run, figs))
