@@ -425,7 +425,8 @@ def baselines_table(src: str, rep: dict[str, Any], n_in: int) -> Table:
     """One OOD source: a row per score with AUROC, AUPR-in, AUPR-out [bootstrap 95%] and FPR@95."""
     first = next(iter(rep["scores"].values()))
     t = Table(title=f"OOD {src}: {first['n_in']} in vs {first['n_out']} OOD inputs; baselines fitted on "
-              f"{rep['n_train']} train inputs, k-NN k = {rep['knn_k']}; [bootstrap 95%]", title_justify="left")
+              f"{rep['n_train']} train inputs, k-NN k = {rep['knn_k']}; (bootstrap 95% intervals)",
+              title_justify="left")
     for i, c in enumerate(("score", "AUROC", "AUPR-in", "AUPR-out", "FPR@95")):
         t.add_column(c, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
     for name, m in rep["scores"].items():
