@@ -25,26 +25,44 @@ import torch
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from kmtools.attacks import FGSMResult, OnePixelResult, deepfool, fgsm, fgsm_sweep, onepixel, parse_eps
 from kmtools.attacks.deepfool import DeepFoolResult
-from kmtools.attacks.onepixel import class_confidences
+from kmtools.attacks.onepixel import BOUNDS, FITNESSES, SUCCESS_RULES, class_confidences
+from kmtools.attacks.onepixel import paired as paired_onepixel
+from kmtools.attacks.pgd import PGDResult, paired_pgd, pgd, sanity_checks
 from kmtools.data import DataInfo
 from kmtools.data.registry import check_compatible
 from kmtools.errors import ConfigError, DataError, KmtoolsError, OutputExistsError
 from kmtools.features import as_tensors
 from kmtools.io import check_writable, write_json, write_text, write_with
 from kmtools.models import KmModel
+from kmtools.models.scoring import outlier_threshold
 from kmtools.report import gates
+from kmtools.report.curves import eps_label, robustness_curve
 from kmtools.report.schema import envelope
 from kmtools_cli._common import Timer, describe_model, device_of
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import Output, fmt
 
+
+class _AttackGroup(TyperGroup):
+    """``kmtools attack torchattacks:NAME ...`` is ``kmtools attack external torchattacks:NAME ...``."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        if args and args[0].lower().startswith("torchattacks:"):
+            cmd = self.get_command(ctx, "external")
+            return "external", cmd, args
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
+    cls=_AttackGroup,
     name="attack",
-    help="Adversarial attacks: one-pixel (Su et al., batched differential evolution), FGSM against ε, "
-    "DeepFool (minimal perturbation). --compare attacks a second model on the same inputs.",
+    help="Adversarial attacks: one-pixel (Su et al., batched differential evolution), FGSM and PGD against ε, "
+    "DeepFool (minimal perturbation), torchattacks:NAME (any torchattacks attack). --compare attacks a "
+    "second model on the same inputs.",
     no_args_is_help=True,
 )
 
@@ -618,7 +636,7 @@ def _table1(title: str, files: Sequence[str], d: dict[str, dict[str, Any]], keys
             name,
             _pct(s["accuracy"]),
             fmt(s["mean_confidence"]),
-            _pct(s["rate"]),
+            _ci(s["rate"], s.get("rate_lo"), s.get("rate_hi")),
             fmt(s["mean_conf_fooled"]),
             _pct(s["outlier_share"]),
         )
@@ -656,6 +674,27 @@ def attack_onepixel(
             show_default=False,
         ),
     ] = None,
+    fitness: Annotated[
+        str,
+        typer.Option("--fitness", help="confidence (Su et al.: the true class's confidence), margin (its "
+                     "log-confidence minus the best other class's) or both (an image is fooled when either "
+                     "fools it; each fitness's rate and their McNemar test are reported)."),
+    ] = "confidence",
+    success: Annotated[
+        str,
+        typer.Option("--success", help="best (scipy/torchattacks: stop when the population's best member "
+                     "fools; that member is reported) or any (stop at the first fooling child)."),
+    ] = "best",
+    bounds: Annotated[
+        str,
+        typer.Option("--bounds", help="Out-of-range children: resample (scipy's rule, uniform inside the "
+                     "box) or clip (clamp to the border)."),
+    ] = "resample",
+    adaptive: Annotated[
+        bool,
+        typer.Option("--adaptive/--no-adaptive", help="Detector-aware: a candidate fools only when its "
+                     "prediction is not flagged as an outlier (for heads that flag outliers, e.g. Gauss)."),
+    ] = False,
     resume: ResumeOpt = False,
     chunk: Annotated[
         int | None,
@@ -684,13 +723,18 @@ def attack_onepixel(
     """
     out = output.output()
     _check_gates(output.gate)
+    for name, val, allowed in (("--fitness", fitness, FITNESSES), ("--success", success, SUCCESS_RULES),
+                               ("--bounds", bounds, BOUNDS)):
+        if val not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {val!r}")
     if ds.n is None:
         ds.n = 100
         out.info("attacking the first 100 inputs (-n to change)")
     s = _Setup(out, mo, ds, run.device)
     try:
+        rules = dict(fitness=fitness, success=success, bounds=bounds, adaptive=adaptive)
         _onepixel(s, out, pixels, popsize, steps, target, tol, output.out, resume, output.force, output.gate,
-                  run.batch_size, chunk, run.amp, run.seed)  # fmt: skip
+                  run.batch_size, chunk, run.amp, run.seed, rules)  # fmt: skip
     finally:
         s.close()
 
@@ -711,26 +755,16 @@ def _onepixel(
     chunk: int | None,
     amp: bool,
     seed: int,
+    rules: dict[str, Any],
 ) -> None:
     if s.x.dim() != 4:
         raise ConfigError(
             f"the one-pixel attack needs images (C, H, W); {s.info.name} has inputs of shape "
             f"{tuple(s.x.shape[1:])}"
         )
-    tgt: int | None = None
-    if target is not None:
-        if target in s.classes:
-            tgt = s.classes.index(target)
-        else:
-            try:
-                tgt = int(target)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"--target {target!r} is neither a class index nor a class name "
-                    f"({', '.join(s.classes[:12])})"
-                ) from exc
+    tgt = _parse_target(target, s.classes)
     settings = s.settings(
-        "onepixel", pixels=pixels, popsize=popsize, steps=steps, target=tgt, tol=tol, seed=seed
+        "onepixel", pixels=pixels, popsize=popsize, steps=steps, target=tgt, tol=tol, seed=seed, **rules
     )
     j = s.open_journal(out_dir, "onepixel", settings, resume, force)
     paths = _out_paths(out_dir, "onepixel", s.keys, force or resume)
@@ -759,6 +793,7 @@ def _onepixel(
                 device=s.dev,
                 progress=_progress_with_check(prog, check),
                 callback=lambda part: j.add(key, part.records(), attacked=part.attacked),
+                **rules,
             )
         run_settings[key] = r.settings
 
@@ -775,10 +810,13 @@ def _onepixel(
             threshold=m.threshold,
             head_kind=m.head_kind,
             seed=seed,
-            settings={"F": 0.5, "tol": tol, **run_settings.get(key, {})},
+            settings={"F": 0.5, "tol": tol, **run_settings.get(key, {}), **rules},
         )
     summaries = {k: r.to_dict() for k, r in res.items()}
     results = s.results("onepixel", summaries)
+    if s.other is not None:
+        a, b = s.keys
+        results["paired"] = {"a": a, "b": b, **paired_onepixel(res[a], res[b])}
     doc = s.doc("attack onepixel", results, seed, new)
     if s.rank:
         return
@@ -827,7 +865,13 @@ def _onepixel(
             ("attacked", [d[k]["attacked"] for k in res]),
             ("skipped (misclassified)", [d[k]["skipped"] for k in res]),
             ("fooled", [d[k]["fooled"] for k in res]),
-            ("attack rate", [_pct(d[k]["rate"]) for k in res]),
+            ("attack rate [95% CI] fooled/attacked", [_rate_ci(d[k]) for k in res]),
+            ("effective rate (fooled, not flagged)", [_rate_ci(d[k]["effective"]) for k in res]),
+            ("robust accuracy", [_rate_ci(d[k]["robust_accuracy"]) for k in res]),
+            *[(f"  fitness {f}: attack rate", [_rate_ci((d[k].get("by_fitness") or {}).get(f)) for k in res])
+              for f in ("confidence", "margin") if any(f in (d[k].get("by_fitness") or {}) for k in res)],
+            *[("  confidence vs margin: McNemar p", [_p(d[k]["by_fitness"]["mcnemar"]["p_value"]) for k in res])
+              for _ in [0] if all("mcnemar" in (d[k].get("by_fitness") or {}) for k in res)],
             ("mean confidence of fooled", [d[k]["mean_conf_fooled"] for k in res]),
             ("fooled flagged as outliers", [_pct(d[k]["outlier_share"]) for k in res]),
             ("outlier threshold", [d[k]["outlier_threshold"] for k in res]),
@@ -835,7 +879,8 @@ def _onepixel(
             ("images per second (this run)", speed),
         ]
         how = f"{pixels} pixel{'s' if pixels > 1 else ''}, population {popsize}, "
-        how += f"≤{steps} generations, seed {seed}"
+        how += f"≤{steps} generations, fitness {rules['fitness']}, success {rules['success']}, "
+        how += f"bounds {rules['bounds']}{', detector-aware' if rules['adaptive'] else ''}, seed {seed}"
         if tgt is not None:
             how += f", target {s.classes[tgt] if tgt < len(s.classes) else tgt}"
         if j.reused:
@@ -848,6 +893,7 @@ def _onepixel(
         if s.other is not None:
             files = [p.stem for p in s.paths]
             con.print(_table1("Table 1 layout (Gauss-network paper)", files, d, list(res)))
+            con.print(_paired_onepixel_table(results["paired"]))
 
     out.emit(doc, human)
     out.gate(gate, doc)
@@ -1189,6 +1235,405 @@ def _deepfool(
     out.gate(gate, doc)
 
 
+# ------------------------------------------------------------------------------- intervals
+def _ci(rate: Any, lo: Any, hi: Any) -> str:
+    """``"43.0% [38.7, 47.4]"``: a rate with its 95% interval (``-`` when undefined)."""
+    if rate is None:
+        return "-"
+    if lo is None or hi is None:
+        return _pct(rate)
+    return f"{100 * float(rate):.1f}% [{100 * float(lo):.1f}, {100 * float(hi):.1f}]"
+
+
+def _rate_ci(d: dict[str, Any] | None) -> str:
+    """A ``wilson(...).to_dict()`` rate as ``"12.5% [9.0, 17.1] 25/200"``."""
+    if not d or d.get("rate") is None:
+        return "-"
+    k = next((d[c] for c in ("fooled", "correct", "k") if c in d), None)
+    return _ci(d["rate"], d.get("rate_lo"), d.get("rate_hi")) + (f" {k}/{d['n']}" if k is not None else "")
+
+
+def _diff_ci(d: dict[str, Any]) -> str:
+    """A paired difference ``{"diff", "diff_lo", "diff_hi"}`` in points: ``"+3.1 [-0.5, +6.8]"``."""
+    if d.get("diff") is None:
+        return "-"
+    return f"{100 * d['diff']:+.1f} [{100 * d['diff_lo']:+.1f}, {100 * d['diff_hi']:+.1f}]"
+
+
+def _p(v: Any) -> str:
+    return "-" if v is None else (f"{v:.2g}" if v >= 1e-3 else f"{v:.1e}")
+
+
+def _paired_onepixel_table(p: dict[str, Any]) -> Table:
+    """``paired()`` of two one-pixel results as rows: robust accuracy over all shared images,
+    attack and effective rates over the images both models attacked."""
+    rows = []
+    for key, label in (("robust", "robust accuracy"), ("fooled", "attack rate"), ("effective", "effective rate")):
+        d = p[key]
+        rows.append([label, _diff_ci(d), f"{d['only_a']} / {d['only_b']}", _p(d["p_value"]), d["n"]])
+    return _table(
+        f"paired: {p['b']} − {p['a']} on the same images ({p['attacked_by_both']} attacked by both); "
+        "difference in points [Newcombe 95% CI], McNemar exact test on the discordant images",
+        ["", "difference (pts)", f"only {p['a']} / only {p['b']}", "McNemar p", "images"],
+        rows,
+    )
+
+
+def _parse_target(target: str | None, classes: Sequence[str]) -> int | None:
+    """``--target``: a class name or index (None: untargeted)."""
+    if target is None:
+        return None
+    if target in classes:
+        return list(classes).index(target)
+    try:
+        return int(target)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--target {target!r} is neither a class index nor a class name ({', '.join(list(classes)[:12])})"
+        ) from exc
+
+
+def _paired_lists(rows: Sequence[dict[str, Any]], a: str, b: str) -> dict[str, Any]:
+    """Per-ε paired statistics as gate-friendly lists (``paired.diff_lo[-1]>0``)."""
+    keys = ("eps", "diff", "diff_lo", "diff_hi", "p_value", "only_a", "only_b", "n")
+    out: dict[str, Any] = {"a": a, "b": b, "what": "robust accuracy of b minus a (Newcombe 95% interval, "
+                           "McNemar exact test on the discordant inputs)"}
+    for k in keys:
+        out[k] = [r[k] for r in rows]
+    for k in ("diff", "diff_lo", "diff_hi", "p_value", "only_a", "only_b", "n"):
+        out[f"effective_{k}"] = [r["effective"][k] for r in rows]
+    return out
+
+
+# ------------------------------------------------------------------------------------- pgd
+PGDNOpt = Annotated[
+    int | None,
+    typer.Option("-n", "--num", help="Attack the first N inputs (default 500).", show_default=False),
+]
+
+
+@app.command("pgd")
+@grouped
+def attack_pgd(
+    *,
+    mo: Annotated[ModelOptions, Use(add=("compare",))],
+    ds: Annotated[DataOptions, Use(add=("download",), options={"n": PGDNOpt})],
+    eps: Annotated[
+        str,
+        typer.Option("--eps", help="Comma-separated radii in input units; fractions allowed: 0,2/255,4/255,8/255."),
+    ] = "0,1/255,2/255,4/255,8/255",
+    lp: Annotated[
+        str, typer.Option("--lp", help="Threat model: linf or l2. (--norm is the input normalisation preset.)")
+    ] = "linf",
+    steps: Annotated[int, typer.Option("--steps", min=0, help="Gradient steps per restart.")] = 10,
+    step_size: Annotated[
+        str | None,
+        typer.Option(
+            "--step-size", help="Step α (a number or a fraction such as 1/255). Default 2.5·ε/steps per ε.",
+            show_default=False,
+        ),
+    ] = None,
+    restarts: Annotated[
+        int, typer.Option("--restarts", min=1, help="Random starts in the ε-ball per input (the best is kept).")
+    ] = 1,
+    target: Annotated[
+        str | None,
+        typer.Option("--target", help="Targeted attack: class index or name to reach (default untargeted).",
+                     show_default=False),
+    ] = None,
+    loss: Annotated[
+        str, typer.Option("--loss", help="margin (on the head's own scores: logits, log κ, ...) or ce.")
+    ] = "margin",
+    adaptive: Annotated[
+        bool,
+        typer.Option("--adaptive/--no-adaptive", help="Detector-aware objective: fool while staying above the "
+                     "outlier threshold (for heads that flag outliers, e.g. Gauss)."),
+    ] = False,
+    sanity: Annotated[
+        int,
+        typer.Option("--sanity", min=0, help="Gradient-masking checks on the first N inputs (accuracy at a huge "
+                     "ε must be ≈ 0; more steps and restarts must not raise accuracy). 0 = off."),
+    ] = 100,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Write the robustness curve (accuracy and effective success against ε, "
+                     "95% Wilson bands, one line per model) to this PNG.", show_default=False),
+    ] = None,
+    resume: ResumeOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+) -> None:
+    """PGD (Madry et al. 2018): robust accuracy and attack success against ε, with 95% intervals.
+
+    Batched projected gradient ascent on a margin of the model's own decision scores (logits
+    for a softmax network, log κ for a Gauss network), ℓ∞ or ℓ₂, random starts, in pixel
+    space [0, 1]. Per ε: robust accuracy, attack rate (fooled / clean-correct) and effective
+    rate (fooled and not flagged as an outlier), each with its 95% Wilson interval. --adaptive
+    attacks the detector too. --compare attacks a second model on the same inputs with the same
+    random starts and adds, per ε, the paired difference of robust accuracy with McNemar's test.
+
+    Example: kmtools attack pgd model.pt --compare gauss.safetensors --data cifar10
+    --eps 0,2/255,4/255,8/255 --adaptive --plot curve.png --gate "gauss.pgd.accuracy_lo[-1]>=0.2"
+    """
+    out = output.output()
+    _check_gates(output.gate)
+    eps_l = parse_eps(eps)
+    lp_n = lp.lower().replace("∞", "inf")
+    lp_n = "linf" if lp_n in ("inf", "l_inf", "linfinity") else lp_n
+    if lp_n not in ("l2", "linf"):
+        raise ConfigError(f"--lp must be l2 or linf, got {lp!r}")
+    if loss not in ("margin", "ce"):
+        raise ConfigError(f"--loss must be margin or ce, got {loss!r}")
+    alpha = parse_eps(step_size)[0] if step_size is not None else None
+    if step_size is not None and not alpha:
+        raise ConfigError("--step-size must be positive, e.g. --step-size 1/255")
+    if plot is not None:
+        check_writable(plot, output.force)
+    if ds.n is None:
+        ds.n = 500
+        out.info("attacking the first 500 inputs (-n to change)")
+    s = _Setup(out, mo, ds, run.device)
+    try:
+        opts = dict(norm=lp_n, steps=steps, step_size=alpha, restarts=restarts, loss=loss, adaptive=adaptive)
+        _pgd(s, out, eps_l, opts, target, sanity, plot, output.out, resume, output.force, output.gate,
+             run.batch_size, run.seed)
+    finally:
+        s.close()
+
+
+def _pgd(
+    s: _Setup,
+    out: Output,
+    eps_l: list[float],
+    opts: dict[str, Any],
+    target: str | None,
+    sanity: int,
+    plot: Path | None,
+    out_dir: Path | None,
+    resume: bool,
+    force: bool,
+    gate: list[str] | None,
+    batch_size: int,
+    seed: int,
+) -> None:
+    tgt = _parse_target(target, s.classes)
+    settings = s.settings("pgd", eps=eps_l, target=tgt, batch_size=batch_size, seed=seed, **opts)
+    j = s.open_journal(out_dir, "pgd", settings, resume, force)
+    paths = _out_paths(out_dir, "pgd", [], force or resume)
+
+    def attack(key: str, m: KmModel, todo: list[int], check: Callable[[], None]) -> None:
+        with s.out.progress(f"PGD {key}", len(todo)) as prog:
+            done = 0
+            for idx in _blocks(todo, batch_size):
+                # the random starts are keyed by (seed, first input of the block): a resumed run
+                # attacks the remaining blocks as the interrupted one would have
+                r = pgd(m, s.x[idx], s.y[idx], eps_l, target=tgt, seed=(seed * 1_000_003 + int(idx[0])) % 2**62,
+                        keep_adv=False, device=s.dev, **opts)
+                j.add(key, _reindex(r.records(), idx))
+                done += len(idx)
+                prog(done, len(todo))
+                check()
+
+    s.run("pgd", attack)
+    ordered, new = s.collect()
+    res: dict[str, PGDResult] = {}
+    for key, m in zip(s.keys, s.models, strict=True):
+        st = opts["step_size"]
+        res[key] = PGDResult.from_records(
+            ordered[key], eps=eps_l, norm=opts["norm"], steps=opts["steps"],
+            step_size=[st if st is not None else 2.5 * e / max(opts["steps"], 1) for e in eps_l],
+            restarts=opts["restarts"], loss=opts["loss"], adaptive=opts["adaptive"],
+            threshold=outlier_threshold(m, m.num_classes), head_kind=m.head_kind, seed=seed,
+        )
+    if sanity and not s.rank:
+        k = min(sanity, len(s.y))
+        for key, m in zip(s.keys, s.models, strict=True):
+            with s.timer(f"sanity_{key}"):
+                sub = PGDResult.from_records(
+                    ordered[key][:k], eps=eps_l, **{f: getattr(res[key], f) for f in (
+                        "norm", "steps", "step_size", "restarts", "loss", "adaptive", "threshold", "head_kind",
+                        "seed")})
+                res[key].sanity = {"inputs": k, **sanity_checks(m, s.x[:k], s.y[:k], sub, target=tgt,
+                                                                 batch_size=batch_size, device=s.dev)}
+    summaries = {k: r.to_dict() for k, r in res.items()}
+    results = s.results("pgd", summaries)
+    if s.other is not None:
+        a, b = s.keys
+        results["paired"] = _paired_lists(paired_pgd(res[a], res[b]), a, b)
+    doc = s.doc("attack pgd", results, seed, new)
+    if s.rank:
+        return
+
+    if plot is not None:
+        robustness_curve(summaries, plot, title=f"PGD ({opts['norm']}, {opts['steps']} steps × "
+                         f"{opts['restarts']}) on {len(s.y)} {s.info.name} {s.info.split} inputs",
+                         norm=opts["norm"], force=True)
+        out.info(f"wrote {plot}")
+    if paths:
+        arrays: dict[str, np.ndarray] = {"labels": s.y.numpy(), "eps": np.asarray(eps_l)}
+        for key, r in res.items():
+            arrays |= {f"{key}_preds": r.preds.numpy(), f"{key}_confs": r.conf.numpy(),
+                       f"{key}_clean_preds": r.clean_preds.numpy()}
+        _save_npz(paths["npz"], arrays, True)
+        write_json(paths["json"], doc, True)
+        out.info(f"wrote {paths['json']}, {j.final.name} and {paths['npz'].name}")
+
+    def human(con: Console) -> None:
+        con.print(_pgd_table(summaries, results.get("paired"), opts, tgt, len(s.y), s.info, j.reused))
+        for key, d in summaries.items():
+            sc = d.get("sanity")
+            if sc:
+                con.print(_sanity_line(key, sc))
+
+    out.emit(doc, human)
+    out.gate(gate, doc)
+
+
+def _pgd_table(summaries: dict[str, dict[str, Any]], paired: dict[str, Any] | None, opts: dict[str, Any],
+               tgt: int | None, n: int, info: DataInfo, reused: int) -> Table:
+    """One row per ε and model: robust accuracy, attack rate and effective rate with 95% Wilson
+    intervals; with --compare the second model's rows add the paired difference of robust
+    accuracy (points, Newcombe interval) and McNemar's p."""
+    cols = ["ε", "model", "robust accuracy", "attack rate", "effective rate"]
+    if paired:
+        cols += [f"Δ accuracy vs {paired['a']}", "McNemar p"]
+    rows = []
+    first = next(iter(summaries.values()))
+    for i, e in enumerate(first["eps"]):
+        for j, (key, d) in enumerate(summaries.items()):
+            row: list[Any] = [eps_label(e, opts["norm"]) if j == 0 else "", key,
+                              _ci(d["accuracy"][i], d["accuracy_lo"][i], d["accuracy_hi"][i]),
+                              _ci(d["rate"][i], d["rate_lo"][i], d["rate_hi"][i]),
+                              _ci(d["effective_rate"][i], d["effective_rate_lo"][i], d["effective_rate_hi"][i])]
+            if paired:
+                row += (["", ""] if j == 0 else
+                        [_diff_ci({k: paired[k][i] for k in ("diff", "diff_lo", "diff_hi")}),
+                         _p(paired["p_value"][i])])
+            rows.append(row)
+    how = f"{opts['norm']}, {opts['steps']} steps, {opts['restarts']} restart(s), {opts['loss']} loss"
+    how += ", detector-aware" if opts["adaptive"] else ""
+    how += f", target {tgt}" if tgt is not None else ""
+    how += f"; {reused} records resumed" if reused else ""
+    att = ", ".join(f"{k} {d['n']}" for k, d in summaries.items())
+    return _table(
+        f"PGD on {n} {info.name} {info.split} inputs ({how}). Accuracy over all inputs; rates over the "
+        f"clean-correct ones ({att}); [95% Wilson interval]; effective = fooled and not flagged as an outlier",
+        cols,
+        rows,
+    )
+
+
+def _sanity_line(key: str, sc: dict[str, Any]) -> str:
+    ok = "passed" if sc.get("passed") else "FAILED (gradient masking?)"
+    return (
+        f"{key}: gradient-masking checks on {sc['inputs']} inputs {ok}: accuracy at ε = {sc['large_eps']:.3g} is "
+        f"{_pct(sc['accuracy_at_large_eps'])} (≤ 5% expected); at ε = {sc['eps_max']:.3g} "
+        f"{_pct(sc['accuracy_at_eps_max'])}, with {sc['stronger']['steps']} steps × {sc['stronger']['restarts']} "
+        f"restarts {_pct(sc['stronger']['accuracy'])} (must not be higher)"
+    )
+
+
+# -------------------------------------------------------------------------------- external
+@app.command("external")
+@grouped
+def attack_external(
+    *,
+    spec: Annotated[
+        str, typer.Argument(help="torchattacks:NAME, e.g. torchattacks:PGD or torchattacks:CW.", show_default=False)
+    ],
+    mo: Annotated[ModelOptions, Use(add=("compare",))],
+    ds: Annotated[DataOptions, Use(add=("download",), options={"n": PGDNOpt})],
+    kw: Annotated[
+        list[str] | None,
+        typer.Option("--kw", help="Keyword argument of the attack, key=value (Python literal or a fraction "
+                     "such as eps=8/255). Repeatable.", show_default=False),
+    ] = None,
+    resume: ResumeOpt = False,
+    run: RunOptions,
+    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+) -> None:
+    """Any torchattacks attack around MODEL: kmtools attack torchattacks:NAME MODEL [--kw key=value].
+
+    The attack sees the model's decision scores (logits for a softmax network, log κ for a
+    Gauss network) on inputs in [0, 1]. Reported per model: robust accuracy, attack rate
+    (fooled / clean-correct) and effective rate (fooled and not flagged as an outlier), each
+    with its 95% Wilson interval; --compare adds paired differences with McNemar's test.
+    torchattacks is an optional extra, installed apart: pip install --no-deps torchattacks.
+
+    Example: kmtools attack torchattacks:PGD model.pt --data cifar10 -n 200 --kw eps=8/255
+    --kw alpha=2/255 --kw steps=10 --compare gauss.safetensors
+    """
+    from kmtools.attacks.external import ExternalResult, attack_class, parse_kw, split_name, torchattacks_attack
+    from kmtools.attacks.external import paired as paired_external
+
+    out = output.output()
+    _check_gates(output.gate)
+    name = split_name(spec)
+    kwargs = parse_kw(kw)
+    attack_class(name)  # a missing torchattacks or an unknown attack fails before any model is loaded
+    if ds.n is None:
+        ds.n = 500
+        out.info("attacking the first 500 inputs (-n to change)")
+    s = _Setup(out, mo, ds, run.device)
+    try:
+        settings = s.settings(f"torchattacks:{name}", kw={k: repr(v) for k, v in kwargs.items()},
+                              batch_size=run.batch_size, seed=run.seed)
+        tag = f"torchattacks-{name}"
+        j = s.open_journal(output.out, tag, settings, resume, output.force)
+        paths = _out_paths(output.out, tag, [], output.force or resume)
+
+        def attack(key: str, m: KmModel, todo: list[int], check: Callable[[], None]) -> None:
+            with s.out.progress(f"{name} {key}", len(todo)) as prog:
+                done = 0
+                for idx in _blocks(todo, run.batch_size):
+                    torch.manual_seed(run.seed * 1_000_003 + int(idx[0]))  # torchattacks' random starts
+                    r = torchattacks_attack(name, m, s.x[idx], s.y[idx], kw=kwargs, device=s.dev)
+                    j.add(key, _reindex(r.records(), idx))
+                    done += len(idx)
+                    prog(done, len(todo))
+                    check()
+
+        s.run(tag, attack)
+        ordered, new = s.collect()
+        res = {
+            key: ExternalResult.from_records(ordered[key], name=name, threshold=outlier_threshold(m, m.num_classes),
+                                             head_kind=m.head_kind, kwargs=kwargs)
+            for key, m in zip(s.keys, s.models, strict=True)
+        }
+        summaries = {k: r.to_dict() for k, r in res.items()}
+        results = s.results("external", summaries)
+        if s.other is not None:
+            a, b = s.keys
+            results["paired"] = {"a": a, "b": b, **paired_external(res[a], res[b])}
+        doc = s.doc(f"attack torchattacks:{name}", results, run.seed, new)
+        if s.rank:
+            return
+        if paths:
+            write_json(paths["json"], doc, True)
+            out.info(f"wrote {paths['json']} and {j.final.name}")
+
+        def human(con: Console) -> None:
+            d = summaries
+            rows: list[tuple[str, list[Any]]] = [
+                ("head", [d[k]["head_kind"] for k in d]),
+                ("clean accuracy", [_rate_ci(d[k]["clean_accuracy"]) for k in d]),
+                ("robust accuracy", [_rate_ci(d[k]["robust_accuracy"]) for k in d]),
+                ("attack rate (fooled/attacked)", [_rate_ci(d[k]) for k in d]),
+                ("effective rate (fooled, not flagged)", [_rate_ci(d[k]["effective"]) for k in d]),
+                ("outlier threshold", [d[k]["outlier_threshold"] for k in d]),
+            ]
+            args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "defaults"
+            con.print(_metric_table(f"torchattacks.{name}({args}) on {len(s.y)} {s.info.name} {s.info.split} "
+                                    "inputs; [95% Wilson interval]", list(d), rows))
+            if s.other is not None:
+                con.print(_paired_onepixel_table(results["paired"]))
+
+        out.emit(doc, human)
+        out.gate(output.gate, doc)
+    finally:
+        s.close()
+
+
 def register(root: typer.Typer) -> None:
-    """Add the ``attack`` group to the root app: ``kmtools attack onepixel|fgsm|deepfool``."""
+    """Add the ``attack`` group to the root app: ``kmtools attack onepixel|fgsm|pgd|deepfool|external``."""
     root.add_typer(app, name="attack")

@@ -380,6 +380,12 @@ class EvalResult:
         from kmtools.ood import ood_metrics
 
         m = ood_metrics(pos, neg, n_boot=self.n_boot)
+        t = self.recommended_threshold
+        flagged = None
+        if t is not None:  # the threshold fitted on validation data (or the fitting half), never on OOD
+            from kmtools.stats import wilson
+
+            flagged = {"threshold": t, **wilson(int((nc < t).sum()), int(nc.size)).to_dict(count="flagged")}
         return {
             "source": src,
             "n": int(nc.size),
@@ -390,6 +396,7 @@ class EvalResult:
             "fpr95": m["fpr95"],
             "mean_ood_confidence": float(nc.mean()),
             "ood_outlier_rate": float((nc < self.threshold).mean()),
+            "flagged_at_recommended": flagged,
         }
 
     @property

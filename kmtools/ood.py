@@ -42,6 +42,8 @@ __all__ = [
     "OODReport",
     "OODScorer",
     "aupr",
+    "auroc_difference",
+    "baseline_reports",
     "best_baseline",
     "calibration",
     "convert_image",
@@ -279,6 +281,27 @@ def ood_table(scores_in: dict[str, np.ndarray], scores_out: dict[str, np.ndarray
     return {s: ood_metrics(scores_in[s], scores_out[s], n_boot=n_boot, seed=seed) for s in names}
 
 
+def auroc_difference(a_in: Any, a_out: Any, b_in: Any, b_out: Any, *, n_boot: int = 200,
+                     seed: int = 0) -> dict[str, Any]:
+    """AUROC(b) − AUROC(a) for two scores of the *same* inputs, with a paired percentile-
+    bootstrap interval: each resample draws in-distribution and OOD inputs (stratified, so
+    both groups keep their sizes) and scores both AUROCs on that one resample."""
+    ai, ao = np.asarray(a_in, np.float64).ravel(), np.asarray(a_out, np.float64).ravel()
+    bi, bo = np.asarray(b_in, np.float64).ravel(), np.asarray(b_out, np.float64).ravel()
+    if ai.shape != bi.shape or ao.shape != bo.shape:
+        raise DataError("a paired AUROC difference needs both scores on the same inputs")
+    diff = auroc(bi, bo) - auroc(ai, ao)
+    lo = hi = None
+    if n_boot and ai.size > 1 and ao.size > 1:
+        rng = np.random.default_rng(seed)
+        vals = np.empty(n_boot)
+        for t in range(n_boot):
+            ii, oo = rng.integers(0, ai.size, ai.size), rng.integers(0, ao.size, ao.size)
+            vals[t] = auroc(bi[ii], bo[oo]) - auroc(ai[ii], ao[oo])
+        lo, hi = float(np.quantile(vals, 0.025)), float(np.quantile(vals, 0.975))
+    return {"diff": float(diff), "diff_lo": lo, "diff_hi": hi, "n_in": int(ai.size), "n_out": int(ao.size)}
+
+
 def best_baseline(table: dict[str, dict[str, Any]], exclude: Sequence[str] = ("kappa",)) -> str | None:
     """The post-hoc score with the highest AUROC (``kappa`` excluded)."""
     cand = [(v["auroc"], k) for k, v in table.items() if k not in exclude and math.isfinite(v["auroc"])]
@@ -322,18 +345,21 @@ def convert_image(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 @dataclass
 class OODReport:
-    """Side-by-side OOD metrics of the post-hoc scores (and κ) and calibration per model."""
+    """Side-by-side OOD metrics of the post-hoc scores (and κ) and calibration per model;
+    ``kappa_vs_best``: κ's AUROC minus the best post-hoc baseline's, paired bootstrap interval."""
 
     table: dict[str, dict[str, Any]]
     calibration: dict[str, Calibration]
     source: str
     n_train: int
     knn_k: int
+    kappa_vs_best: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source, "n_train": self.n_train, "knn_k": self.knn_k,
             "scores": self.table, "best_baseline": best_baseline(self.table),
+            "kappa_vs_best": self.kappa_vs_best,
             "calibration": {k: v.to_dict() for k, v in self.calibration.items()},
         }
 
@@ -367,29 +393,54 @@ def ood_baselines(
     """Score ``data`` (in-distribution) and ``ood`` with the post-hoc baselines of the softmax
     ``model`` (fitted on ``train``: class means, tied covariance, k-NN bank) and, with
     ``gauss``, the Gauss network's κ, on the same inputs; calibration of both on ``data``."""
+    return baseline_reports(model, train, data, {source: ood}, gauss=gauss, k=k, batch_size=batch_size,
+                            device=device, n_boot=n_boot, seed=seed, bins=bins)[source]
+
+
+def baseline_reports(
+    model: nn.Module, train: Any, data: Any, sources: dict[str, Any], *, gauss: nn.Module | None = None,
+    k: int = 50, batch_size: int = 256, device: str | torch.device | None = None, n_boot: int = 200,
+    seed: int = 0, bins: int = 15,
+) -> dict[str, OODReport]:
+    """:func:`ood_baselines` for several OOD datasets (``{name: dataset}``) against one
+    in-distribution set: the scorer is fitted once and ``data`` is scored once."""
     import copy
 
     from kmtools.device import resolve
 
     dev = resolve(device) if device is not None else torch.device("cpu")
     head: Any = copy.deepcopy(model.head).cpu()
+    if not isinstance(head, nn.Linear):
+        raise ConfigError("the post-hoc OOD baselines need the original network's linear (softmax) head")
     ftr, ytr = _features(model, train, batch_size, dev)
     scorer = fit_scorer(head, ftr.cpu(), ytr, k=k)
     fin, yin = _features(model, data, batch_size, dev)
-    fout, _ = _features(model, ood, batch_size, dev)
-    s_in, s_out = scorer.scores(fin.cpu()), scorer.scores(fout.cpu())
+    s_in = scorer.scores(fin.cpu())
     cal = {"softmax": calibration(_probs(head, fin.cpu()).numpy(), yin.numpy(), bins=bins, n_boot=n_boot,
                                   seed=seed)}
+    gh: Any = None
     if gauss is not None:
-        gh: Any = copy.deepcopy(gauss.head).cpu()
-        gin, gyin = _features(gauss, data, batch_size, dev)
-        gout, _ = _features(gauss, ood, batch_size, dev)
+        gh = copy.deepcopy(gauss.head).cpu()
         if not callable(getattr(gh, "log_kappa", None)):
             raise ConfigError("--compare must be a Gauss network (a head with log κ) for the κ column")
+        gin, gyin = _features(gauss, data, batch_size, dev)
         with torch.no_grad():
             s_in["kappa"] = gh.log_kappa(gin.double().cpu()).amax(1).numpy()
-            s_out["kappa"] = gh.log_kappa(gout.double().cpu()).amax(1).numpy()
         cal["gauss"] = calibration(_probs(gh, gin.cpu()).numpy(), gyin.numpy(), bins=bins, n_boot=n_boot,
                                    seed=seed)
-    table = ood_table(s_in, s_out, n_boot=n_boot, seed=seed)
-    return OODReport(table, cal, source, int(ftr.shape[0]), scorer.k)
+    out: dict[str, OODReport] = {}
+    for name, ood in sources.items():
+        fout, _ = _features(model, ood, batch_size, dev)
+        s_out = scorer.scores(fout.cpu())
+        if gh is not None and gauss is not None:
+            gout, _ = _features(gauss, ood, batch_size, dev)
+            with torch.no_grad():
+                s_out["kappa"] = gh.log_kappa(gout.double().cpu()).amax(1).numpy()
+        table = ood_table(s_in, s_out, n_boot=n_boot, seed=seed)
+        best = best_baseline(table)
+        vs = None
+        if "kappa" in table and best is not None:
+            vs = {"baseline": best, **auroc_difference(s_in[best], s_out[best], s_in["kappa"], s_out["kappa"],
+                                                       n_boot=n_boot, seed=seed)}
+        out[name] = OODReport(table, cal, name, int(ftr.shape[0]), scorer.k, vs)
+    return out

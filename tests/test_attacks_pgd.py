@@ -121,3 +121,19 @@ def test_parse_eps_fractions_and_errors() -> None:
             pgd(model, x, y, [0.1], **kw)  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         pgd(model, x * 3, y, [0.1])
+
+
+def test_records_round_trip_keeps_misclassified_inputs_out_of_the_rate() -> None:
+    from kmtools.attacks.pgd import PGDResult
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(20, 1, 4, 4)
+    y = model(x).argmax(1)
+    y[:5] = (y[:5] + 1) % 3  # five inputs the model gets wrong: never "fooled", not in n
+    res = pgd(model, x, y, [0.0, 0.05, 0.3], steps=5)
+    d = res.to_dict()
+    assert d["n"] == 15 and d["fooled"][0] == 0
+    keep = ("norm", "steps", "step_size", "restarts", "loss", "adaptive", "threshold", "head_kind", "seed")
+    back = PGDResult.from_records(res.records(), eps=res.eps, **{k: getattr(res, k) for k in keep})
+    assert back.to_dict() == d

@@ -30,9 +30,9 @@ from kmtools.models.scoring import (
     model_device,
     outlier_threshold,
 )
-from kmtools.stats import wilson
+from kmtools.stats import paired_diff, wilson
 
-__all__ = ["INSTALL_HINT", "ExternalResult", "parse_kw", "torchattacks_attack"]
+__all__ = ["INSTALL_HINT", "ExternalResult", "attack_class", "paired", "parse_kw", "split_name", "torchattacks_attack"]
 
 INSTALL_HINT = "torchattacks is not installed: pip install --no-deps torchattacks (it pins an old requests)"
 
@@ -67,7 +67,16 @@ def parse_kw(items: Sequence[str] | None) -> dict[str, Any]:
     return out
 
 
-def _load(name: str) -> type:
+def split_name(spec: str) -> str:
+    """``"torchattacks:PGD"`` -> ``"PGD"``; a one-line error for any other form."""
+    lib, sep, name = spec.partition(":")
+    if not sep or lib.strip().lower() != "torchattacks" or not name.strip().isidentifier():
+        raise ConfigError(f"external attacks are named torchattacks:NAME (e.g. torchattacks:PGD), got {spec!r}")
+    return name.strip()
+
+
+def attack_class(name: str) -> type:
+    """``torchattacks.<name>``; a one-line :class:`ConfigError` (the install hint) without torchattacks."""
     try:
         ta = importlib.import_module("torchattacks")
     except ImportError as exc:
@@ -101,6 +110,30 @@ class ExternalResult:
     def effective(self) -> torch.Tensor:
         return self.fooled & (self.conf >= self.threshold)
 
+    @property
+    def robust(self) -> torch.Tensor:
+        """(N,) still correctly classified after the attack."""
+        return self.preds == self.labels
+
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per input (``index``, ``label``, ``pred``, ``adv_pred``, ``conf``) for JSON lines."""
+        return [
+            {"index": i, "label": int(self.labels[i]), "pred": int(self.clean_preds[i]),
+             "adv_pred": int(self.preds[i]), "conf": float(self.conf[i])}
+            for i in range(int(self.labels.numel()))
+        ]
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict[str, Any]], *, name: str, threshold: float, head_kind: str,
+                     kwargs: dict[str, Any] | None = None) -> ExternalResult:
+        """Rebuild a result (without ``x_adv``) from :meth:`records`."""
+        def col(key: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([r[key] for r in records], dtype=dtype)
+
+        return cls(name=name, labels=col("label", torch.long), clean_preds=col("pred", torch.long),
+                   preds=col("adv_pred", torch.long), conf=col("conf", torch.float32), x_adv=torch.zeros(0),
+                   threshold=threshold, head_kind=head_kind, kwargs=dict(kwargs or {}))
+
     def to_dict(self) -> dict[str, Any]:
         n = int(self.labels.numel())
         att = int((self.clean_preds == self.labels).sum())
@@ -108,6 +141,8 @@ class ExternalResult:
             "attack": f"torchattacks:{self.name}", "kwargs": {k: repr(v) for k, v in self.kwargs.items()},
             "head_kind": self.head_kind, "images": n, "outlier_threshold": self.threshold,
             "accuracy": float((self.preds == self.labels).float().mean()) if n else None,
+            "robust_accuracy": wilson(int(self.robust.sum()), n).to_dict(count="correct"),
+            "clean_accuracy": wilson(att, n).to_dict(count="correct"),
             "attacked": att,
             **wilson(int(self.fooled.sum()), att).to_dict(count="fooled"),
             "effective": wilson(int(self.effective.sum()), att).to_dict(count="fooled"),
@@ -119,7 +154,7 @@ def torchattacks_attack(
     threshold: float | None = None, batch_size: int | None = None, device: str | torch.device | None = None,
 ) -> ExternalResult:
     """Run ``torchattacks.<name>(model, **kw)`` on ``x`` (in [0, 1]) with labels ``y``."""
-    cls = _load(name)
+    cls = attack_class(name)
     dev = model_device(model, device)
     kwargs = dict(kw or {})
     n = x.shape[0]
@@ -148,3 +183,17 @@ def torchattacks_attack(
         preds=torch.cat(preds) if preds else empty, conf=torch.cat(confs) if confs else torch.zeros(0),
         x_adv=torch.cat(advs) if advs else x.cpu(), threshold=thr, head_kind=head_kind_of(model), kwargs=kwargs,
     )
+
+
+def paired(a: ExternalResult, b: ExternalResult) -> dict[str, Any]:
+    """Two models attacked on the same inputs: robust accuracy of ``b`` minus ``a`` over all
+    inputs, and fooled / effective rates over the inputs both classify correctly, each with
+    Newcombe's interval and McNemar's exact test."""
+    if not torch.equal(a.labels, b.labels):
+        raise ConfigError("paired comparison needs the same inputs for both models")
+    both = ((a.clean_preds == a.labels) & (b.clean_preds == b.labels)).numpy()
+    out: dict[str, Any] = {"images": int(a.labels.numel()), "attacked_by_both": int(both.sum())}
+    out["robust"] = paired_diff(a.robust.numpy(), b.robust.numpy()).to_dict()
+    for key in ("fooled", "effective"):
+        out[key] = paired_diff(getattr(a, key).numpy()[both], getattr(b, key).numpy()[both]).to_dict()
+    return out

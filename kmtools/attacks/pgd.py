@@ -48,7 +48,7 @@ from kmtools.models.scoring import (
 )
 from kmtools.stats import paired_diff, wilson
 
-__all__ = ["NORMS", "PGDResult", "paired_pgd", "pgd"]
+__all__ = ["NORMS", "PGDResult", "paired_pgd", "pgd", "sanity_checks"]
 
 NORMS = ("linf", "l2")
 
@@ -234,6 +234,38 @@ class PGDResult:
     def accuracy(self) -> list[float]:
         return [float(r.float().mean()) if len(self) else 0.0 for r in self.robust]
 
+    def records(self) -> list[dict[str, Any]]:
+        """One dict per input for JSON lines (:meth:`from_records` reads them back):
+        ``index`` (position in the batch), ``label``, ``pred`` (clean prediction), ``target``
+        (targeted only), and per ε ``adv_pred`` and ``conf`` (float32 values)."""
+        out = []
+        for i in range(len(self)):
+            rec: dict[str, Any] = {
+                "index": i, "label": int(self.labels[i]), "pred": int(self.clean_preds[i]),
+                "adv_pred": [int(p) for p in self.preds[:, i]], "conf": [float(c) for c in self.conf[:, i]],
+            }
+            if self.target is not None:
+                rec["target"] = int(self.target[i])
+            out.append(rec)
+        return out
+
+    @classmethod
+    def from_records(cls, records: Sequence[dict[str, Any]], *, eps: Sequence[float], **settings: Any) -> PGDResult:
+        """Rebuild a result (without ``x_adv``) from :meth:`records`; ``settings`` are the
+        dataclass's other fields (``norm``, ``steps``, ``threshold``, ...)."""
+        n, e = len(records), len(eps)
+        labels = torch.tensor([int(r["label"]) for r in records], dtype=torch.long)
+        clean = torch.tensor([int(r["pred"]) for r in records], dtype=torch.long)
+        preds = torch.tensor([r["adv_pred"] for r in records], dtype=torch.long).T.reshape(e, n)
+        conf = torch.tensor([r["conf"] for r in records], dtype=torch.float32).T.reshape(e, n)
+        tg = [r.get("target") for r in records]
+        target = [int(t) for t in tg if t is not None] if n and None not in tg else None
+        hit = preds != labels[None] if target is None else preds == torch.tensor(target)[None]
+        thr = float(settings.pop("threshold", 0.1))
+        return cls(eps=[float(v) for v in eps], labels=labels, clean_preds=clean, preds=preds, conf=conf,
+                   fooled=hit & (clean == labels)[None], outlier=conf < thr, x_adv=torch.zeros(0),
+                   target=target, threshold=thr, **settings)
+
     def to_dict(self) -> dict[str, Any]:
         """Per-ε lists: ``accuracy`` (robust accuracy over all N, with ``accuracy_lo``/
         ``accuracy_hi`` 95% Wilson and ``correct``), ``rate`` (fooled / clean-correct =
@@ -370,16 +402,19 @@ def pgd(
         head_kind=head_kind_of(model), seed=seed,
     )
     if sanity and n:
-        res.sanity = _sanity(model, x, y, res, target, batch_size, dev)
+        res.sanity = sanity_checks(model, x, y, res, target=target, batch_size=batch_size, device=dev)
     return res
 
 
-def _sanity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: PGDResult,
-            target: int | Sequence[int] | torch.Tensor | None, batch_size: int | None,
-            dev: torch.device) -> dict[str, Any]:
-    """Accuracy at a large ε must be ≈ 0; twice the steps and one more restart at the largest
-    ε must not raise accuracy (by more than 2 inputs, for the randomness of the starts)."""
+def sanity_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: PGDResult, *,
+                  target: int | Sequence[int] | torch.Tensor | None = None, batch_size: int | None = None,
+                  device: str | torch.device | None = None) -> dict[str, Any]:
+    """Gradient-masking checks for ``res`` (a PGD result on ``x``, ``y``): accuracy at a large
+    ε must be ≈ 0 (≤ 5%); twice the steps and one more restart at the largest ε must not raise
+    accuracy (by more than 2 inputs, for the randomness of the starts). Carlini et al. 2019,
+    Sec. 5 ("On evaluating adversarial robustness")."""
     n = len(res)
+    dev = model_device(model, device)
     big = 1.0 if res.norm == "linf" else math.sqrt(x[0].numel())
     kw: dict[str, Any] = dict(norm=res.norm, target=target, loss=res.loss, adaptive=res.adaptive,
                               threshold=res.threshold, seed=res.seed + 1, batch_size=batch_size,
@@ -405,13 +440,17 @@ def _sanity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, res: PGDResult,
 
 def paired_pgd(a: PGDResult, b: PGDResult) -> list[dict[str, Any]]:
     """Per ε shared by both: robust accuracy of ``b`` minus ``a`` on the same inputs, with
-    Newcombe's interval and McNemar's exact test (inputs must be the same, in order)."""
+    Newcombe's interval and McNemar's exact test (inputs must be the same, in order), and
+    under ``effective`` the same for the effective success (fooled and not flagged) over the
+    inputs both models classify correctly."""
     if len(a) != len(b) or not torch.equal(a.labels, b.labels):
         raise ConfigError("paired PGD comparison needs the same inputs for both models")
+    both = np.asarray(a.correct_clean & b.correct_clean)
     out = []
     for i, e in enumerate(a.eps):
         if e in b.eps:
             j = b.eps.index(e)
             d = paired_diff(np.asarray(a.robust[i]), np.asarray(b.robust[j])).to_dict()
-            out.append({"eps": e, **d})
+            eff = paired_diff(np.asarray(a.effective[i])[both], np.asarray(b.effective[j])[both]).to_dict()
+            out.append({"eps": e, **d, "effective": eff})
     return out

@@ -97,9 +97,12 @@ def build(
             hidden += view.hidden(run, figs)
         if part is not None:
             sections.append(part.add(*own_figures(run, view.command)) if view.own_figures else part)
+    from kmtools.report.curves import evidence_sections  # intervals, PGD curve, OOD baselines
+
+    sections += evidence_sections(run, fig_dir, force=force)
     for cmd in run.docs:
         found = view_for(cmd)
-        if found is None or found.section is None:
+        if cmd != "attack-pgd" and (found is None or found.section is None):  # PGD: its evidence section
             sections.append(generic_section(cmd, run, figs))
     placed = {b.path.resolve() for sec in sections for b in sec.blocks if isinstance(b, FigureRef)}
     placed |= {p.resolve() for p in hidden}
