@@ -121,7 +121,8 @@ def evidence_sections(run: Any, fig_dir: str | Path, *, force: bool = False) -> 
     PGD robust accuracy / attack rates with Wilson intervals, paired McNemar and the robustness
     curve (PNG in ``fig_dir``); one-pixel intervals, effective rate and the paired test; the OOD
     baselines (AUROC/AUPR bootstrap intervals, κ minus the best baseline) and calibration."""
-    from kmtools.report.render import FigureRef, Section, Table, per_kind
+    from kmtools.report.document import FigureRef, Section, Table
+    from kmtools.report.layout import per_kind
 
     out: list[Any] = []
     pgd_doc = run.docs.get("attack-pgd")

@@ -162,7 +162,7 @@ def _onepixel(steps: _Steps, paths: list[Path], models: list[KmModel], test: Dat
             seed=steps.seed, settings={"F": 0.5, "tol": None, **r.settings},
         )
     doc = _attack_doc(ctx, "onepixel", {k: r.to_dict() for k, r in res.items()}, paths, models, test)
-    doc["results"]["paired"] = paired(res[keys[0]], res[keys[1]])  # McNemar on the same images
+    doc["results"]["paired"] = {"a": keys[0], "b": keys[1], **paired(res[keys[0]], res[keys[1]])}  # same images
     save_npz(steps.dir / "onepixel" / "attack-onepixel.npz", onepixel_arrays(x, y, res), force=True)
     write_json(steps.dir / "onepixel" / "attack-onepixel.json", doc, force=True)
     steps.done("onepixel", doc)
