@@ -156,7 +156,7 @@ def test_auto_falls_back_to_zennit_and_fast_says_why() -> None:
     assert ex.engine_used == "zennit" and "Tanh" in (ex.fallback_reason or "")
     fast = DeepNeonExplainer(model, None, engine="fast")
     fast.set_centroids(ex.centroids)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="fast LRP engine does not cover.*Tanh"):
+    with pytest.raises(ConfigError, match=r"fast LRP engine does not cover.*Tanh"):
         fast.explain(x, beta=1.0)
     with pytest.raises(ConfigError, match="engine must be one of"):
         DeepNeonExplainer(model, None, engine="quick")
@@ -173,3 +173,27 @@ def test_engine_conserves_like_the_rule_says() -> None:
     a = eng.forward(x)
     r = eng.relevance(a)
     assert torch.allclose(r.sum((1, 2, 3)), a.sum(1), rtol=1e-4)  # up to the 1e-6 stabilisers
+
+
+class _Branches(nn.Module):
+    """Two conv branches concatenated (torch.cat) and a channel slice (getitem): gradient rule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.a = nn.Conv2d(4, 3, 3, padding=1)
+        self.b = nn.Conv2d(4, 3, 1)
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = self.relu(torch.cat([self.a(h), self.b(h)], 1))[:, 1:]
+        return self.fc(self.pool(h).flatten(1))
+
+
+def test_concatenation_and_slicing_follow_the_gradient() -> None:
+    torch.manual_seed(8)
+    model, x = _km(_Branches(), (1, 8, 8), 4, torch.float64)
+    _agree(model, x)

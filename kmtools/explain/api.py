@@ -25,7 +25,8 @@ from torch import nn
 
 from kmtools.errors import ConfigError
 from kmtools.explain._threads import small_work
-from kmtools.explain.evaluate import loo_sigma, table_row
+from kmtools.explain.evaluate import table_row
+from kmtools.explain.kde import loo_sigma
 from kmtools.explain.kernel import KernelKMeans, fit_kernel_kmeans, kernel_neon
 from kmtools.explain.neon import assign, competitor_scores, neon, stiffness
 

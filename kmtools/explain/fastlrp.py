@@ -51,6 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.grad import conv2d_input
 
 from kmtools.errors import ConfigError
 
@@ -160,7 +161,7 @@ class _Step:
 def _target_node(graph: fx.Graph, layer: str | None) -> fx.Node:
     nodes = list(graph.nodes)
     if layer is None:
-        out = [n for n in nodes if n.op == "output"][0]
+        out = next(n for n in nodes if n.op == "output")
         arg = out.args[0]
         if not isinstance(arg, fx.Node):
             raise ConfigError("the backbone must return one tensor")
@@ -184,7 +185,7 @@ def _classify(net: nn.Module, node: fx.Node, merged: set[int], first: nn.Module 
     if node.op == "call_module":
         m = net.get_submodule(str(node.target))
         name = str(node.target)
-        if isinstance(m, nn.Conv2d) or isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
             kind = "conv" if isinstance(m, nn.Conv2d) else "linear"
             rule = "gamma" if kind == "conv" else "epsilon"
             if m is first and first_rule != "gamma":
@@ -200,7 +201,7 @@ def _classify(net: nn.Module, node: fx.Node, merged: set[int], first: nn.Module 
             return _Step(node.name, "ident" if id(m) in merged else "pass", node, m)
         if isinstance(m, _PASS):
             return _Step(node.name, "pass", node, m)
-        if isinstance(m, nn.Sequential) or isinstance(m, _IDENT):
+        if isinstance(m, _IDENT):
             return _Step(node.name, "ident", node, m)
         if sums and isinstance(m, sums):
             return _Step(node.name, "sum", node, m)
@@ -244,7 +245,7 @@ def _plan(backbone: nn.Module, layer: str | None, first_rule: str, canonize: boo
     first = _first_layer(net)
     try:
         graph = _Tracer().trace(net)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure means "not supported"
+    except Exception as exc:  # any tracing failure means "not supported"
         raise ConfigError(f"the network cannot be traced by torch.fx ({type(exc).__name__}: {exc})") from exc
     target = _target_node(graph, layer)
     keep: set[fx.Node] = set()
@@ -292,7 +293,7 @@ def _conv_t(step: _Step, grad: torch.Tensor, weight: torch.Tensor, in_shape: tor
     if step.kind == "linear":
         return grad @ weight
     assert isinstance(m, nn.Conv2d)
-    return torch.nn.grad.conv2d_input(in_shape, weight, grad, m.stride, m.padding, m.dilation, m.groups)
+    return conv2d_input(in_shape, weight, grad, m.stride, m.padding, m.dilation, m.groups)
 
 
 def _fwd(step: _Step, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -301,6 +302,24 @@ def _fwd(step: _Step, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         return F.linear(x, weight, bias)
     assert isinstance(m, nn.Conv2d)
     return F.conv2d(x, weight, bias, m.stride, m.padding, m.dilation, m.groups)
+
+
+def _grad_forward(st: _Step, env: dict[str, Any]) -> tuple[torch.Tensor, tuple[dict[str, torch.Tensor], Any]]:
+    """Run a gradient-rule node with its inputs as fresh autograd leaves: (output, (leaves, graph))."""
+    node = st.node
+    leaves: dict[str, torch.Tensor] = {}
+
+    def leaf(n: fx.Node) -> torch.Tensor:
+        if n.name not in leaves:
+            leaves[n.name] = env[n.name].detach().requires_grad_(True)
+        return leaves[n.name]
+
+    with torch.enable_grad():
+        a2 = fx.node.map_arg(node.args, leaf)
+        k2 = fx.node.map_arg(node.kwargs, leaf)
+        fn: Callable[..., Any] = node.target  # type: ignore[assignment]
+        out = fn(*a2, **k2)
+    return out.detach(), (leaves, out)
 
 
 class FastLRP:
@@ -331,6 +350,7 @@ class FastLRP:
         if got is None:
             m = step.module
             assert m is not None
+            assert isinstance(m, (nn.Conv2d, nn.Linear))
             w = m.weight.detach()
             b = m.bias.detach() if m.bias is not None else None
             g = self.gamma
@@ -359,8 +379,8 @@ class FastLRP:
                 if st.kind == "input":
                     env[st.name] = z.detach()
                     continue
-                args = fx.node.map_arg(node.args, lambda n: env[n.name])
-                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+                args: Any = fx.node.map_arg(node.args, lambda n: env[n.name])
+                kwargs: Any = fx.node.map_arg(node.kwargs, lambda n: env[n.name])
                 if st.kind in ("conv", "linear"):
                     p = self._weights(st)
                     env[st.name] = _fwd(st, args[0], p["w"], p.get("b"))
@@ -388,25 +408,7 @@ class FastLRP:
                     else:
                         env[st.name] = node.target(*args, **kwargs)  # type: ignore[operator]
                 else:  # grad: a small autograd graph, replayed by relevance()
-                    with torch.enable_grad():
-                        leaves: dict[str, torch.Tensor] = {}
-
-                        def leaf(n: fx.Node) -> torch.Tensor:
-                            if n.name not in leaves:
-                                leaves[n.name] = env[n.name].detach().requires_grad_(True)
-                            return leaves[n.name]
-
-                        a2 = fx.node.map_arg(node.args, leaf)
-                        k2 = fx.node.map_arg(node.kwargs, leaf)
-                        if node.op == "call_module":
-                            out = st.module(*a2, **k2)  # type: ignore[misc]
-                        elif node.op == "call_method":
-                            out = getattr(a2[0], str(node.target))(*a2[1:], **k2)
-                        else:
-                            fn: Callable[..., Any] = node.target  # type: ignore[assignment]
-                            out = fn(*a2, **k2)
-                    env[st.name] = out.detach()
-                    env["__graph__" + st.name] = (leaves, out)
+                    env[st.name], env["__graph__" + st.name] = _grad_forward(st, env)
                 del args, kwargs
         self._env = env
         return env[self.target]  # type: ignore[no-any-return]
@@ -432,34 +434,34 @@ class FastLRP:
                 if st.kind == "input":
                     self._env = {}
                     return r
-                ins = node.args
+                ins: Any = node.args
                 if st.kind in ("pass", "ident"):
                     give(ins[0], r)
                 elif st.kind == "conv" or st.kind == "linear":
-                    a = env[ins[0].name]  # type: ignore[union-attr]
+                    a = env[ins[0].name]
                     give(ins[0], self._layer(st, a, env[st.name], r))
                 elif st.kind == "sum":
-                    x = env[ins[0].name]  # type: ignore[union-attr]
+                    x = env[ins[0].name]
                     give(ins[0], x * (r / _stab(env[st.name])).unsqueeze(-1))
                 elif st.kind == "add":
                     s = r / _stab(env[st.name])
-                    give(ins[0], env[ins[0].name] * s)  # type: ignore[union-attr]
-                    give(ins[1], env[ins[1].name] * s)  # type: ignore[union-attr]
+                    give(ins[0], env[ins[0].name] * s)
+                    give(ins[1], env[ins[1].name] * s)
                 elif st.kind == "reshape":
-                    give(ins[0], r.reshape(env[ins[0].name].shape))  # type: ignore[union-attr]
+                    give(ins[0], r.reshape(env[ins[0].name].shape))
                 elif st.kind == "stack":
-                    dim = node.kwargs.get("dim", ins[1] if len(ins) > 1 else 0)
-                    for inp, part in zip(ins[0], r.unbind(int(dim)), strict=True):  # type: ignore[arg-type]
+                    dim: Any = node.kwargs.get("dim", ins[1] if len(ins) > 1 else 0)
+                    for inp, part in zip(ins[0], r.unbind(int(dim)), strict=True):
                         give(inp, part)
                 elif st.kind == "maxpool":  # the gradient: to the winner of each window
                     m = st.module
                     assert isinstance(m, nn.MaxPool2d)
-                    x = env[ins[0].name]  # type: ignore[union-attr]
+                    x = env[ins[0].name]
                     give(ins[0], torch.ops.aten.max_pool2d_with_indices_backward(
                         r, x, _pair(m.kernel_size), _pair(m.stride or m.kernel_size), _pair(m.padding),
                         _pair(m.dilation), m.ceil_mode, env["__idx__" + st.name]))
                 elif st.kind == "avg":  # Norm: x ⊙ ∂pool/∂x (R / pool(x))
-                    x = env[ins[0].name]  # type: ignore[union-attr]
+                    x = env[ins[0].name]
                     give(ins[0], x * _avg_grad(st.module, x, r / _stab(env[st.name])))
                 elif st.kind == "grad":
                     leaves, out = env["__graph__" + st.name]
