@@ -665,6 +665,7 @@ def attack_onepixel(
             show_default=False,
         ),
     ] = None,
+    backend: Annotated[str, typer.Option("--backend", help="Scoring of candidate batches: auto (onnxruntime on the CPU when installed, else eager), eager, channels-last, compile or onnxruntime. Verdicts stay eager float32.")] = "auto",
     run: Annotated[RunOptions, Use(add=("amp",), defaults={"batch_size": None}, options={"batch_size": OnePixelBatchOpt, "amp": AmpFlag})],
     output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
@@ -690,7 +691,7 @@ def attack_onepixel(
     s = _Setup(out, mo, ds, run.device)
     try:
         _onepixel(s, out, pixels, popsize, steps, target, tol, output.out, resume, output.force, output.gate,
-                  run.batch_size, chunk, run.amp, run.seed)  # fmt: skip
+                  run.batch_size, chunk, run.amp, run.seed, backend=backend)  # fmt: skip
     finally:
         s.close()
 
@@ -711,6 +712,7 @@ def _onepixel(
     chunk: int | None,
     amp: bool,
     seed: int,
+    backend: str = "auto",
 ) -> None:
     if s.x.dim() != 4:
         raise ConfigError(
@@ -759,6 +761,7 @@ def _onepixel(
                 device=s.dev,
                 progress=_progress_with_check(prog, check),
                 callback=lambda part: j.add(key, part.records(), attacked=part.attacked),
+                backend=backend,
             )
         run_settings[key] = r.settings
 
