@@ -101,7 +101,8 @@ def _onnx_session(model: nn.Module, example: torch.Tensor) -> Callable[[torch.Te
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(
-            wrapper, (example[:2].cpu().float(),), buf, input_names=["x"], output_names=["scores"],
+            wrapper, (example[:2].cpu().float(),), buf,  # type: ignore[arg-type]  # a file object works
+            input_names=["x"], output_names=["scores"],
             dynamic_axes={"x": {0: "n"}, "scores": {0: "n"}}, opset_version=17, dynamo=False,
         )
     opts = ort.SessionOptions()

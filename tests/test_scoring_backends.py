@@ -20,7 +20,6 @@ from kmtools.scoring_backends import build_scorer, onnxruntime_available, resolv
 from tests.helpers import digits_model
 
 
-
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
