@@ -72,8 +72,8 @@ _GRAD_FUNCS: set[Any] = {torch.cat, operator.getitem}  # the gradient, by autogr
 
 
 def _stab(t: torch.Tensor, eps: float = _STAB) -> torch.Tensor:
-    """zennit's ``stabilize``: t + eps · sign(t), with sign(0) = +1."""
-    return t + ((t == 0).to(t) + t.sign()) * eps
+    """zennit's ``stabilize``: t + eps · sign(t), with sign(0) = +1 (the same floats, fewer passes)."""
+    return t + torch.where(t >= 0, eps, -eps)
 
 
 def _loaded(module: str, *names: str) -> tuple[type, ...]:
@@ -258,6 +258,15 @@ def _plan(backbone: nn.Module, layer: str | None, first_rule: str, canonize: boo
         todo.extend(n.all_input_nodes)
     sums, blocks = _sum_types(), _resnet_blocks()
     steps = [_classify(net, n, merged, first, first_rule, sums, blocks) for n in graph.nodes if n in keep]
+    nonneg: set[str] = set()  # outputs ≥ 0 by construction: ReLUs, and pooling/reshaping/sums of them
+    for st in steps:
+        ins = [n.name for n in st.node.all_input_nodes]
+        if (st.kind == "pass" and isinstance(st.module, nn.ReLU)) or (
+                st.kind in ("ident", "reshape", "maxpool", "avg", "sum", "add", "stack") and ins
+                and all(i in nonneg for i in ins)):
+            nonneg.add(st.name)
+        if st.kind == "conv" or st.kind == "linear":
+            st.extra["nonneg_input"] = bool(ins) and ins[0] in nonneg
     if sum(s.kind == "input" for s in steps) != 1:
         raise ConfigError("the backbone must take exactly one input")
     return net, steps, target.name
@@ -481,18 +490,18 @@ class FastLRP:
         if st.rule == "zbox":
             return self._zbox(st, a, z, r, p)
         g = self.gamma
-        pos, neg = z > 0, z < 0
-        if bool((a < 0).any()):
+        if not st.extra.get("nonneg_input") and bool((a < 0).any()):
             return self._gamma_general(st, a, z, r, p)
-        # a ≥ 0: z₊ = W_γ⁺⋆a + b_γ⁺ (one modified forward), z₋ = (2 + γ) z − z₊
+        # a ≥ 0: z₊ = W_γ⁺⋆a + b_γ⁺ (one modified forward), z₋ = (2 + γ) z − z₊. Where z > 0,
+        # z₊ ≥ z > 0 and the stabiliser is +ε; where z < 0, z₋ ≤ z < 0 and it is −ε.
         zp = _fwd(st, a, p["wg_pos"], p.get("bg_pos"))
-        sp = torch.where(pos, r / _stab(zp), torch.zeros((), dtype=r.dtype, device=r.device))
-        need_neg = bool((neg & (r != 0)).any())
+        sp = torch.where(z > 0, r / (zp + _STAB), 0.0)
+        need_neg = bool(r.masked_fill(z >= 0, 0.0).any())
         if not need_neg:
             return a * _conv_t(st, sp, p["wg_pos"], a.shape)
         self.stats["second_products"] += 1
         zn = (2.0 + g) * z - zp
-        sn = torch.where(neg, r / _stab(zn), torch.zeros((), dtype=r.dtype, device=r.device))
+        sn = torch.where(z < 0, r / (zn - _STAB), 0.0)
         if st.kind == "conv":  # one call: [s₊, s₋] against [W_γ⁺; W_γ⁻]
             return a * _conv_t(st, torch.cat([sp, sn], 1), p["wg_both"], a.shape)
         return a * (sp @ p["wg_pos"] + sn @ p["wg_neg"])
