@@ -704,6 +704,7 @@ def attack_onepixel(
             show_default=False,
         ),
     ] = None,
+    backend: Annotated[str, typer.Option("--backend", help="Scoring of candidate batches: auto (onnxruntime on the CPU when installed, else eager), eager, channels-last, compile or onnxruntime. Verdicts stay eager float32.")] = "auto",
     run: Annotated[RunOptions, Use(add=("amp",), defaults={"batch_size": None}, options={"batch_size": OnePixelBatchOpt, "amp": AmpFlag})],
     output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
 ) -> None:
@@ -734,7 +735,7 @@ def attack_onepixel(
     try:
         rules = dict(fitness=fitness, success=success, bounds=bounds, adaptive=adaptive)
         _onepixel(s, out, pixels, popsize, steps, target, tol, output.out, resume, output.force, output.gate,
-                  run.batch_size, chunk, run.amp, run.seed, rules)  # fmt: skip
+                  run.batch_size, chunk, run.amp, run.seed, rules, backend=backend)  # fmt: skip
     finally:
         s.close()
 
@@ -756,6 +757,7 @@ def _onepixel(
     amp: bool,
     seed: int,
     rules: dict[str, Any],
+    backend: str = "auto",
 ) -> None:
     if s.x.dim() != 4:
         raise ConfigError(
@@ -794,6 +796,7 @@ def _onepixel(
                 progress=_progress_with_check(prog, check),
                 callback=lambda part: j.add(key, part.records(), attacked=part.attacked),
                 **rules,
+                backend=backend,
             )
         run_settings[key] = r.settings
 

@@ -122,6 +122,14 @@ def test_network_gauss_centroids_and_kmeans_layer(tmp_path: Path) -> None:
         np.testing.assert_allclose(z["feature_relevance"].sum(1), z["score"], rtol=1e-3, atol=1e-4)
     assert (out / "heatmaps.png").read_bytes()[:4] == b"\x89PNG"
     assert any(out.glob("cluster_*.png"))
+    assert res["lrp_engine"] == "fast"  # auto: the SmallCNN is covered by the fast engine
+    ref = tmp_path / "gauss-zennit"
+    code, stdout, _ = _run("explain", gauss, "--data", "digits", "-n", "6", "--fit-n", "60", "--out", ref,
+                           "--format", "json", "--device", "cpu", "--lrp-engine", "zennit")
+    assert code == 0 and json.loads(stdout)["results"]["lrp_engine"] == "zennit"
+    with np.load(out / "relevance.npz") as a, np.load(ref / "relevance.npz") as b:
+        scale = np.abs(b["relevance"]).max()
+        np.testing.assert_allclose(a["relevance"], b["relevance"], atol=1e-4 * scale)
     # softmax network: k-means with -k on an intermediate layer, evaluated there (zero imputation)
     code, stdout, _ = _run("explain", softmax, "--data", "digits", "-n", "4", "--fit-n", "50", "-k", "3",
                            "--layer", "features.5", "--evaluate", "--repeats", "1", "--steps", "8",
@@ -143,8 +151,10 @@ def test_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     code, _, err = _run("explain", "--data", "wine", "--methods", "shap", "--evaluate")
     assert code == 1 and "unknown method" in err
     monkeypatch.setitem(sys.modules, "zennit", None)  # as if the extra were not installed
-    code, _, err = _run("explain", tmp_path / "missing.safetensors", "--data", "digits")
+    code, _, err = _run("explain", tmp_path / "missing.safetensors", "--data", "digits", "--lrp-engine", "zennit")
     assert code == 1 and "pip install 'kmtools[explain]'" in err and err.count("\n") == 1
+    code, _, err = _run("explain", "--data", "wine", "--lrp-engine", "turbo")
+    assert code == 1 and "--lrp-engine must be one of auto, fast, zennit" in err
 
 
 def test_help_has_examples() -> None:

@@ -188,4 +188,11 @@ def test_missing_zennit_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> Non
     model, x = _model(bias=True)
     monkeypatch.setitem(sys.modules, "zennit", None)
     with pytest.raises(KmtoolsError, match="pip install"):
-        explain_deep(model, x, torch.zeros(2, 12))
+        explain_deep(model, x, torch.zeros(2, 12), engine="zennit")
+
+
+def test_auto_engine_needs_no_zennit_for_covered_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, x = _model(bias=True)
+    monkeypatch.setitem(sys.modules, "zennit", None)
+    ex = explain_deep(model, x, torch.randn(2, 12), beta=1.0, details=True)
+    assert ex.settings["lrp_engine"] == "fast" and torch.isfinite(ex.relevance).all()

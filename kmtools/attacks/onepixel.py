@@ -529,6 +529,12 @@ class _Spec:
     amp: bool
     nhwc: bool
     shape: tuple[int, int, int]  # C, H, W
+    backend: str = "eager"  # candidate scoring (kmtools.scoring_backends); verdicts stay eager float32
+
+    @property
+    def confirm(self) -> bool:
+        """Confirm candidate successes in eager float32 (the search scored them another way)."""
+        return self.amp or self.backend != "eager"
 
     @property
     def d(self) -> int:
@@ -536,12 +542,16 @@ class _Spec:
 
 
 class _Scorer:
-    """Log-confidences of candidate images (bf16 search) and float32 verdicts."""
+    """Log-confidences of candidate images (bf16 search, or a scoring backend) and float32
+    eager verdicts."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, backend: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.model = model
+        self.backend = backend
 
     def __call__(self, imgs: torch.Tensor, use_amp: bool) -> torch.Tensor:
+        if self.backend is not None:
+            return self.backend(imgs).to(imgs.device)
         return class_log_confidences(self.model, imgs, amp=use_amp).float()
 
     def f32(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -554,7 +564,7 @@ class _Scorer:
             k = part.shape[0]
             if k < _VERDICT_BATCH:
                 part = torch.cat([part, part[:1].expand(_VERDICT_BATCH - k, *part.shape[1:])])
-            parts.append(self(part, False)[:k])
+            parts.append(class_log_confidences(self.model, part).float()[:k])
         return torch.cat(parts) if parts else torch.zeros(0, 1, device=imgs.device)
 
 
@@ -660,7 +670,8 @@ def _decide(
     ``success="best"``: a slot succeeds when its best member (lowest fitness) fools, and
     reports the best member (scipy's ``callback`` on ``xk`` in torchattacks).
     ``success="any"``: it succeeds as soon as any evaluated child fools, and reports the
-    fooling child of lowest fitness. bf16 successes are confirmed in float32.
+    fooling child of lowest fitness. Successes found under bf16 or another scoring backend
+    are confirmed in eager float32.
     """
     s_n = len(slots)
     ar = torch.arange(s_n, device=spec.dev)
@@ -676,7 +687,7 @@ def _decide(
         hit = cfool.any(1)
         win = torch.where(cfool, cfit, torch.full_like(cfit, float("inf"))).argmin(1)
         chosen = torch.where(hit[:, None], cand[ar, win], slots.pop[ar, best])
-    if spec.amp and bool(hit.any()):
+    if spec.confirm and bool(hit.any()):
         ids = hit.nonzero().flatten()
         logc = scorer.f32(_build(slots.base, ids, chosen[ids], spec.pixels, spec.nhwc))
         hit[ids] = _fools(logc, slots.lab[ids], slots.tgt[ids] if slots.tgt is not None else None, spec.log_thr)
@@ -715,7 +726,12 @@ def _run_de(
     progress: Progress | None, callback: Callable[[OnePixelResult], None] | None,
 ) -> None:
     """Evolve every image ``res`` does not skip, filling ``res`` in as images finish."""
-    scorer = _Scorer(model)
+    fast = None
+    if spec.backend != "eager" and bool((~res.skipped).any()):
+        from kmtools.scoring_backends import build_scorer
+
+        fast = build_scorer(model, spec.backend, example=xf[:2].to(spec.dev), device=spec.dev, amp=spec.amp)
+    scorer = _Scorer(model, fast)
     slots = _Slots(spec, tgt_all is not None, xf.dtype)
     labels, ids_all = res.labels, res.index
     queue = (~res.skipped).nonzero().flatten().tolist()
@@ -823,6 +839,7 @@ def onepixel(
     bounds: str = "resample",
     adaptive: bool = False,
     threshold: float | None = None,
+    backend: str = "eager",
 ) -> OnePixelResult:
     """One-pixel attack on a batch of images by batched differential evolution.
 
@@ -868,6 +885,13 @@ def onepixel(
             and the fitness adds the shortfall below it (see :func:`_fitness`).
         threshold: the outlier threshold on the predicted class's confidence (default
             the model's own, 1/c unless it sets one); ``outlier`` and ``effective`` use it.
+        backend: how candidate batches are scored (:mod:`kmtools.scoring_backends`):
+            ``"eager"`` (default), ``"auto"`` (onnxruntime on the CPU when installed),
+            ``"channels-last"``, ``"compile"`` or ``"onnxruntime"``. Only the search uses
+            it: a success it finds is confirmed, and every reported verdict and confidence
+            is computed, in eager float32. Backends round differently, so DE may pick a
+            different child where two fitness values tie to float rounding; otherwise the
+            search is the same. ``settings`` records the backend and the thread count.
 
     Returns:
         :class:`OnePixelResult`. ``x_adv`` differs from ``x`` in at most ``pixels`` pixel
@@ -878,7 +902,7 @@ def onepixel(
         kw: dict[str, Any] = dict(
             pixels=pixels, popsize=popsize, maxiter=maxiter, F=F, target=target, tol=tol, seed=seed,
             index=index, batch_size=batch_size, chunk=chunk, amp=amp, device=device, progress=progress,
-            success=success, bounds=bounds, adaptive=adaptive, threshold=threshold,
+            success=success, bounds=bounds, adaptive=adaptive, threshold=threshold, backend=backend,
         )
         merged = _union({k: onepixel(model, x, y, fitness=k, **kw) for k in ("confidence", "margin")})
         if callback is not None:
@@ -887,7 +911,7 @@ def onepixel(
     return _single(model, x, y, target=target, index=index, threshold=threshold, adaptive=adaptive,
                    device=device, progress=progress, callback=callback, batch_size=batch_size, chunk=chunk,
                    amp=amp, pixels=pixels, popsize=popsize, maxiter=maxiter, F=F, tol=tol, seed=seed,
-                   fitness=fitness, success=success, bounds=bounds)
+                   fitness=fitness, success=success, bounds=bounds, backend=backend)
 
 
 def _single(
@@ -896,7 +920,7 @@ def _single(
     device: str | torch.device | None, progress: Progress | None,
     callback: Callable[[OnePixelResult], None] | None, batch_size: int | None, chunk: int | None, amp: bool,
     pixels: int, popsize: int, maxiter: int, F: float, tol: float | None, seed: int, fitness: str,
-    success: str, bounds: str,
+    success: str, bounds: str, backend: str = "eager",
 ) -> OnePixelResult:
     """One fitness: clean verdicts, then the search (see :func:`onepixel`)."""
     t0 = time.perf_counter()
@@ -908,6 +932,9 @@ def _single(
     if ids_all.numel() != n:
         raise ConfigError(f"{ids_all.numel()} image ids for {n} images")
     tgt_all = _targets(target, n)
+    from kmtools.scoring_backends import resolve_backend
+
+    backend = resolve_backend(backend, dev)
     with eval_mode(model), torch.no_grad():
         scorer = _Scorer(model)
         parts = [scorer.f32(x[s : s + 1024].to(dev)).cpu() for s in range(0, n, 1024)]
@@ -924,6 +951,7 @@ def _single(
             pixels=pixels, p=int(popsize), maxiter=maxiter, F=F, tol=tol, fitness=fitness, success=success,
             bounds=bounds, log_thr=math.log(thr) if adaptive else None, seed=seed, dev=dev, bs=bs,
             chunk=chunk or bs * int(popsize), amp=_use_amp(dev, amp), nhwc=_use_nhwc(dev), shape=(ch, h, w),
+            backend=backend,
         )
         res = _initial_result(x, labels, ids_all, logc0, tgt_all, thr, spec, model)
         if callback is not None and bool(res.skipped.any()):
@@ -974,7 +1002,7 @@ def _initial_result(
         settings={
             "F": spec.F, "tol": spec.tol, "batch_size": spec.bs, "chunk": spec.chunk, "amp": spec.amp,
             "device": str(spec.dev), "fitness": spec.fitness, "success": spec.success, "bounds": spec.bounds,
-            "adaptive": spec.log_thr is not None,
+            "adaptive": spec.log_thr is not None, "backend": spec.backend, "threads": torch.get_num_threads(),
         },
     )
 

@@ -9,6 +9,7 @@ deep explainer imports it when first used.
 * :func:`explain_deep`, :class:`DeepNeonExplainer` — Sec. IV with zennit LRP rules.
 * :data:`METHODS` — NEON and the baselines of Sec. VII.
 * :func:`feature_adding_auc`, :func:`table_row` — Algorithm 1 and Table I.
+* :class:`KDE`, :func:`loo_sigma` — Appendix G's kernel density and its conditionals.
 * :func:`explain_data`, :func:`explain_network` — whole runs (what ``kmtools explain`` calls).
 """
 
@@ -23,7 +24,8 @@ from kmtools.explain.api import (
 )
 from kmtools.explain.baselines import BASELINES, METHODS
 from kmtools.explain.deep import DeepExplanation, DeepNeonExplainer, explain_deep
-from kmtools.explain.evaluate import KDE, feature_adding_auc, feature_adding_curves, loo_sigma, table_row
+from kmtools.explain.evaluate import feature_adding_auc, feature_adding_curves, table_row
+from kmtools.explain.kde import KDE, loo_sigma
 from kmtools.explain.kernel import KernelKMeans, fit_kernel_kmeans, kernel_neon
 from kmtools.explain.neon import (
     ClusterModel,

@@ -10,7 +10,7 @@ and :mod:`.evaluate` (Sec. VII, Algorithm 1). ``kmtools explain`` is a thin laye
   per feature as in the paper's Appendix H; K from the user or by the elbow method (Sec. VII-B).
 * :func:`explain_network` — the clusters live on a layer of a network: k-means on that
   layer's activations, or the class centroids of a Gauss network; relevance reaches the
-  input through zennit's LRP rules.
+  input through LRP (zennit's rules; :mod:`.fastlrp` evaluates them faster where it can).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from torch import nn
 
 from kmtools.errors import ConfigError
 from kmtools.explain._threads import small_work
-from kmtools.explain.evaluate import loo_sigma, table_row
+from kmtools.explain.evaluate import table_row
+from kmtools.explain.kde import loo_sigma
 from kmtools.explain.kernel import KernelKMeans, fit_kernel_kmeans, kernel_neon
 from kmtools.explain.neon import assign, competitor_scores, neon, stiffness
 
@@ -325,6 +326,7 @@ def explain_network(
     batch_size: int = 256,
     device: torch.device | str | None = None,
     progress: Progress | None = None,
+    engine: str = "auto",
 ) -> NeonRun:
     """NEON for the cluster assignments of a network layer (Sec. IV), relevance on ``x``'s pixels.
 
@@ -337,10 +339,12 @@ def explain_network(
     With ``evaluate``, Algorithm 1 scores NEON and the baselines at the cluster layer on
     the activations of ``fit_x`` with zero imputation (the paper's choice for deep
     activations, Sec. VII-A).
-    """
-    from kmtools.explain.deep import DeepNeonExplainer, require_zennit
 
-    require_zennit()
+    ``engine``: the LRP engine, ``"auto"`` (:mod:`.fastlrp` when it covers every layer,
+    else zennit), ``"fast"`` or ``"zennit"``; the one used is ``settings["lrp_engine"]``.
+    """
+    from kmtools.explain.deep import DeepNeonExplainer
+
     fit = x if fit_x is None else fit_x
     if centroids is not None:
         source, k_choice = "given", "given"
@@ -349,7 +353,7 @@ def explain_network(
     else:
         source, k_choice = "kmeans", ("given" if k is not None else "classes")
     settings: dict[str, Any] = {"gamma": gamma}
-    with DeepNeonExplainer(model, centroids, layer=layer, gamma=gamma, device=device) as ex:
+    with DeepNeonExplainer(model, centroids, layer=layer, gamma=gamma, device=device, engine=engine) as ex:
         if progress is not None:
             progress("features", 0, 1)
         feats = ex.features(fit, batch_size)
@@ -373,6 +377,9 @@ def explain_network(
         cb = None if progress is None else (lambda a, t: progress("explain", a, t))
         out = ex.explain(x, beta=b, batch_size=batch_size, progress=cb)
         settings["first_rule"] = out.settings.get("first_rule")
+        settings["lrp_engine"] = out.settings.get("lrp_engine")
+        if ex.fallback_reason is not None:
+            settings["lrp_fallback"] = ex.fallback_reason
         mu_out = mu.detach().cpu()
     run = NeonRun(
         inputs=x.detach().cpu(), relevance=out.relevance.cpu(), assignments=out.assignments.cpu(),

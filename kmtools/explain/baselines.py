@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from kmtools.errors import ConfigError
+from kmtools.explain.kde import KDE
 from kmtools.explain.neon import ClusterModel, as_model, competitor_scores, neon
 
 __all__ = [
@@ -160,7 +161,6 @@ def pda(
     of Appendix G (PDAcs, ``imputation="kde"``; ``data`` is the KDE's training set, default
     ``x``; ``sigma`` default by leave-one-out, Eq. 42).
     """
-    from kmtools.explain.evaluate import KDE  # local: evaluate imports this module
 
     model, c = _setup(x, centroids, assignments)
     if target not in ("indicator", "score"):
