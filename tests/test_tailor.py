@@ -52,7 +52,8 @@ def test_gauss_network_keeps_accuracy_and_doubts_noise(trained: tuple[KmModel, T
     model, train, test = trained
     acc0 = _acc(model, test)
     assert acc0 > 0.85
-    res = tailor(model, train, TailorConfig(epochs=6, lr=0.02, batch_size=32, amp=False), val_data=test)
+    res = tailor(model, train, TailorConfig(epochs=6, lr=0.02, batch_size=32, amp=False, centroids="means",
+                                                  scatter_weight=1.0), val_data=test)
     gm = res.model
     assert gm is not None and gm.head_kind == "gauss" and isinstance(gm.head, GaussHead)
     assert _acc(gm, test) >= acc0 - 0.03
@@ -73,7 +74,7 @@ Trained = tuple[KmModel, TensorDataset, TensorDataset]
 
 def test_final_centroids_are_class_means_of_final_network(trained: Trained) -> None:
     model, train, _ = trained
-    gm = tailor(model, train, TailorConfig(epochs=2, lr=0.01, batch_size=64, amp=False)).model
+    gm = tailor(model, train, TailorConfig(epochs=2, lr=0.01, batch_size=64, amp=False, centroids="means")).model
     f = extract(gm, train)
     expected = class_means(f.features, f.labels, 4).float()
     assert isinstance(gm.head, GaussHead)
@@ -87,7 +88,7 @@ def test_zero_lr_keeps_the_network_and_centroids_are_the_initial_means(
     trained: tuple[KmModel, TensorDataset, TensorDataset],
 ) -> None:
     model, train, _ = trained
-    cfg = TailorConfig(epochs=1, lr=1e-12, batch_size=64, amp=False, weight_decay=0.0)
+    cfg = TailorConfig(epochs=1, lr=1e-12, batch_size=64, amp=False, weight_decay=0.0, centroids="means")
     gm = tailor(model, train, cfg).model
     f0 = extract(model, train)
     torch.testing.assert_close(gm.head.centroids, class_means(f0.features, f0.labels, 4).float(),
@@ -107,7 +108,8 @@ def test_classes_separate_relative_to_their_scatter(trained: tuple[KmModel, Tens
         scatter = (f.features.double() - c[f.labels]).pow(2).sum(1).mean()
         return float(d.min() ** 2 / scatter)
 
-    res = tailor(model, train, TailorConfig(epochs=5, lr=0.05, batch_size=32, amp=False))
+    cfg = TailorConfig(epochs=5, lr=0.05, batch_size=32, amp=False, centroids="means", scatter_weight=1.0)
+    res = tailor(model, train, cfg)
     assert separation(res.model) > 1.25 * separation(model)
     assert res.history[-1].train_accuracy >= 0.95
 
@@ -193,7 +195,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     try:
         train = blobs(400, seed=0)
         model = blob_model(train)
-        res = tailor(model, train, TailorConfig(epochs=2, lr=0.02, batch_size=32, amp=False))
+        res = tailor(model, train, TailorConfig(epochs=2, lr=0.02, batch_size=32, amp=False, centroids="means"))
         torch.save({"state": res.model.state_dict(), "world": res.world_size,
                     "hist": [h.to_dict() for h in res.history]}, f"{out}/rank{rank}.pt")
     finally:
