@@ -25,6 +25,7 @@ and for all 144 with ``min_push = 0.1`` (path length at most 1.07 × the straigh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -192,6 +193,7 @@ def find_path(
     overshoot: float = 0.02,
     max_iter: int = 50,
     min_push: float = 0.1,
+    verify: int = 2048,
     device: str | torch.device | None = None,
 ) -> PathResult:
     """Algorithm 1: a path from ``x1`` to ``x2`` inside the region of k̂(x1).
@@ -204,6 +206,10 @@ def find_path(
         overshoot, max_iter: of the projection (:func:`project_to_class`).
         min_push: a projected midpoint moves at least ``min_push`` · ‖b - a‖ from the
             midpoint of [a, b] (see the module docstring); 0 is the paper's projection.
+        verify: the found path is checked at this many points spread over its length (each
+            segment at least ``samples``); a segment that leaves the region there is refined
+            by the same recursion, and ``success`` means the path passed this check. 0 keeps
+            only the paper's per-segment ``samples`` check.
 
     Raises:
         ConfigError: the inputs have different shapes or different predictions.
@@ -231,6 +237,17 @@ def find_path(
         else:
             rest, ok = fd.find(a, b, 1)
             anchors = [a, *rest]
+        for _ in range(max_depth if ok and verify > 0 else 0):
+            bad = _leaving_segment(fd, anchors, verify)
+            if bad is None:
+                break
+            sub, ok = fd.find(anchors[bad], anchors[bad + 1], 1)
+            anchors = [*anchors[: bad + 1], *sub, *anchors[bad + 2 :]]
+            if not ok:
+                break
+        else:
+            if ok and verify > 0 and _leaving_segment(fd, anchors, verify) is not None:
+                ok, fd.reason = False, "dense check failed"
     A = torch.stack(anchors).detach()
     seg = (A[1:] - A[:-1]).flatten(1).norm(dim=1)
     return PathResult(
@@ -238,6 +255,23 @@ def find_path(
         evaluations=fd.evaluations, straight=straight, length=float(seg.sum()),
         straight_length=float((b - a).norm()), reason="" if ok else (fd.reason or "segment check failed"),
     )
+
+
+def _leaving_segment(fd: _Finder, anchors: list[torch.Tensor], verify: int) -> int | None:
+    """Index of the first segment with a point outside the region among ``verify`` points spread
+    over the path by length (each segment at least ``fd.samples``), or None."""
+    lengths = [float((b - a).norm()) for a, b in zip(anchors[:-1], anchors[1:], strict=True)]
+    total = sum(lengths) or 1.0
+    keep = fd.samples
+    for i, (a, b) in enumerate(zip(anchors[:-1], anchors[1:], strict=True)):
+        fd.samples = max(keep, math.ceil(verify * lengths[i] / total) + 1)
+        try:
+            inside = fd.valid(a, b)
+        finally:
+            fd.samples = keep
+        if not inside:
+            return i
+    return None
 
 
 @torch.no_grad()
