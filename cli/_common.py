@@ -93,11 +93,13 @@ def open_data(
     seed: int = 0,
     model: KmModel | None = None,
     shuffle: bool = False,
+    image_size: str | None = None,
 ) -> DataInfo:
-    """Load ``--data`` and check it fits ``model`` (class count, input shape)."""
+    """Load ``--data`` (resized to ``--image-size``) and check it fits ``model`` (class count,
+    input shape)."""
     if not name:
         raise ConfigError("this command needs --data NAME|PATH (e.g. --data digits)")
-    info = load_dataset(name, root=root, split=split, download=download)
+    info = load_dataset(name, root=root, split=split, download=download, image_size=image_size)
     if model is not None:
         fit_to_data(model, info.input_shape)  # a model that takes any size adopts the data's
         check_compatible(info, model.num_classes, model.input_shape)

@@ -60,6 +60,7 @@ DataRootOpt = Annotated[Path | None, typer.Option("--data-root", envvar="KMTOOLS
 SplitOpt = Annotated[str, typer.Option("--split", help="train or test (val too for ImageFolder trees with a val/ folder).")]
 NOpt = Annotated[int | None, typer.Option("-n", "--num", help="Use only the first N samples.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing (never done otherwise).")]
+ImageSizeOpt = Annotated[str | None, typer.Option("--image-size", help="Resize every image to N×N (or HxW, e.g. 224x224) as it is loaded: bilinear, antialiased. Lets ImageFolders of mixed sizes load.", show_default=False)]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto falls back to the CPU).")]
@@ -137,6 +138,7 @@ class DataOptions:
     n: NOpt = None
     download: DownloadOpt = False
     workers: WorkersOpt = 0
+    image_size: ImageSizeOpt = None
 
     PANEL: ClassVar[str] = "Data"
     FLAT: ClassVar[dict[str, str]] = {"name": "data"}
@@ -144,10 +146,11 @@ class DataOptions:
 
     def load(self, model: KmModel | None = None, **overrides: Any) -> DataInfo:
         """``--data`` checked against ``model``; ``overrides`` replace ``open_data`` arguments
-        (``split``, ``n``, ``seed``, ``shuffle``, ``download``)."""
+        (``split``, ``n``, ``seed``, ``shuffle``, ``download``, ``image_size``)."""
         from kmtools_cli._common import open_data
 
-        kw: dict[str, Any] = dict(root=self.data_root, split=self.split, n=self.n, download=self.download)
+        kw: dict[str, Any] = dict(root=self.data_root, split=self.split, n=self.n, download=self.download,
+                                  image_size=self.image_size)
         return open_data(self.name, model=model, **(kw | overrides))
 
 

@@ -323,7 +323,7 @@ def _nball(model: KmModel, info: DataInfo, data: str, *, explicit: bool, root: P
             raise ConfigError("--nball needs kmtools.heads.reject") from exc
         return None
     try:
-        train = load_dataset(data, root=root, split="train", download=download)
+        train = load_dataset(data, root=root, split="train", download=download, image_size=info.image_size)
         check_compatible(train, model.num_classes, model.input_shape)
         doc = reject_curve(model, info, train=train, batch_size=batch_size, device=device)
     except (DataError, ConfigError) as exc:
@@ -336,7 +336,7 @@ def _nball(model: KmModel, info: DataInfo, data: str, *, explicit: bool, root: P
 
 
 def _val_data(spec: str | None, model: KmModel, data: str, root: Path | None,
-              download: bool) -> tuple[Any, dict[str, Any]] | None:
+              download: bool, image_size: str | None = None) -> tuple[Any, dict[str, Any]] | None:
     """``--val-data``: (dataset, description) or None."""
     if spec is None or not spec.strip():
         return None
@@ -352,14 +352,14 @@ def _val_data(spec: str | None, model: KmModel, data: str, root: Path | None,
             labels_of,
         )
 
-        train = load_dataset(data, root=root, split="train", download=download)
+        train = load_dataset(data, root=root, split="train", download=download, image_size=image_size)
         check_compatible(train, model.num_classes, model.input_shape)
         _, va = holdout_split(labels_of(train.dataset))
         return Subset(train.dataset, va.tolist()), {
             "source": "held-out", "data": train.name, "split": "train", "n": len(va),
             "fraction": DEFAULT_FRACTION, "max_items": DEFAULT_MAX_ITEMS, "seed": DEFAULT_SEED,
             "indices_sha256": indices_digest(va)}
-    info = load_dataset(spec, root=root, split="train", download=download)
+    info = load_dataset(spec, root=root, split="train", download=download, image_size=image_size)
     check_compatible(info, model.num_classes, model.input_shape)
     return info.dataset, {"source": "val-data", "data": info.name, "split": info.split, "n": len(info)}
 
@@ -386,7 +386,7 @@ def _baselines(soft: KmModel, gauss: KmModel | None, info: DataInfo, ood_args: l
 
     if not ood_args:
         raise ConfigError("--baselines needs OOD inputs: --ood uniform, gaussian or a dataset")
-    train = load_dataset(data, root=root, split="train", download=download)
+    train = load_dataset(data, root=root, split="train", download=download, image_size=info.image_size)
     check_compatible(train, soft.num_classes, soft.input_shape)
     if fit_n and fit_n < len(train):
         train = subset(train, fit_n, seed=seed, shuffle=True)
@@ -510,7 +510,7 @@ def evaluate(
             check_compatible(info, other.num_classes, other.input_shape)
         ood_args = _ood_args(ood, n_noise=n_noise, model=model, info=info, root=ds.data_root, split=ds.split,
                              download=ds.download, log=out.info)
-        val = _val_data(val_data, model, str(ds.name), ds.data_root, ds.download)
+        val = _val_data(val_data, model, str(ds.name), ds.data_root, ds.download, ds.image_size)
         if baselines:
             soft_m, gauss_m = _baseline_roles(model, other)
 

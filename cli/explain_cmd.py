@@ -59,18 +59,18 @@ StepsOpt = Annotated[int | None, typer.Option("--steps", help="Evaluate each AUC
 OutDirOpt = out_dir(f"Folder for {JSON_NAME}, {NPZ_NAME} and heatmap PNGs ({GRID_NAME}, cluster_<k>.png).")
 
 
-def _load(name: str | None, root: Path | None, split: str) -> DataInfo:
+def _load(name: str | None, root: Path | None, split: str, image_size: str | None = None) -> DataInfo:
     """``--data`` for one split, or both concatenated for ``--split all``."""
     if not name:
         raise ConfigError("this command needs --data NAME|PATH (e.g. --data wine)")
     if split != "all":
-        return load_dataset(name, root=root, split=split)
-    tr = load_dataset(name, root=root, split="train")
-    te = load_dataset(name, root=root, split="test")
+        return load_dataset(name, root=root, split=split, image_size=image_size)
+    tr = load_dataset(name, root=root, split="train", image_size=image_size)
+    te = load_dataset(name, root=root, split="test", image_size=image_size)
     if tr.source == te.source and len(tr) == len(te) and tr.fingerprint() == te.fingerprint():
         return tr  # a source without splits (e.g. an .npz with plain x, y)
     return DataInfo(ConcatDataset([tr.dataset, te.dataset]), tr.name, "all", tr.classes, tr.input_shape,
-                    tr.source, tr.mean, tr.std)
+                    tr.source, tr.mean, tr.std, tr.image_size)
 
 
 def _tensors(info: DataInfo, limit: int | None = None) -> torch.Tensor:
@@ -247,7 +247,7 @@ def explain(
         model = None
         if mo.path is None:
             with timer("load"):
-                info = subset(_load(ds.name, ds.data_root, split_name), ds.n)
+                info = subset(_load(ds.name, ds.data_root, split_name, ds.image_size), ds.n)
                 x = _tensors(info)
             std_on = standardize if standardize is not None else len(info.input_shape) == 1
             dev = torch.device("cpu")
@@ -260,7 +260,7 @@ def explain(
             dev = device_of(run.device)
             with timer("load"):
                 model = mo.load()
-                info = _load(ds.name, ds.data_root, split_name)
+                info = _load(ds.name, ds.data_root, split_name, ds.image_size)
                 check_compatible(info, model.num_classes, model.input_shape)
                 n_explain = len(subset(info, ds.n)) if ds.n is not None else min(64, len(info))
                 fit = _tensors(info, min(max(fit_n, n_explain), len(info)))

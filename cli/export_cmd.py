@@ -79,7 +79,8 @@ def export_model(
     data_doc = None
     if ds.name is not None:
         with timer("load"):
-            info = open_data(ds.name, root=ds.data_root, split=ds.split, n=CHECK_DATA_INPUTS, model=model)
+            info = open_data(ds.name, root=ds.data_root, split=ds.split, n=CHECK_DATA_INPUTS, model=model,
+                             image_size=ds.image_size)
             example = torch.stack([torch.as_tensor(info.dataset[i][0]) for i in range(len(info))])
         data_doc = info.to_dict()
     with timer("export"):

@@ -54,7 +54,7 @@ def inspect(
     data_doc = None
     dev = device_of(run.device)
     if ds.name:
-        info = open_data(ds.name, root=ds.data_root, split=ds.split, model=model)
+        info = open_data(ds.name, root=ds.data_root, split=ds.split, model=model, image_size=ds.image_size)
         info = subset(info, ds.n if ds.n is not None else min(len(info), 1000))
         data_doc = info.to_dict()
         with timer("features"), out.progress("features", len(info)) as prog:

@@ -45,6 +45,8 @@ class DataInfo:
     source: str
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    #: ``(H, W)`` every image was resized to on loading (``--image-size``), or None.
+    image_size: tuple[int, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -67,6 +69,7 @@ class DataInfo:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "split": self.split, "n": len(self), "source": self.source,
                 "num_classes": self.num_classes, "input_shape": list(self.input_shape),
+                "image_size": list(self.image_size) if self.image_size else None,
                 "sha256": self.fingerprint()}
 
 
@@ -86,14 +89,51 @@ def data_roots(root: str | Path | None = None) -> list[Path]:
     return seen
 
 
+def parse_image_size(spec: str | int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``--image-size``: ``N`` (square), ``HxW`` or ``(H, W)`` -> ``(H, W)``; None stays None."""
+    if spec is None:
+        return None
+    try:
+        if isinstance(spec, int):
+            hw = [spec, spec]
+        elif isinstance(spec, str):
+            parts = spec.lower().replace("×", "x").split("x")
+            hw = [int(p) for p in parts] * (2 if len(parts) == 1 else 1)
+        else:
+            hw = [int(v) for v in spec]
+    except ValueError:
+        hw = []
+    if len(hw) != 2 or min(hw) < 1:
+        raise ConfigError(f"--image-size must be N or HxW with positive integers (e.g. 64 or 224x224), not {spec!r}")
+    return hw[0], hw[1]
+
+
 def load_dataset(
     name: str,
     *,
     root: str | Path | None = None,
     split: str = "test",
     download: bool = False,
+    image_size: str | int | Sequence[int] | None = None,
 ) -> DataInfo:
-    """Load a dataset by name or path (see module docstring)."""
+    """Load a dataset by name or path (see module docstring). ``image_size`` (``N``, ``HxW``)
+    resizes every image to that size on loading (bilinear with antialiasing): ImageFolder files
+    with PIL as they are decoded (so folders of mixed sizes load), in-memory images per item."""
+    size = parse_image_size(image_size)
+    info = _load(name, root, split, download, size)
+    if size is None:
+        return info
+    if len(info.input_shape) != 3:
+        raise ConfigError(f"--image-size applies to images (C, H, W); {info.name} has inputs of shape "
+                          f"{tuple(info.input_shape)}: drop --image-size")
+    if info.image_size != size:  # in-memory tensors (ImageFolders were resized as decoded)
+        info.dataset = Resized(info.dataset, size)
+    info.input_shape = (info.input_shape[0], *size)
+    info.image_size = size
+    return info
+
+
+def _load(name: str, root: str | Path | None, split: str, download: bool, size: tuple[int, int] | None) -> DataInfo:
     if split not in FOLDER_SPLITS:
         raise ConfigError(f"--split must be train, val (ImageFolder trees) or test, not {split!r}")
     key = name.strip().lower().replace("_", "-")
@@ -107,11 +147,11 @@ def load_dataset(
         if path.suffix == ".npz" and path.is_file():
             return _npz(path, split)
         if path.is_dir():
-            return _imagefolder_root(path, split, name)
+            return _imagefolder_root(path, split, name, size)
         if path.suffix == ".npz" or "/" in name or path.suffix:
             raise DataError(f"dataset {name!r} not found: no such file or folder")
         raise DataError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)}, an ImageFolder path or an .npz file")
-    info = _named(key, data_roots(root), split, download)
+    info = _named(key, data_roots(root), split, download, size)
     if len(info) == 0:
         raise DataError(f"dataset {name} ({split}) is empty: check the files under {info.source}")
     return info
@@ -206,9 +246,10 @@ def _npz(path: Path, split: str) -> DataInfo:
 class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
     """ImageFolder-style files decoded to float tensors in [0, 1] (RGB or grayscale)."""
 
-    def __init__(self, files: Sequence[tuple[Path, int]], mode: str) -> None:
+    def __init__(self, files: Sequence[tuple[Path, int]], mode: str, size: tuple[int, int] | None = None) -> None:
         self.files = list(files)
         self.mode = mode
+        self.size = size  # (H, W) each image is resized to as it is decoded, or None
         self.shape: tuple[int, ...] | None = None  # set once known: every image must match it
 
     def __len__(self) -> int:
@@ -220,7 +261,11 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
         path, label = self.files[i]
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert(self.mode), dtype=np.uint8)
+                img = im.convert(self.mode)
+                if self.size is not None and img.size != (self.size[1], self.size[0]):
+                    # PIL widens the bilinear kernel when shrinking: antialiased
+                    img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
         except OSError as exc:
             raise DataError(f"cannot decode image {path} ({exc})") from exc
         t = torch.from_numpy(arr.copy())
@@ -228,7 +273,7 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
         if self.shape is not None and tuple(t.shape) != self.shape:
             raise DataError(
                 f"image {path} has shape {tuple(t.shape)} but the first image has {self.shape}: "
-                "resize the images to one size"
+                "pass --image-size N (or HxW) to resize every image as it is loaded"
             )
         return t.float().div_(255.0), label
 
@@ -237,7 +282,7 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _imagefolder(folder: Path, name: str, split: str) -> DataInfo:
+def _imagefolder(folder: Path, name: str, split: str, size: tuple[int, int] | None = None) -> DataInfo:
     classes = _class_dirs(folder)
     files = [
         (f, ci)
@@ -251,13 +296,15 @@ def _imagefolder(folder: Path, name: str, split: str) -> DataInfo:
 
     with Image.open(files[0][0]) as im:
         mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
-        small = im.size[0] * im.size[1] <= 64 * 64
-    images = ImageFiles(files, mode)
+        small = (size[0] * size[1] if size else im.size[0] * im.size[1]) <= 64 * 64
+    images = ImageFiles(files, mode, size)
     images.shape = tuple(images[0][0].shape)
     ds: Dataset[tuple[torch.Tensor, int]] = images
     if small and len(files) <= MAX_DECODE_IN_MEMORY:
         ds = _decode_all(images)
-    return _finish(ds, name, split, [c.name for c in classes], str(folder))
+    info = _finish(ds, name, split, [c.name for c in classes], str(folder))
+    info.image_size = size
+    return info
 
 
 #: ImageFolders of small images (≤ 64×64, e.g. CIFAR as JPEG) with at most this many files are
@@ -280,16 +327,17 @@ def _decode_all(images: ImageFiles) -> Dataset[tuple[torch.Tensor, int]]:
     return _U8Dataset(torch.stack(xs), y)
 
 
-def _imagefolder_root(path: Path, split: str, name: str) -> DataInfo:
+def _imagefolder_root(path: Path, split: str, name: str, size: tuple[int, int] | None = None) -> DataInfo:
     if (path / split).is_dir():
-        return _imagefolder(path / split, name, split)
+        return _imagefolder(path / split, name, split, size)
     other = [s for s in FOLDER_SPLITS if (path / s).is_dir()]
     if other:
         raise DataError(f"{path} has no {split}/ folder (it has {', '.join(other)}/): use --split {other[0]}")
-    return _imagefolder(path, name, split)
+    return _imagefolder(path, name, split, size)
 
 
-def _named(key: str, roots: list[Path], split: str, download: bool) -> DataInfo:
+def _named(key: str, roots: list[Path], split: str, download: bool,
+           size: tuple[int, int] | None = None) -> DataInfo:
     aliases = {
         "cifar10": ["cifar10", "cifar-10", "CIFAR10", "CIFAR-10-images", "cifar10-jpeg"],
         "cifar100": ["cifar100", "cifar-100", "CIFAR100"],
@@ -304,7 +352,7 @@ def _named(key: str, roots: list[Path], split: str, download: bool) -> DataInfo:
             searched.append(str(folder))
             if not folder.is_dir():
                 continue
-            info = _try_formats(key, folder, split)
+            info = _try_formats(key, folder, split, size)
             if info is not None:
                 return info
     if download:
@@ -316,7 +364,7 @@ def _named(key: str, roots: list[Path], split: str, download: bool) -> DataInfo:
     )
 
 
-def _try_formats(key: str, folder: Path, split: str) -> DataInfo | None:
+def _try_formats(key: str, folder: Path, split: str, size: tuple[int, int] | None = None) -> DataInfo | None:
     train = split == "train"
     if key in ("cifar10", "cifar100"):
         batches = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
@@ -345,8 +393,27 @@ def _try_formats(key: str, folder: Path, split: str) -> DataInfo | None:
             tds = _U8Dataset(torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64)))
             return _finish(tds, key, split, [str(i) for i in range(10)], str(mat))
     if (folder / split).is_dir() and _class_dirs(folder / split):
-        return _imagefolder(folder / split, key, split)
+        return _imagefolder(folder / split, key, split, size)
     return None
+
+
+class Resized(Dataset[tuple[torch.Tensor, int]]):
+    """Images of ``inner`` resized to ``size`` (H, W) per item: bilinear with antialiasing
+    (``F.interpolate``), a convex combination of pixels, so [0, 1] inputs stay in [0, 1]."""
+
+    def __init__(self, inner: Dataset[Any], size: tuple[int, int]) -> None:
+        self.inner, self.size = inner, size
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.inner[i]
+        x = torch.as_tensor(x).float()
+        if tuple(x.shape[-2:]) != self.size:
+            x = torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear",
+                                                align_corners=False, antialias=True)[0]
+        return x, int(y)
 
 
 class _U8Dataset(Dataset[tuple[torch.Tensor, int]]):
@@ -431,6 +498,8 @@ def _labels(ds: Any) -> torch.Tensor | None:
         return ds.y
     if isinstance(ds, ImageFiles):
         return torch.tensor([label for _, label in ds.files])
+    if isinstance(ds, Resized):
+        return _labels(ds.inner)
     return None
 
 
@@ -458,7 +527,7 @@ def subset(info: DataInfo, n: int | None, seed: int = 0, shuffle: bool = False) 
     else:
         idx = list(range(n))
     return DataInfo(Subset(info.dataset, idx), info.name, info.split, info.classes, info.input_shape,
-                    info.source, info.mean, info.std)
+                    info.source, info.mean, info.std, info.image_size)
 
 
 def to_tensors(data: Dataset[Any], workers: int = 0, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -487,6 +556,12 @@ def check_compatible(info: DataInfo, num_classes: int, input_shape: Sequence[int
             "use a matching checkpoint or --num-classes"
         )
     if input_shape is not None and tuple(input_shape) != tuple(info.input_shape):
+        have, want = tuple(info.input_shape), tuple(input_shape)
+        if len(have) == len(want) == 3 and have[0] == want[0]:
+            raise DataError(
+                f"dataset {info.name} has images of shape {have} but the model expects {want}: "
+                f"pass --image-size {want[1]}x{want[2]} to resize them as they are loaded"
+            )
         raise DataError(
             f"dataset {info.name} has inputs of shape {tuple(info.input_shape)} but the model expects "
             f"{tuple(input_shape)}: use matching data (or --input-shape when loading the model)"

@@ -1,0 +1,100 @@
+"""``--image-size`` (issue 17): images resized on loading, ImageFolders of mixed sizes load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from kmtools.data import load_dataset, subset, to_tensors
+from kmtools.data.registry import parse_image_size
+from kmtools.errors import ConfigError, DataError
+from kmtools.models import save_model, wrap, zoo
+from kmtools_cli.main import app
+
+
+def _png(path: Path, hw: tuple[int, int], value: int | None = None, seed: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arr = np.full((*hw, 3), value, np.uint8) if value is not None else (rng.random((*hw, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def _mixed(root: Path) -> Path:
+    """Two classes, four RGB PNGs of four different sizes (one of them constant grey 200)."""
+    _png(root / "cat" / "0.png", (20, 30), seed=0)
+    _png(root / "cat" / "1.png", (40, 12), value=200)
+    _png(root / "dog" / "0.png", (7, 7), seed=2)
+    _png(root / "dog" / "1.png", (64, 48), seed=3)
+    return root
+
+
+def test_parse_image_size() -> None:
+    assert parse_image_size("64") == (64, 64)
+    assert parse_image_size("32x48") == (32, 48)
+    assert parse_image_size(None) is None
+    for bad in ("0", "a", "1x2x3", "-4"):
+        with pytest.raises(ConfigError, match="--image-size"):
+            parse_image_size(bad)
+
+
+def test_mixed_size_imagefolder_needs_and_takes_image_size(tmp_path: Path) -> None:
+    root = _mixed(tmp_path / "imgs")
+    with pytest.raises(DataError, match="--image-size"):
+        load_dataset(str(root))
+    info = load_dataset(str(root), image_size="16x24")
+    assert info.input_shape == (3, 16, 24)
+    assert info.image_size == (16, 24) and info.to_dict()["image_size"] == [16, 24]
+    x, y = to_tensors(info.dataset)
+    assert x.shape == (4, 3, 16, 24) and y.tolist() == [0, 0, 1, 1]
+    assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    # a constant image stays constant under bilinear resizing
+    assert torch.allclose(x[1], torch.full_like(x[1], 200 / 255), atol=1 / 255)
+    # subsets keep the recorded size
+    assert subset(info, 2, shuffle=True).to_dict()["image_size"] == [16, 24]
+
+
+def test_digits_resized_to_16() -> None:
+    plain = load_dataset("digits", split="test")
+    info = load_dataset("digits", split="test", image_size=16)
+    assert info.input_shape == (1, 16, 16) and len(info) == len(plain)
+    x, y = info.dataset[0]
+    assert tuple(x.shape) == (1, 16, 16) and int(y) == int(plain.dataset[0][1])
+    xs, _ = to_tensors(info.dataset)
+    assert xs.shape == (len(plain), 1, 16, 16)
+    assert float(xs.min()) >= 0.0 and float(xs.max()) <= 1.0
+    # upsampling by 2 keeps the mean intensity of each image (to interpolation error)
+    x0 = torch.as_tensor(plain.dataset[0][0])
+    assert abs(float(x.mean()) - float(x0.mean())) < 0.02
+    assert plain.to_dict()["image_size"] is None
+
+
+def test_tabular_data_refuses_image_size() -> None:
+    with pytest.raises(ConfigError, match="drop --image-size"):
+        load_dataset("wine", image_size=8)
+
+
+def _cli(*args: Any) -> Any:
+    return CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def test_cli_evaluate_on_resized_mixed_folder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = zoo.create("smallcnn", num_classes=2, in_channels=3, width=4)
+    model = wrap(net, arch="smallcnn", arch_kwargs={"num_classes": 2, "in_channels": 3, "width": 4},
+                 input_shape=(3, 16, 16))
+    mp = save_model(model, tmp_path / "m.safetensors")
+    root = _mixed(tmp_path / "imgs")
+    res = _cli("evaluate", mp, "--data", root, "--ood", "none", "--format", "json", "-q")
+    assert res.exit_code == 1 and "--image-size" in res.stderr.strip().splitlines()[-1], res.output
+    res = _cli("evaluate", mp, "--data", root, "--image-size", "16", "--ood", "none", "--format", "json", "-q")
+    assert res.exit_code == 0, (res.output, res.exception)
+    doc = json.loads(res.stdout)
+    assert doc["data"]["image_size"] == [16, 16] and doc["data"]["input_shape"] == [3, 16, 16]
+    assert doc["data"]["n"] == 4
