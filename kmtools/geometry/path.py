@@ -25,6 +25,7 @@ and for all 144 with ``min_push = 0.1`` (path length at most 1.07 × the straigh
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -260,10 +261,10 @@ def find_path(
 def _leaving_segment(fd: _Finder, anchors: list[torch.Tensor], verify: int) -> int | None:
     """Index of the first segment with a point outside the region among ``verify`` points spread
     over the path by length (each segment at least ``fd.samples``), or None."""
-    lengths = [float((b - a).norm()) for a, b in zip(anchors[:-1], anchors[1:], strict=True)]
+    lengths = [float((b - a).norm()) for a, b in itertools.pairwise(anchors)]
     total = sum(lengths) or 1.0
     keep = fd.samples
-    for i, (a, b) in enumerate(zip(anchors[:-1], anchors[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(anchors)):
         fd.samples = max(keep, math.ceil(verify * lengths[i] / total) + 1)
         try:
             inside = fd.valid(a, b)
