@@ -371,6 +371,9 @@ class _Setup:
             self.other = mo.load(compare) if compare is not None else None
         self.info = ds.load(self.model)
         if self.other is not None:
+            from kmtools.models.inputs import fit_to_data
+
+            fit_to_data(self.other, self.info.input_shape)  # an any-size --compare model adopts the data's
             check_compatible(self.info, self.other.num_classes, self.other.input_shape)
         with self.timer("load"):
             self.x, self.y = _tensors(self.info)

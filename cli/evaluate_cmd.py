@@ -507,6 +507,9 @@ def evaluate(
         other = open_model(mo.compare, **opts) if mo.compare is not None else None
         info = ds.load(model)
         if other is not None:
+            from kmtools.models.inputs import fit_to_data
+
+            fit_to_data(other, info.input_shape)  # an any-size --compare model adopts the data's
             check_compatible(info, other.num_classes, other.input_shape)
         ood_args = _ood_args(ood, n_noise=n_noise, model=model, info=info, root=ds.data_root, split=ds.split,
                              download=ds.download, log=out.info)

@@ -98,3 +98,30 @@ def test_cli_evaluate_on_resized_mixed_folder(tmp_path: Path) -> None:
     doc = json.loads(res.stdout)
     assert doc["data"]["image_size"] == [16, 16] and doc["data"]["input_shape"] == [3, 16, 16]
     assert doc["data"]["n"] == 4
+
+
+def test_a_users_any_size_model_is_compared_at_the_resized_size(tmp_path: Path) -> None:
+    """The issue's path: a user's class (any image size) and its state dict, data resized with
+    --image-size; ``--compare`` loads the same class and must adopt the data's size too."""
+    import shutil
+
+    from sklearn.datasets import load_digits
+
+    shutil.copy(Path(__file__).parent / "usermodel" / "netdef.py", tmp_path / "netdef.py")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("netdef_copy", tmp_path / "netdef.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    torch.save(mod.Net().state_dict(), tmp_path / "model.pt")
+    d = load_digits()
+    np.savez(tmp_path / "digits.npz", x=(d.images[:40, None] / 16.0).astype(np.float32), y=d.target[:40])
+    args = ["--arch", f"{tmp_path / 'netdef.py'}:Net", "--data", str(tmp_path / "digits.npz"), "--image-size", "16"]
+    for cmd in (["evaluate", str(tmp_path / "model.pt"), "--compare", str(tmp_path / "model.pt")],
+                ["attack", "onepixel", str(tmp_path / "model.pt"), "--compare", str(tmp_path / "model.pt"),
+                 "-n", "2", "--popsize", "8", "--steps", "2"]):
+        res = CliRunner().invoke(app, [*cmd, *args, "--out", str(tmp_path / cmd[0]), "--format", "json", "-q"])
+        assert res.exit_code == 0, (cmd, res.output)
+        assert json.loads(res.stdout)["data"]["input_shape"] == [1, 16, 16]
