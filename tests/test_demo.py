@@ -38,6 +38,11 @@ def test_demo_runs_the_pipeline(tmp_path: Path) -> None:
     assert "| test accuracy |" in (out / "summary.md").read_text()
     html = (out / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html
+    # `kmtools report DIR` on the demo's folder collects its subfolders' results
+    rep = CliRunner().invoke(app, ["report", str(out), "--out", str(tmp_path / "all.md")])
+    assert rep.exit_code == 0, rep.output
+    text = (tmp_path / "all.md").read_text()
+    assert "tailor" in text.lower() and "one-pixel" in text.lower()
     # a second run into the same folder needs --force
     again = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert again.exit_code == 1 and "--force" in again.stderr

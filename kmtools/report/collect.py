@@ -282,7 +282,9 @@ def load_run(paths: Iterable[str | Path]) -> Run:
 
     - A directory contributes every result file directly in it (``<command>.json``, or any
       JSON document with a ``schema_version`` field), the ``<stem>.npz`` beside each, and the
-      PNGs in it and in its ``figures/``. Other files are tolerated (see the module doc).
+      PNGs in it and in its ``figures/``. Other files are tolerated (see the module doc). A
+      directory with no result file contributes those of its immediate subfolders instead
+      (``kmtools report demo-out``).
     - A JSON file contributes itself, its sibling ``<stem>.npz`` and the ``figures/`` folder
       beside it.
 
@@ -300,12 +302,16 @@ def load_run(paths: Iterable[str | Path]) -> Run:
     for path in given:
         if path.is_dir():
             docs = _scan_dir(path, run)
+            figs = _figures_in(path) + _figures_in(path / "figures")
+            if not docs:  # a folder of run folders (e.g. demo-out/): its subfolders' results
+                for sub in sorted(p for p in path.iterdir() if p.is_dir() and p.name != "figures"):
+                    docs += _scan_dir(sub, run)
+                    figs += _figures_in(sub) + _figures_in(sub / "figures")
             if not docs:
                 raise DataError(
-                    f"{path}: no kmtools result file (<command>.json) in this directory; "
+                    f"{path}: no kmtools result file (<command>.json) in this directory or its subfolders; "
                     "run a command with --out DIR first"
                 )
-            figs = _figures_in(path) + _figures_in(path / "figures")
         elif path.is_file():
             docs = [(path, read_doc(path))]
             figs = _figures_in(path.parent / "figures")
