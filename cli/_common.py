@@ -95,12 +95,18 @@ def open_data(
     shuffle: bool = False,
     image_size: str | None = None,
 ) -> DataInfo:
-    """Load ``--data`` (resized to ``--image-size``) and check it fits ``model`` (class count,
-    input shape)."""
+    """Load ``--data`` (resized to ``--image-size``; grey images given to an RGB model and back
+    converted) and check it fits ``model`` (class count, input shape)."""
     if not name:
         raise ConfigError("this command needs --data NAME|PATH (e.g. --data digits)")
     info = load_dataset(name, root=root, split=split, download=download, image_size=image_size)
     if model is not None:
+        want, have = model.input_shape, info.input_shape
+        if want is not None and len(want) == len(have) == 3 and {int(want[0]), int(have[0])} == {1, 3}:
+            from kmtools.ood import MatchShape  # grey <-> RGB: channel repeat or ITU-R 601 luma
+
+            info.dataset = MatchShape(info.dataset, (int(want[0]), *have[1:]))
+            info.input_shape = (int(want[0]), *have[1:])
         fit_to_data(model, info.input_shape)  # a model that takes any size adopts the data's
         check_compatible(info, model.num_classes, model.input_shape)
     return subset(info, n, seed=seed, shuffle=shuffle)

@@ -166,13 +166,19 @@ def test_classes_without_samples(model_path: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "expected"),
-    [((16, 16, 3), "(3, 16, 16)"), ((8, 8, 3), "(3, 8, 8)"), ((9, 9), "(1, 9, 9)")],
+    [((16, 16, 3), "(1, 16, 16)"), ((9, 9), "(1, 9, 9)")],  # RGB is converted to grey, then the size differs
 )
 def test_wrong_image_size_or_channels(model_path: Path, tmp_path: Path, shape: tuple[int, ...],
                                       expected: str) -> None:
     for i in range(2):
         _png(tmp_path / "imgs" / "a" / f"{i}.png", shape, seed=i)
-    refused(cli("inspect", model_path, "--data", tmp_path / "imgs"), expected, "(1, 8, 8)")
+    refused(cli("inspect", model_path, "--data", tmp_path / "imgs"), expected, "(1, 8, 8)", "--image-size")
+
+
+def test_rgb_images_of_the_right_size_feed_a_grey_model(model_path: Path, tmp_path: Path) -> None:
+    for i in range(2):
+        _png(tmp_path / "imgs" / "a" / f"{i}.png", (8, 8, 3), seed=i)
+    assert cli("inspect", model_path, "--data", tmp_path / "imgs").exit_code == 0
 
 
 def test_num_classes_that_contradicts_a_kmtools_file(model_path: Path) -> None:

@@ -125,3 +125,15 @@ def test_a_users_any_size_model_is_compared_at_the_resized_size(tmp_path: Path) 
         res = CliRunner().invoke(app, [*cmd, *args, "--out", str(tmp_path / cmd[0]), "--format", "json", "-q"])
         assert res.exit_code == 0, (cmd, res.output)
         assert json.loads(res.stdout)["data"]["input_shape"] == [1, 16, 16]
+
+
+def test_grey_data_for_an_rgb_model_is_converted(tmp_path: Path) -> None:
+    """Grey digits given to a 3-channel model arrive as RGB (the channel repeated)."""
+    net = zoo.create("smallcnn", num_classes=10, in_channels=3, width=4)
+    path = tmp_path / "rgb.safetensors"
+    save_model(wrap(net, arch="smallcnn", arch_kwargs={"num_classes": 10, "in_channels": 3, "width": 4},
+                    input_shape=(3, 8, 8)), path)
+    res = CliRunner().invoke(app, ["evaluate", str(path), "--data", "digits", "-n", "20", "--format", "json", "-q",
+                                   "--out", str(tmp_path / "ev")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["data"]["input_shape"] == [3, 8, 8]
