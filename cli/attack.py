@@ -32,10 +32,9 @@ from kmtools.attacks.deepfool import DeepFoolResult
 from kmtools.attacks.onepixel import BOUNDS, FITNESSES, SUCCESS_RULES, class_confidences
 from kmtools.attacks.onepixel import paired as paired_onepixel
 from kmtools.attacks.pgd import PGDResult, paired_pgd, pgd, sanity_checks
-from kmtools.data import DataInfo
+from kmtools.data import DataInfo, to_tensors
 from kmtools.data.registry import check_compatible
 from kmtools.errors import ConfigError, DataError, KmtoolsError, OutputExistsError
-from kmtools.features import as_tensors
 from kmtools.io import check_writable, write_json, write_text, write_with
 from kmtools.models import KmModel
 from kmtools.models.scoring import outlier_threshold
@@ -106,18 +105,6 @@ def _keys(primary: KmModel, other: KmModel | None) -> list[str]:
     if primary.head_kind == other.head_kind:
         return ["model", "compare"]
     return [primary.head_kind, other.head_kind]
-
-
-def _tensors(info: DataInfo) -> tuple[torch.Tensor, torch.Tensor]:
-    t = as_tensors(info.dataset)
-    if t is not None:
-        return t[0].float(), torch.as_tensor(t[1]).long()
-    xs, ys = [], []
-    for i in range(len(info)):
-        xi, yi = info.dataset[i]
-        xs.append(torch.as_tensor(xi).float())
-        ys.append(int(yi))
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long)
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray], force: bool) -> None:
@@ -376,7 +363,7 @@ class _Setup:
             fit_to_data(self.other, self.info.input_shape)  # an any-size --compare model adopts the data's
             check_compatible(self.info, self.other.num_classes, self.other.input_shape)
         with self.timer("load"):
-            self.x, self.y = _tensors(self.info)
+            self.x, self.y = to_tensors(self.info.dataset, workers=ds.workers)
         self.keys = _keys(self.model, self.other)
         self.models = [self.model] + ([self.other] if self.other is not None else [])
         self.paths = [model_path] + ([compare] if compare is not None else [])
@@ -652,7 +639,7 @@ def _table1(title: str, files: Sequence[str], d: dict[str, dict[str, Any]], keys
 def attack_onepixel(
     *,
     mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download",), options={"n": OnePixelNOpt})],
+    ds: Annotated[DataOptions, Use(add=("download", "workers"), options={"n": OnePixelNOpt})],
     pixels: Annotated[
         int, typer.Option("--pixels", help="Pixels changed per candidate (Su et al.: 1, 3, 5).")
     ] = 1,
@@ -922,7 +909,7 @@ def _reindex(records: list[dict[str, Any]], idx: torch.Tensor) -> list[dict[str,
 def attack_fgsm(
     *,
     mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download",))],
+    ds: Annotated[DataOptions, Use(add=("download", "workers"))],
     eps: Annotated[
         str, typer.Option("--eps", help="Comma-separated ε in input units (pixel range [0, 1]).")
     ] = "0,0.01,0.02,0.05,0.1,0.2,0.3",
@@ -1065,7 +1052,7 @@ def _fgsm(
 def attack_deepfool(
     *,
     mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download",))],
+    ds: Annotated[DataOptions, Use(add=("download", "workers"))],
     lp: Annotated[
         str,
         typer.Option(
@@ -1323,7 +1310,7 @@ PGDNOpt = Annotated[
 def attack_pgd(
     *,
     mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download",), options={"n": PGDNOpt})],
+    ds: Annotated[DataOptions, Use(add=("download", "workers"), options={"n": PGDNOpt})],
     eps: Annotated[
         str,
         typer.Option("--eps", help="Comma-separated radii in input units; fractions allowed: 0,2/255,4/255,8/255."),
@@ -1548,7 +1535,7 @@ def attack_external(
         str, typer.Argument(help="torchattacks:NAME, e.g. torchattacks:PGD or torchattacks:CW.", show_default=False)
     ],
     mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download",), options={"n": PGDNOpt})],
+    ds: Annotated[DataOptions, Use(add=("download", "workers"), options={"n": PGDNOpt})],
     kw: Annotated[
         list[str] | None,
         typer.Option("--kw", help="Keyword argument of the attack, key=value (Python literal or a fraction "

@@ -26,7 +26,7 @@ from kmtools_cli._output import fmt as fmtv
 def tailor_cmd(
     *,
     mo: ModelOptions,
-    data: Annotated[DataOptions, Use(skip=("split",))],
+    data: Annotated[DataOptions, Use(skip=("split",), add=("workers",))],
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Fine-tuning epochs.")] = 5,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (after a linear warm-up); small, so a converged network is not restarted.")] = 0.002,
     optimizer: Annotated[str, typer.Option("--optimizer", help="sgd or adamw.")] = "sgd",
@@ -100,7 +100,7 @@ def tailor_cmd(
     cfg = TailorConfig(
         epochs=epochs, lr=lr, optimizer=optimizer, schedule=schedule, warmup=warmup, weight_decay=weight_decay,
         batch_size=run.batch_size, train_from=train_from, init=init, centroids=centroids, ramp_epochs=ramp_epochs, ce_weight=ce_weight,
-        scatter_weight=scatter_weight,
+        scatter_weight=scatter_weight, workers=data.workers,
         gamma=g_val, fpr=fpr, max_drop=max_drop, patience=patience, augment=augment, amp=run.amp, channels_last=run.amp, seed=seed,
         head=head_kind, head_options=_head_options(head_kind, prototypes_per_class, proto_init, temperature,
                                                    normaliser, sigma, squashing, slope),

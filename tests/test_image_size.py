@@ -137,3 +137,31 @@ def test_grey_data_for_an_rgb_model_is_converted(tmp_path: Path) -> None:
                                    "--out", str(tmp_path / "ev")])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["data"]["input_shape"] == [3, 8, 8]
+
+
+def test_workers_do_not_change_tailor_or_attack_results(tmp_path: Path) -> None:
+    """--workers loads an ImageFolder (decoded per item) through DataLoader processes; the
+    tailored network and the attack's records are the same as with no workers."""
+    for split, n in (("train", 12), ("test", 4)):
+        for k in range(2):
+            for i in range(n):
+                seed = 100 * k + i + (7 if split == "test" else 0)
+                _png(tmp_path / "imgs" / split / f"c{k}" / f"{i}.png", (8, 8), seed=seed)
+    net = zoo.create("smallcnn", num_classes=2, in_channels=3, width=4)
+    model = tmp_path / "m.safetensors"
+    save_model(wrap(net, arch="smallcnn", arch_kwargs={"num_classes": 2, "in_channels": 3, "width": 4},
+                    input_shape=(3, 8, 8)), model)
+    outs = []
+    for w in ("0", "2"):
+        out = tmp_path / f"t{w}"
+        res = CliRunner().invoke(app, ["tailor", str(model), "--data", str(tmp_path / "imgs"), "--epochs", "1",
+                                       "--batch-size", "8", "--val-split", "0.25", "--max-drop", "100",
+                                       "--workers", w, "--export", "", "--out", str(out), "-q"])
+        assert res.exit_code == 0, res.output
+        att = CliRunner().invoke(app, ["attack", "onepixel", str(out / "gauss.safetensors"), "--data",
+                                       str(tmp_path / "imgs"), "-n", "4", "--popsize", "8", "--steps", "2",
+                                       "--workers", w, "--out", str(tmp_path / f"a{w}"), "--format", "json", "-q"])
+        assert att.exit_code == 0, att.output
+        fooled = json.loads(att.stdout)["results"]["onepixel"]["fooled"]
+        outs.append(((out / "gauss.safetensors").read_bytes(), fooled))
+    assert outs[0] == outs[1]

@@ -46,6 +46,7 @@ class TailorConfig:
     amp: bool = True
     channels_last: bool = True
     seed: int = 0
+    workers: int = 0  # DataLoader processes for the clean passes and loading (results do not depend on it)
     head: str = "gauss"
     head_options: dict[str, Any] = field(default_factory=dict)
 
@@ -76,6 +77,8 @@ class TailorConfig:
             raise ConfigError("--fpr must be a fraction between 0 and 1")
         if self.max_drop < 0 or not math.isfinite(self.max_drop):
             raise ConfigError("--max-drop must be a non-negative number of points")
+        if self.workers < 0:
+            raise ConfigError("--workers must be >= 0")
         if self.patience < 1:
             raise ConfigError("--patience must be at least 1")
         if self.augment not in ("auto", "none", "crop-flip"):

@@ -223,6 +223,7 @@ class _Run:
         if shard and world > 1:
             data = Subset(data, list(range(rank, len(data), world)))  # type: ignore[arg-type]
         fe = extract(model, data, batch_size=max(self.cfg.batch_size, 256), device=self.device,
+                     workers=self.cfg.workers,
                      amp=self.amp, channels_last=self.cl)
         return fe.features, fe.labels
 
@@ -327,7 +328,7 @@ def tailor(
         run.history.append(_epoch0(model, softmax, gm, data, val_data, run))
         _log_epoch(say, run.history[-1], cfg.epochs)
 
-    tensors = as_tensors(data) if world == 1 else None
+    tensors = as_tensors(data) if world == 1 else None  # in-memory data: sliced; else per item
     train_mod: nn.Module = gm
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
@@ -616,7 +617,8 @@ def _fit_gamma(model: KmModel, val: Dataset[Any], cfg: TailorConfig, run: _Run) 
     assert isinstance(head, GaussHead)
     c = head.num_classes
     trained = float(head.gamma)
-    fe = extract(model, val, batch_size=max(cfg.batch_size, 256), device=run.device, amp=run.amp)
+    fe = extract(model, val, batch_size=max(cfg.batch_size, 256), device=run.device, amp=run.amp,
+                 workers=cfg.workers)
     d = (head.sq_dist(fe.features.double().to(head.centroids.device)) + head.offsets.double()).min(1).values
     q = float(torch.quantile(d, 1 - cfg.fpr))
     fitted = math.log(c) / max(q, obj.EPS)
@@ -700,7 +702,8 @@ def _restore(ckpt: Path | None, gm: KmModel, opt: torch.optim.Optimizer, sched: 
     if ckpt is None or not ckpt.is_file():
         raise ConfigError(f"--resume: no checkpoint at {ckpt}: run without --resume first")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if state.get("config") != run.cfg.to_dict():
+    same = {k: v for k, v in (state.get("config") or {}).items() if k != "workers"}
+    if same != {k: v for k, v in run.cfg.to_dict().items() if k != "workers"}:
         raise ConfigError(f"--resume: {ckpt} was written with other options; use the same options or --force")
 
     def hs(d: dict[str, Any] | None) -> obj.HeadState | None:
