@@ -107,9 +107,14 @@ def open_data(
 
             info.dataset = MatchShape(info.dataset, (int(want[0]), *have[1:]))
             info.input_shape = (int(want[0]), *have[1:])
-        fit_to_data(model, info.input_shape)  # a model that takes any size adopts the data's
-        check_compatible(info, model.num_classes, model.input_shape)
+        fit_model(info, model)
     return subset(info, n, seed=seed, shuffle=shuffle)
+
+
+def fit_model(info: DataInfo, model: KmModel) -> None:
+    """A model that takes any size adopts the data's; then the class count and shape must fit."""
+    fit_to_data(model, info.input_shape)
+    check_compatible(info, model.num_classes, model.input_shape)
 
 
 def device_of(spec: str) -> torch.device:

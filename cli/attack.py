@@ -33,7 +33,6 @@ from kmtools.attacks.onepixel import BOUNDS, FITNESSES, SUCCESS_RULES, class_con
 from kmtools.attacks.onepixel import paired as paired_onepixel
 from kmtools.attacks.pgd import PGDResult, paired_pgd, pgd, sanity_checks
 from kmtools.data import DataInfo, to_tensors
-from kmtools.data.registry import check_compatible
 from kmtools.errors import ConfigError, DataError, KmtoolsError, OutputExistsError
 from kmtools.io import check_writable, write_json, write_text, write_with
 from kmtools.models import KmModel
@@ -41,7 +40,7 @@ from kmtools.models.scoring import outlier_threshold
 from kmtools.report import gates
 from kmtools.report.curves import eps_label, robustness_curve
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of
+from kmtools_cli._common import Timer, describe_model, device_of, fit_model
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import Output, fmt
 
@@ -358,10 +357,7 @@ class _Setup:
             self.other = mo.load(compare) if compare is not None else None
         self.info = ds.load(self.model)
         if self.other is not None:
-            from kmtools.models.inputs import fit_to_data
-
-            fit_to_data(self.other, self.info.input_shape)  # an any-size --compare model adopts the data's
-            check_compatible(self.info, self.other.num_classes, self.other.input_shape)
+            fit_model(self.info, self.other)
         with self.timer("load"):
             self.x, self.y = to_tensors(self.info.dataset, workers=ds.workers)
         self.keys = _keys(self.model, self.other)

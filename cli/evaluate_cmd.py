@@ -21,7 +21,7 @@ from kmtools.io import write_json, write_with
 from kmtools.models import KmModel
 from kmtools.report import gates
 from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_model
+from kmtools_cli._common import Timer, describe_model, device_of, fit_model, open_model
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import Output, fmt
 
@@ -507,10 +507,7 @@ def evaluate(
         other = open_model(mo.compare, **opts) if mo.compare is not None else None
         info = ds.load(model)
         if other is not None:
-            from kmtools.models.inputs import fit_to_data
-
-            fit_to_data(other, info.input_shape)  # an any-size --compare model adopts the data's
-            check_compatible(info, other.num_classes, other.input_shape)
+            fit_model(info, other)
         ood_args = _ood_args(ood, n_noise=n_noise, model=model, info=info, root=ds.data_root, split=ds.split,
                              download=ds.download, log=out.info)
         val = _val_data(val_data, model, str(ds.name), ds.data_root, ds.download, ds.image_size)

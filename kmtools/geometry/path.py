@@ -137,9 +137,10 @@ class _Finder:
         self.reason = ""
 
     @torch.no_grad()
-    def valid(self, a: torch.Tensor, b: torch.Tensor) -> bool:
-        """Line 10: all of ``samples`` evenly spaced points of [a, b] (ends included) in the region."""
-        t = torch.linspace(0, 1, self.samples, dtype=a.dtype, device=a.device)
+    def valid(self, a: torch.Tensor, b: torch.Tensor, samples: int | None = None) -> bool:
+        """Line 10: all of ``samples`` (default: the finder's) evenly spaced points of [a, b]
+        (ends included) in the region."""
+        t = torch.linspace(0, 1, samples or self.samples, dtype=a.dtype, device=a.device)
         pts = a[None] + _bview(t, a[None]) * (b - a)[None]
         self.evaluations += pts.shape[0]
         return bool((decision_scores(self.model, pts).argmax(1) == self.label).all())
@@ -263,14 +264,8 @@ def _leaving_segment(fd: _Finder, anchors: list[torch.Tensor], verify: int) -> i
     over the path by length (each segment at least ``fd.samples``), or None."""
     lengths = [float((b - a).norm()) for a, b in itertools.pairwise(anchors)]
     total = sum(lengths) or 1.0
-    keep = fd.samples
     for i, (a, b) in enumerate(itertools.pairwise(anchors)):
-        fd.samples = max(keep, math.ceil(verify * lengths[i] / total) + 1)
-        try:
-            inside = fd.valid(a, b)
-        finally:
-            fd.samples = keep
-        if not inside:
+        if not fd.valid(a, b, max(fd.samples, math.ceil(verify * lengths[i] / total) + 1)):
             return i
     return None
 

@@ -258,9 +258,7 @@ class _Moments:
 
     def scatter_over_gap2(self, centroids: torch.Tensor) -> float:
         """E‖f - C_y‖² / mean ‖C_k - C_l‖² from the moments (the same on every rank)."""
-        cen = centroids.double()
-        within = (self.sumsq - 2 * float((self.sums * cen).sum()) + float((self.counts * cen.pow(2).sum(1)).sum()))
-        return within / self.n / obj.mean_pair_sq(cen)
+        return self.within(centroids) / obj.mean_pair_sq(centroids.double())
 
 
 @torch.no_grad()
@@ -512,8 +510,8 @@ def _epoch_end(gm: KmModel, data: Dataset[Any], val: Dataset[Any] | None, run: _
     if run.warm is not None:
         mom = _Moments(f, y, c)
         s = mom.scale
-        target = obj.HeadState((mom.means / s**0.5).float(), torch.zeros(c), run.warm.gamma)
         if cfg.centroids == "means":
+            target = obj.HeadState((mom.means / s**0.5).float(), torch.zeros(c), run.warm.gamma)
             row.rho = min(1.0, epoch / cfg.ramp)
             run.state = obj.blend(run.warm, target, row.rho)
         else:
