@@ -40,8 +40,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from kmtools.attacks import class_confidences, onepixel  # noqa: E402
-from kmtools.device import autocast, resolve  # noqa: E402
+from kmtools.device import autocast, resolve, synchronize  # noqa: E402
 from kmtools.models import KmModel, load_model, wrap, zoo  # noqa: E402
+from kmtools.stats import Rate, paired_diff, wilson  # noqa: E402
 
 
 def _digits_model(size: int, epochs: int, seed: int) -> tuple[KmModel, torch.Tensor, torch.Tensor]:
@@ -114,21 +115,67 @@ def _machine(dev: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads of {os.cpu_count()} CPUs, torch {torch.__version__}"
 
 
-def _forward_throughput(model: KmModel, x: torch.Tensor, batch: int, dev: torch.device, amp: bool) -> float:
-    xb = x[:1].to(dev).expand(batch, *x.shape[1:]).contiguous()
+def _forward_sweep(model: KmModel, x: torch.Tensor, batches: list[int], dev: torch.device, amp: bool,
+                   reps: int = 3) -> dict[int, float]:
+    """Plain eager forward throughput (images/s) of the model at each batch size, round robin."""
+    xs = {b: x[:1].to(dev).expand(b, *x.shape[1:]).contiguous() for b in batches}
     if dev.type == "cuda":
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    reps = 3 if dev.type == "cpu" else 20
-    with torch.no_grad(), autocast(dev, amp):
-        model(xb)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
+        xs = {b: v.contiguous(memory_format=torch.channels_last) for b, v in xs.items()}
+    took = {b: 0.0 for b in batches}
+    with torch.inference_mode(), autocast(dev, amp):
+        for b in batches:
+            model(xs[b])  # warm-up
         for _ in range(reps):
-            model(xb)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-    return reps * batch / (time.perf_counter() - t)
+            for b in batches:
+                synchronize(dev)
+                t = time.perf_counter()
+                model(xs[b])
+                synchronize(dev)
+                took[b] += time.perf_counter() - t
+    return {b: reps * b / took[b] for b in batches}
+
+
+def _torchattacks(model: KmModel, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, pop: int,
+                  dev: torch.device) -> torch.Tensor:
+    """Fooled flags (N,) of torchattacks.OnePixel (its verdict: the returned image's prediction)."""
+    import torchattacks
+
+    atk = torchattacks.OnePixel(model, pixels=args.pixels, steps=args.steps, popsize=args.popsize, inf_batch=pop)
+    adv = atk(x.to(dev), y.to(dev))
+    with torch.no_grad():
+        return class_confidences(model, adv).argmax(1).cpu() != y
+
+
+def _race(model: KmModel, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, pop: int,
+          dev: torch.device) -> dict[str, object]:
+    """Both attacks on the same images, block by block in alternation (load hits both alike);
+    every kmtools call pays its own set-up (backend export) inside its time."""
+    kw = {"pixels": args.pixels, "popsize": pop, "maxiter": args.steps, "tol": None, "seed": args.seed,
+          "batch_size": args.batch_size, "chunk": args.chunk, "amp": not args.no_amp, "fitness": "confidence",
+          "success": "best", "bounds": "resample", "backend": args.backend}
+    n = len(y)
+    step = max(1, -(-n // args.blocks))
+    out: dict[str, object] = {"km_s": 0.0, "ta_s": 0.0, "evals": 0, "km": [], "ta": [], "gens": [], "settings": {}}
+    for s in range(0, n, step):
+        xb, yb = x[s : s + step], y[s : s + step]
+        synchronize(dev)
+        t = time.perf_counter()
+        res = onepixel(model, xb, yb, index=torch.arange(s, s + len(yb)), **kw)  # type: ignore[arg-type]
+        synchronize(dev)
+        out["km_s"] = float(out["km_s"]) + time.perf_counter() - t  # type: ignore[arg-type]
+        out["evals"] = int(out["evals"]) + int(res.evaluations.sum())  # type: ignore[call-overload]
+        out["km"] += (res.success & ~res.skipped).tolist()  # type: ignore[operator]
+        out["gens"] += res.generations.tolist()  # type: ignore[operator]
+        out["settings"] = res.settings
+        if not args.skip_torchattacks:
+            t = time.perf_counter()
+            fooled = _torchattacks(model, xb, yb, args, pop, dev)
+            synchronize(dev)
+            out["ta_s"] = float(out["ta_s"]) + time.perf_counter() - t  # type: ignore[arg-type]
+            out["ta"] += fooled.tolist()  # type: ignore[operator]
+        print(f"  images {s}-{s + len(yb) - 1}: kmtools {float(out['km_s']):.1f} s, "  # type: ignore[arg-type]
+              f"torchattacks {float(out['ta_s']):.1f} s so far", flush=True)  # type: ignore[arg-type]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,19 +200,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=None, help="smallcnn: training epochs (default 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the model, the image sample and the attack")
     ap.add_argument("--batch-size", type=int, default=None, help="kmtools: images evolved together")
+    ap.add_argument("--chunk", type=int, default=None, help="kmtools: candidates per forward (default: its own)")
+    ap.add_argument("--backend", default="auto", help="kmtools' candidate scoring backend (default auto)")
+    ap.add_argument("--blocks", type=int, default=None,
+                    help="alternate the two methods over this many blocks of images (default n/4, at least 1)")
     ap.add_argument("--no-amp", action="store_true", help="kmtools: no bf16 autocast on CUDA")
     ap.add_argument("--skip-torchattacks", action="store_true", help="time kmtools only")
     ap.add_argument("--threads", type=int, default=None,
-                    help="CPU threads for torch (default torch's choice; 1 is faster on a loaded machine)")
+                    help="CPU threads for torch and onnxruntime (default 1 on the CPU: ratios depend on it)")
     args = ap.parse_args(argv)
     quick = {"n": 8, "popsize": 60, "steps": 10, "epochs": 4, "size": 8, "threads": 1}
-    real = {"n": 40, "popsize": 400, "steps": 100, "epochs": 8, "size": 16, "threads": None}
+    real = {"n": 40, "popsize": 400, "steps": 100, "epochs": 8, "size": 16, "threads": 1}
     for k, v in (quick if args.quick else real).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if not args.skip_torchattacks:
+        try:
+            import torchattacks  # noqa: F401
+        except ImportError:
+            print("torchattacks is not installed: pip install --no-deps torchattacks (or --skip-torchattacks)")
+            return 1
 
     dev = resolve(args.device)
-    if args.threads and dev.type == "cpu":
+    if dev.type == "cpu":
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
@@ -180,66 +237,52 @@ def main(argv: list[str] | None = None) -> int:
     ok = (pred == y).nonzero().flatten()[: args.n]
     x, y = x[ok], y[ok]
     n = len(y)
-    ch = x.shape[1]
-    dims = args.pixels * (2 + ch)
+    args.blocks = args.blocks or max(1, n // 4)
+    dims = args.pixels * (2 + x.shape[1])
     pop = max(1, args.popsize // dims) * dims  # torchattacks' effective population
     amp = not args.no_amp
     print(f"machine: {_machine(dev)}")
     print(f"model: {what} (setup {prep_s:.1f} s); device {dev}; {n} correctly classified images "
           f"{tuple(x.shape[1:])}; pixels {args.pixels}, population {pop} (torchattacks popsize "
-          f"{args.popsize} -> {max(1, args.popsize // dims)} x {dims} parameters), {args.steps} generations",
-          flush=True)
+          f"{args.popsize} -> {max(1, args.popsize // dims)} x {dims} parameters), {args.steps} generations; "
+          f"matched rules: fitness = true-class probability, success = best member, out-of-range "
+          f"coordinates resampled; {args.blocks} alternating blocks", flush=True)
 
-    kw = {"pixels": args.pixels, "popsize": pop, "maxiter": args.steps, "tol": None, "seed": args.seed,
-          "batch_size": args.batch_size, "amp": amp}
-    onepixel(model, x[:1], y[:1], **{**kw, "maxiter": 1})  # warm-up
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    km = onepixel(model, x, y, **kw)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    km_s = time.perf_counter() - t
-    km_rate = km.rate
-    evals = int(km.evaluations.sum())
-    batch = int(km.settings["chunk"])
-    fwd = _forward_throughput(model, x, batch, dev, amp)
-
-    ta_s = ta_rate = None
+    r = _race(model, x, y, args, pop, dev)
+    km_s, ta_s, evals = float(r["km_s"]), float(r["ta_s"]), int(r["evals"])  # type: ignore[arg-type,call-overload]
+    settings: dict = r["settings"]  # type: ignore[assignment]
+    chunk = int(settings["chunk"])
+    sweep = sorted({50, 100, 200, 400, 800, 1600, chunk})
+    fwd = _forward_sweep(model, x, sweep, dev, amp)
+    best_b = max(fwd, key=lambda b: fwd[b])
+    km = [bool(v) for v in r["km"]]  # type: ignore[attr-defined]
+    rk = wilson(sum(km), n)
+    print()
+    print(f"{'method':<24}{'s':>9}{'images/s':>10}{'fooled':>8}{'rate [95% CI]':>24}{'candidates/s':>14}")
+    print(f"{'kmtools onepixel':<24}{km_s:>9.1f}{n / km_s:>10.3f}{sum(km):>8}{_ci(rk):>24}{evals / km_s:>14,.0f}")
     if not args.skip_torchattacks:
-        try:
-            import torchattacks
-        except ImportError:
-            print("torchattacks is not installed: pip install -e '.[bench]' (or --skip-torchattacks)")
-            return 1
-        atk = torchattacks.OnePixel(model, pixels=args.pixels, steps=args.steps, popsize=args.popsize,
-                                    inf_batch=pop)
-        t = time.perf_counter()
-        adv = atk(x.to(dev), y.to(dev))
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        ta_s = time.perf_counter() - t
-        with torch.no_grad():
-            ta_pred = class_confidences(model, adv).argmax(1).cpu()
-        ta_rate = float((ta_pred != y).float().mean())
-
-    rows: list[tuple[str, float, float, float | None]] = [("kmtools onepixel", km_s, km_rate, evals / km_s)]
-    if ta_s is not None and ta_rate is not None:
-        rows.append(("torchattacks OnePixel", ta_s, ta_rate, None))
+        ta = [bool(v) for v in r["ta"]]  # type: ignore[attr-defined]
+        print(f"{'torchattacks OnePixel':<24}{ta_s:>9.1f}{n / ta_s:>10.3f}{sum(ta):>8}{_ci(wilson(sum(ta), n)):>24}"
+              f"{'-':>14}")
     print()
-    print(f"{'method':<24}{'images/s':>10}{'s/image':>10}{'rate':>8}{'candidates/s':>14}")
-    for name, s, rate, cps in rows:
-        c = f"{cps:,.0f}" if cps else "-"
-        print(f"{name:<24}{n / s:>10.3f}{s / n:>10.3f}{rate:>8.1%}{c:>14}")
-    print(f"{'plain forward':<24}{'':>10}{'':>10}{'':>8}{fwd:>14,.0f}   (batch {batch}, "
-          f"{'bf16' if amp and dev.type == 'cuda' else 'fp32'})")
-    print()
-    if ta_s is not None and ta_rate is not None:
-        print(f"speed-up kmtools / torchattacks: {ta_s / km_s:.1f}x;  attack rate difference: "
-              f"{100 * (km_rate - ta_rate):+.1f} points")
-    print(f"kmtools candidate throughput / plain forward: {evals / km_s / fwd:.0%}  "
-          f"({evals:,} candidates, mean {km.generations.float().mean():.1f} generations)")
+    print("plain eager forward, images/s by batch: "
+          + ", ".join(f"{b}: {v:,.0f}" for b, v in fwd.items()) + f" (best {best_b})")
+    print(f"kmtools: backend {settings.get('backend')}, threads {settings.get('threads')}, chunk {chunk}; "
+          f"{evals:,} candidates, mean {sum(r['gens']) / max(n, 1):.1f} generations; "  # type: ignore[arg-type]
+          f"candidate throughput / best plain forward = {evals / km_s / fwd[best_b]:.0%} "
+          f"(/ forward at its chunk {evals / km_s / fwd[chunk]:.0%})")
+    if not args.skip_torchattacks:
+        d = paired_diff(ta, km)
+        print(f"speed-up kmtools / torchattacks (set-up included): {ta_s / km_s:.2f}x;  rate difference "
+              f"kmtools - torchattacks: {100 * (d.diff or 0):+.1f} points [{100 * (d.lo or 0):+.1f}, "
+              f"{100 * (d.hi or 0):+.1f}], McNemar p = {d.test.p_value:.3g} (n = {n})")
     return 0
+
+
+def _ci(r: Rate) -> str:
+    if r.rate is None or r.lo is None or r.hi is None:
+        return "-"
+    return f"{r.rate:.1%} [{r.lo:.1%}, {r.hi:.1%}]"
 
 
 if __name__ == "__main__":

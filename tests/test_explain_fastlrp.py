@@ -107,6 +107,22 @@ def test_layers_inside_the_network() -> None:
     _agree(model, x, layer="layer2")  # a container: its last node
     model, x = _km(zoo.create("smallcnn", in_channels=1, width=4), (1, 12, 12), 4, torch.float64)
     _agree(model, x, layer="features.4")  # a BatchNorm leaf merged into the conv before it
+    ex = _agree(model, x, layer="features.5")  # a ReLU: NEON gives relevance where it outputs 0
+    assert ex._fast is not None and not ex._fast.steps[-3].extra["relu_gated"]
+
+
+def test_relu_gating_needs_consumers_that_multiply() -> None:
+    """A BatchNorm after a ReLU (not merged: no conv before it) passes relevance to zeros of the
+    ReLU; the conv before that ReLU is not relu-gated, the conv after the BatchNorm is."""
+    torch.manual_seed(9)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 6), nn.ReLU(), nn.Linear(6, 3))
+    model, x = _km(net, (1, 8, 8), 4, torch.float64)
+    ex = _agree(model, x, first_rule="gamma")
+    assert ex._fast is not None
+    gated = {st.name: st.extra["relu_gated"] for st in ex._fast.steps if st.kind == "conv"}
+    assert list(gated.values()) == [True, False, True], gated
 
 
 def test_gamma_first_layer_with_inputs_of_both_signs() -> None:

@@ -26,8 +26,12 @@ Inside a ReLU network every convolution after the first sees a ≥ 0, so a⁻ = 
 of the four terms vanish identically. z is the forward output (already computed), and
 W_γ⁺ + W_γ⁻ = (2 + γ) W with b_γ⁺ + b_γ⁻ = (2 + γ) b, so z₋ = (2 + γ) z − z₊ needs no
 convolution: one modified forward (z₊) and one transposed product (with W_γ⁺) when no
-relevance reaches negative pre-activations (s₋ = 0, checked per layer), two otherwise
-(a single call on the channel-concatenated [s₊, s₋] and [W_γ⁺; W_γ⁻]). The identities are
+relevance reaches negative pre-activations (s₋ = 0), two otherwise (a single call on the
+channel-concatenated [s₊, s₋] and [W_γ⁺; W_γ⁻]). s₋ = 0 is known without looking when the
+layer's output reaches relevance only through a ReLU whose consumers all multiply their
+relevance by their input (every rule here does; see ``_mark_relu_gated``): relu(z) = 0 where
+z ≤ 0, so R = 0 there, and s₊ = R / (z₊ + ε) needs no mask either (z₊ ≥ z > 0 where R ≠ 0).
+Other layers check R at z < 0 per batch. The identities are
 exact in real arithmetic; in float32 the results agree with zennit's to rounding (tested
 to 1e-5 relative). The first layer's z^B rule needs the three transposed products of
 W, W⁺, W⁻ (one call with the weights stacked along the input channels) and the two
@@ -265,11 +269,48 @@ def _plan(backbone: nn.Module, layer: str | None, first_rule: str, canonize: boo
                 st.kind in ("ident", "reshape", "maxpool", "avg", "sum", "add", "stack") and ins
                 and all(i in nonneg for i in ins)):
             nonneg.add(st.name)
-        if st.kind == "conv" or st.kind == "linear":
-            st.extra["nonneg_input"] = bool(ins) and ins[0] in nonneg
+        st.extra["nonneg_input"] = bool(ins) and all(i in nonneg for i in ins)
     if sum(s.kind == "input" for s in steps) != 1:
         raise ConfigError("the backbone must take exactly one input")
+    _mark_relu_gated(steps, target.name)
     return net, steps, target.name
+
+
+_MULTIPLY = ("conv", "linear", "sum", "add", "avg")  # rules whose relevance is (input value) ⊙ (finite)
+_ROUTE = ("ident", "reshape", "maxpool", "grad", "stack")  # relevance moved with the values, unchanged
+
+
+def _mark_relu_gated(steps: list[_Step], target: str) -> None:
+    """Mark the conv/linear layers whose output relevance is zero wherever their output z ≤ 0.
+
+    ZZ(n): the relevance at n is zero wherever n's value is 0. It holds when n is not the
+    explained layer and every consumer either multiplies its relevance by its input value
+    (``_MULTIPLY``: the γ, ε, z^B and Norm rules) or moves relevance with the values
+    (``_ROUTE``, a ReLU) and has ZZ itself. A layer whose output reaches relevance only through
+    ReLUs with ZZ (possibly after merged BatchNorms) gets relevance 0 wherever z ≤ 0, since
+    relu(z) = 0 there: the γ-rule's s₋ term vanishes without looking (``relu_gated``).
+    """
+    users: dict[str, list[_Step]] = {st.name: [] for st in steps}
+    for st in steps:
+        for n in st.node.all_input_nodes:
+            if n.name in users:
+                users[n.name].append(st)
+    zz: dict[str, bool] = {}
+    gated: dict[str, bool] = {}
+
+    def is_relu(st: _Step) -> bool:
+        return st.kind == "pass" and isinstance(st.module, nn.ReLU)
+
+    for st in reversed(steps):  # consumers come later in the graph: decide them first
+        if st.name == target:
+            zz[st.name] = gated[st.name] = False
+            continue
+        us = [u for u in users[st.name] if u.kind != "meta"]
+        zz[st.name] = all(u.kind in _MULTIPLY or ((u.kind in _ROUTE or is_relu(u)) and zz[u.name]) for u in us)
+        gated[st.name] = bool(us) and all((is_relu(u) and zz[u.name]) or (u.kind == "ident" and gated[u.name])
+                                          for u in us)
+        if st.kind in ("conv", "linear"):
+            st.extra["relu_gated"] = gated[st.name]
 
 
 def unsupported(backbone: nn.Module, layer: str | None = None, first_rule: str = "zbox",
@@ -451,9 +492,9 @@ class FastLRP:
                     give(ins[0], self._layer(st, a, env[st.name], r))
                 elif st.kind == "sum":
                     x = env[ins[0].name]
-                    give(ins[0], x * (r / _stab(env[st.name])).unsqueeze(-1))
+                    give(ins[0], x * (r / self._norm_den(st, env[st.name])).unsqueeze(-1))
                 elif st.kind == "add":
-                    s = r / _stab(env[st.name])
+                    s = r / self._norm_den(st, env[st.name])
                     give(ins[0], env[ins[0].name] * s)
                     give(ins[1], env[ins[1].name] * s)
                 elif st.kind == "reshape":
@@ -471,7 +512,7 @@ class FastLRP:
                         _pair(m.dilation), m.ceil_mode, env["__idx__" + st.name]))
                 elif st.kind == "avg":  # Norm: x ⊙ ∂pool/∂x (R / pool(x))
                     x = env[ins[0].name]
-                    give(ins[0], x * _avg_grad(st.module, x, r / _stab(env[st.name])))
+                    give(ins[0], x * _avg_grad(st.module, x, r / self._norm_den(st, env[st.name])))
                 elif st.kind == "grad":
                     leaves, out = env["__graph__" + st.name]
                     names = list(leaves)
@@ -481,6 +522,11 @@ class FastLRP:
                         if inp.name in rel_in:
                             give(inp, rel_in.pop(inp.name))
         raise ConfigError("no relevance reached the input")  # pragma: no cover
+
+    @staticmethod
+    def _norm_den(st: _Step, out: torch.Tensor) -> torch.Tensor:
+        """The Norm rule's stabilised denominator; a sum or mean of inputs ≥ 0 is ≥ 0 (+ε, one pass)."""
+        return out + _STAB if st.extra.get("nonneg_input") else _stab(out)
 
     def _layer(self, st: _Step, a: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         p = self._weights(st)
@@ -495,10 +541,14 @@ class FastLRP:
         # a ≥ 0: z₊ = W_γ⁺⋆a + b_γ⁺ (one modified forward), z₋ = (2 + γ) z − z₊. Where z > 0,
         # z₊ ≥ z > 0 and the stabiliser is +ε; where z < 0, z₋ ≤ z < 0 and it is −ε.
         zp = _fwd(st, a, p["wg_pos"], p.get("bg_pos"))
+        if st.extra.get("relu_gated"):  # r = 0 wherever z ≤ 0 (see _mark_relu_gated): no mask, no s₋
+            # where z > 0, zp ≥ z > 0 and the clamp changes nothing; elsewhere it keeps 0 / (·) = 0
+            sp = r / zp.add_(_STAB).clamp_(min=_STAB)
+            return _conv_t(st, sp, p["wg_pos"], a.shape).mul_(a)
         sp = torch.where(z > 0, r / (zp + _STAB), 0.0)
         need_neg = bool(r.masked_fill(z >= 0, 0.0).any())
         if not need_neg:
-            return a * _conv_t(st, sp, p["wg_pos"], a.shape)
+            return _conv_t(st, sp, p["wg_pos"], a.shape).mul_(a)
         self.stats["second_products"] += 1
         zn = (2.0 + g) * z - zp
         sn = torch.where(z < 0, r / (zn - _STAB), 0.0)
