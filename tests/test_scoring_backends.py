@@ -16,7 +16,13 @@ from kmtools.errors import ConfigError
 from kmtools.features import as_tensors
 from kmtools.models.core import GaussHead, KmModel
 from kmtools.models.scoring import class_log_confidences
-from kmtools.scoring_backends import build_scorer, onnxruntime_available, resolve_backend
+from kmtools.scoring_backends import (
+    ORT_MIN_CANDIDATES,
+    build_scorer,
+    default_chunk,
+    onnxruntime_available,
+    resolve_backend,
+)
 from tests.helpers import digits_model
 
 
@@ -60,7 +66,11 @@ def test_resolve_backend_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = torch.device("cpu")
     assert onnxruntime_available()  # the test environment has the onnx extra
     assert resolve_backend("auto", cpu) == "onnxruntime"
+    assert resolve_backend("auto", cpu, budget=ORT_MIN_CANDIDATES) == "onnxruntime"
+    assert resolve_backend("auto", cpu, budget=ORT_MIN_CANDIDATES - 1) == "channels-last"  # export would not pay
+    assert resolve_backend("auto", cpu, budget=10, images=False) == "eager"
     assert resolve_backend("auto", torch.device("cuda")) == "eager"
+    assert resolve_backend("eager", cpu, budget=10**9) == "eager"  # named backends are kept
     with pytest.raises(ConfigError, match="--backend must be one of"):
         resolve_backend("tensorrt", cpu)
     with pytest.raises(ConfigError, match="CPU only"):
@@ -68,9 +78,20 @@ def test_resolve_backend_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
-    assert resolve_backend("auto", cpu) == "eager"
+    assert resolve_backend("auto", cpu) == "channels-last"
+    assert resolve_backend("auto", cpu, images=False) == "eager"
     with pytest.raises(ConfigError, match="pip install 'kmtools\\[onnx\\]'"):
         resolve_backend("onnxruntime", cpu)
+
+
+def test_default_chunk_keeps_whole_populations() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_chunk("eager", cpu, 399, 5) == 399  # one population per pass on the CPU
+    assert default_chunk("channels-last", cpu, 60, 34) == 480  # 8 populations ≤ 512 candidates
+    assert default_chunk("eager", cpu, 60, 3) == 180  # never more than the batch holds
+    assert default_chunk("eager", cpu, 1000, 2) == 1000  # at least one population
+    assert default_chunk("onnxruntime", cpu, 399, 5) == 1995  # flat throughput: one pass per generation
+    assert default_chunk("eager", cuda, 400, 20) == 8000
 
 
 def test_onepixel_with_onnxruntime_scoring_fools_the_same_images(
