@@ -16,7 +16,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import kmtools_cli.attack as attack_cli
 from kmtools.centroids import class_means
 from kmtools.data import load_dataset
 from kmtools.features import as_tensors
@@ -126,9 +125,13 @@ def test_compare_table1_and_gates(models: tuple[Path, Path]) -> None:
 def _interrupt_after_first_batch(
     monkeypatch: pytest.MonkeyPatch, name: str, signum: int
 ) -> None:
-    """Patch the CLI's ``name`` attack so the process signals itself after the first batch
-    of records (the handler the CLI installs must be in place)."""
-    real = getattr(attack_cli, name)
+    """Patch the ``name`` attack the library run calls so the process signals itself after the
+    first batch of records (the handler the run installs must be in place)."""
+    import importlib
+
+    where = {"onepixel": "onepixel", "deepfool": "deepfool", "fgsm_sweep": "fgsm"}[name]
+    runs = importlib.import_module(f"kmtools.runs.attacks.{where}")
+    real = getattr(runs, name)
     calls = {"n": 0}
 
     def kill() -> None:
@@ -153,7 +156,7 @@ def _interrupt_after_first_batch(
             kill()
         return out
 
-    monkeypatch.setattr(attack_cli, name, patched)
+    monkeypatch.setattr(runs, name, patched)
 
 
 def test_sigterm_keeps_records_and_resume_matches_one_run(
