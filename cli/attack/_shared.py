@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, out_dir
+from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, out_dir
 from kmtools_cli._output import Output, print_tables
 
 if TYPE_CHECKING:
@@ -37,6 +37,16 @@ NumOpt = Annotated[
     int | None,
     typer.Option("-n", "--num", help="Attack the first N inputs (default 500).", show_default=False),
 ]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option("--target", help="Targeted attack: class index or name to reach (default untargeted).",
+                 show_default=False),
+]
+# the option groups as every attack takes them: --compare, --download/--workers, --out for the run folder
+ModelsOpts = Annotated[ModelOptions, Use(add=("compare",))]
+DataOpts = Annotated[DataOptions, Use(add=("download", "workers"))]
+DataOpts500 = Annotated[DataOptions, Use(add=("download", "workers"), options={"n": NumOpt})]  # -n default 500
+OutOpts = Annotated[OutputOptions, Use(options={"out": OutDirOpt})]
 
 
 def start(output: OutputOptions) -> Output:
@@ -45,13 +55,6 @@ def start(output: OutputOptions) -> Output:
 
     check_gates(output.gate)
     return output.output()
-
-
-def default_n(ds: DataOptions, out: Output, n: int) -> None:
-    """``-n`` not given: the first ``n`` inputs, said on stderr."""
-    if ds.n is None:
-        ds.n = n
-        out.info(f"attacking the first {n} inputs (-n to change)")
 
 
 def resume_hint() -> str:
@@ -67,14 +70,19 @@ def resume_hint() -> str:
 
 
 @contextmanager
-def attack_run(name: str, out: Output, mo: ModelOptions, ds: DataOptions, run: RunOptions, output: OutputOptions,
-               resume: bool, command: str | None = None) -> Iterator[tuple[AttackRun, Attacked]]:
+def attack_run(name: str, out: Output, mo: ModelOptions, ds: DataOptions, run: RunOptions,
+               output: OutputOptions, resume: bool, command: str | None = None, n: int | None = None
+               ) -> Iterator[tuple[AttackRun, Attacked]]:
     """The run (device, torchrun rank, ``--out``) with the model, the ``--compare`` model and
-    the inputs loaded into it; closed (records, process group) when the block ends."""
+    the inputs loaded into it (``-n`` not given: the first ``n``, said on stderr); closed
+    (records, process group) when the block ends."""
     from kmtools.data import to_tensors
     from kmtools.runs.attacks import Attacked, AttackRun
     from kmtools_cli._common import device_of, fit_model
 
+    if n is not None and ds.n is None:
+        ds.n = n
+        out.info(f"attacking the first {n} inputs (-n to change)")
     with AttackRun(name, out_dir=output.out, force=output.force, resume=resume, seed=run.seed,
                    device=device_of(run.device), command=command, progress=out.progress, info=out.info,
                    warn=out.warn, resume_hint=resume_hint()) as ar:

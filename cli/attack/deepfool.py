@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
-from kmtools_cli.attack._shared import OutDirOpt, ResumeOpt, attack_run, show, start
+from kmtools_cli._options import RunOptions, grouped
+from kmtools_cli.attack._shared import DataOpts, ModelsOpts, OutOpts, ResumeOpt, attack_run, show, start
 
 LpOpt = Annotated[
     str, typer.Option("--lp", help="Norm of the perturbation: l2 or linf. (--norm is the input normalisation preset.)")
@@ -23,8 +23,8 @@ ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp iterates 
 @grouped
 def attack_deepfool(
     *,
-    mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download", "workers"))],
+    mo: ModelsOpts,
+    ds: DataOpts,
     lp: LpOpt = "l2",
     overshoot: OvershootOpt = 0.02,
     max_iter: MaxIterOpt = 50,
@@ -32,7 +32,7 @@ def attack_deepfool(
     clip: ClipOpt = True,
     resume: ResumeOpt = False,
     run: RunOptions,
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    output: OutOpts,
 ) -> None:
     """DeepFool (Moosavi-Dezfooli et al. 2016): the minimal perturbation r(x) changing the prediction.
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
-from kmtools_cli.attack._shared import NumOpt, OutDirOpt, ResumeOpt, attack_run, default_n, show, start
+from kmtools_cli._options import RunOptions, grouped
+from kmtools_cli.attack._shared import DataOpts500, ModelsOpts, OutOpts, ResumeOpt, attack_run, show, start
 
 SpecArg = Annotated[
     str, typer.Argument(help="torchattacks:NAME, e.g. torchattacks:PGD or torchattacks:CW.", show_default=False)
@@ -23,12 +23,12 @@ KwOpt = Annotated[
 def attack_external(
     *,
     spec: SpecArg,
-    mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download", "workers"), options={"n": NumOpt})],
+    mo: ModelsOpts,
+    ds: DataOpts500,
     kw: KwOpt = None,
     resume: ResumeOpt = False,
     run: RunOptions,
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    output: OutOpts,
 ) -> None:
     """Any torchattacks attack around MODEL: kmtools attack torchattacks:NAME MODEL [--kw key=value].
 
@@ -48,8 +48,7 @@ def attack_external(
     name = split_name(spec)
     kwargs = parse_kw(kw)
     attack_class(name)  # a missing torchattacks or an unknown attack fails before any model is loaded
-    default_n(ds, out, 500)
     cmd = f"attack torchattacks:{name}"
-    with attack_run(f"torchattacks-{name}", out, mo, ds, run, output, resume, command=cmd) as (ar, attacked):
+    with attack_run(f"torchattacks-{name}", out, mo, ds, run, output, resume, command=cmd, n=500) as (ar, attacked):
         res = run_external(attacked, ar, name=name, kwargs=kwargs, batch_size=run.batch_size)
     show(out, res, output)

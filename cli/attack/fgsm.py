@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
-from kmtools_cli.attack._shared import OutDirOpt, ResumeOpt, attack_run, show, start
+from kmtools_cli._options import RunOptions, grouped
+from kmtools_cli.attack._shared import DataOpts, ModelsOpts, OutOpts, ResumeOpt, attack_run, show, start
 
 EpsOpt = Annotated[str, typer.Option("--eps", help="Comma-separated ε in input units (pixel range [0, 1]).")]
 ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="Clip perturbed inputs to [0, 1] (images).")]
@@ -16,13 +16,13 @@ ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="Clip perturbed 
 @grouped
 def attack_fgsm(
     *,
-    mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download", "workers"))],
+    mo: ModelsOpts,
+    ds: DataOpts,
     eps: EpsOpt = "0,0.01,0.02,0.05,0.1,0.2,0.3",
     clip: ClipOpt = True,
     resume: ResumeOpt = False,
     run: RunOptions,
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    output: OutOpts,
 ) -> None:
     """FGSM: accuracy and mean confidence against ε (the Gauss-network paper's Figure 2).
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
-from kmtools_cli.attack._shared import OutDirOpt, ResumeOpt, attack_run, default_n, show, start
+from kmtools_cli._options import DataOptions, RunOptions, Use, grouped
+from kmtools_cli.attack._shared import ModelsOpts, OutOpts, ResumeOpt, TargetOpt, attack_run, show, start
 
 NumOpt = Annotated[
     int | None,
@@ -24,11 +24,6 @@ AmpFlag = Annotated[
 PixelsOpt = Annotated[int, typer.Option("--pixels", help="Pixels changed per candidate (Su et al.: 1, 3, 5).")]
 PopsizeOpt = Annotated[int, typer.Option("--popsize", help="Candidates per image (Su et al.: 400).")]
 StepsOpt = Annotated[int, typer.Option("--steps", "--max-iter", help="Maximum DE generations (Su et al.: 100).")]
-TargetOpt = Annotated[
-    str | None,
-    typer.Option("--target", help="Targeted attack: class index or name to reach (default untargeted).",
-                 show_default=False),
-]
 TolOpt = Annotated[
     float | None,
     typer.Option("--tol", show_default=False,
@@ -71,7 +66,7 @@ BackendOpt = Annotated[
 @grouped
 def attack_onepixel(
     *,
-    mo: Annotated[ModelOptions, Use(add=("compare",))],
+    mo: ModelsOpts,
     ds: Annotated[DataOptions, Use(add=("download", "workers"), options={"n": NumOpt})],
     pixels: PixelsOpt = 1,
     popsize: PopsizeOpt = 400,
@@ -87,7 +82,7 @@ def attack_onepixel(
     backend: BackendOpt = "auto",
     run: Annotated[RunOptions, Use(add=("amp",), defaults={"batch_size": None},
                                    options={"batch_size": BatchOpt, "amp": AmpFlag})],
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    output: OutOpts,
 ) -> None:
     """One-pixel attack (Su, Vargas & Sakurai 2019) by batched differential evolution.
 
@@ -107,8 +102,7 @@ def attack_onepixel(
 
     out = start(output)
     rules = onepixel_rules(fitness, success, bounds, adaptive)
-    default_n(ds, out, 100)
-    with attack_run("onepixel", out, mo, ds, run, output, resume) as (ar, attacked):
+    with attack_run("onepixel", out, mo, ds, run, output, resume, n=100) as (ar, attacked):
         res = run_onepixel(attacked, ar, pixels=pixels, popsize=popsize, steps=steps, target=target, tol=tol,
                            rules=rules, batch_size=run.batch_size, chunk=chunk, amp=run.amp, backend=backend)
     show(out, res, output)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
-from kmtools_cli.attack._shared import NumOpt, OutDirOpt, ResumeOpt, attack_run, default_n, show, start
+from kmtools_cli._options import RunOptions, grouped
+from kmtools_cli.attack._shared import DataOpts500, ModelsOpts, OutOpts, ResumeOpt, TargetOpt, attack_run, show, start
 
 EpsOpt = Annotated[
     str, typer.Option("--eps", help="Comma-separated radii in input units; fractions allowed: 0,2/255,4/255,8/255.")
@@ -22,11 +22,6 @@ StepSizeOpt = Annotated[
 ]
 RestartsOpt = Annotated[
     int, typer.Option("--restarts", min=1, help="Random starts in the ε-ball per input (the best is kept).")
-]
-TargetOpt = Annotated[
-    str | None,
-    typer.Option("--target", help="Targeted attack: class index or name to reach (default untargeted).",
-                 show_default=False),
 ]
 LossOpt = Annotated[str, typer.Option("--loss", help="margin (on the head's own scores: logits, log κ, ...) or ce.")]
 AdaptiveOpt = Annotated[
@@ -49,8 +44,8 @@ PlotOpt = Annotated[
 @grouped
 def attack_pgd(
     *,
-    mo: Annotated[ModelOptions, Use(add=("compare",))],
-    ds: Annotated[DataOptions, Use(add=("download", "workers"), options={"n": NumOpt})],
+    mo: ModelsOpts,
+    ds: DataOpts500,
     eps: EpsOpt = "0,1/255,2/255,4/255,8/255",
     lp: LpOpt = "linf",
     steps: StepsOpt = 10,
@@ -63,7 +58,7 @@ def attack_pgd(
     plot: PlotOpt = None,
     resume: ResumeOpt = False,
     run: RunOptions,
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    output: OutOpts,
 ) -> None:
     """PGD (Madry et al. 2018): robust accuracy and attack success against ε, with 95% intervals.
 
@@ -87,8 +82,7 @@ def attack_pgd(
     opts = pgd_options(parse_lp(lp), steps, alpha, restarts, loss, adaptive)
     if plot is not None:
         check_writable(plot, output.force)
-    default_n(ds, out, 500)
-    with attack_run("pgd", out, mo, ds, run, output, resume) as (ar, attacked):
+    with attack_run("pgd", out, mo, ds, run, output, resume, n=500) as (ar, attacked):
         res = run_pgd(attacked, ar, eps=eps_l, opts=opts, target=target, sanity=sanity, plot=plot,
                       batch_size=run.batch_size)
     show(out, res, output)
