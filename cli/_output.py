@@ -85,6 +85,23 @@ class Output:
             raise typer.Exit(3)
 
 
+def text_table(t: Any) -> Table:
+    """A view's :class:`~kmtools.report.views.TextTable` as a rich table (first column bold;
+    the first ``t.left`` columns left-aligned, the others right-aligned)."""
+    table = Table(title=t.title, title_justify="left")
+    for i, c in enumerate(t.columns):
+        table.add_column(c, justify="left" if i < t.left else "right", style="bold" if i == 0 else None)
+    for r in t.rows:
+        table.add_row(*(v if isinstance(v, str) else fmt(v) for v in r))
+    return table
+
+
+def print_tables(con: Console, items: Sequence[Any]) -> None:
+    """A view's terminal tables (and lines of text), in order."""
+    for item in items:
+        con.print(item if isinstance(item, str) else text_table(item))
+
+
 def kv_table(title: str, rows: Sequence[tuple[str, Any]]) -> Table:
     t = Table(title=title, show_header=False, title_justify="left")
     t.add_column("key", style="bold")

@@ -16,7 +16,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import kmtools_cli.attack as attack_cli
 from kmtools.centroids import class_means
 from kmtools.data import load_dataset
 from kmtools.features import as_tensors
@@ -126,9 +125,13 @@ def test_compare_table1_and_gates(models: tuple[Path, Path]) -> None:
 def _interrupt_after_first_batch(
     monkeypatch: pytest.MonkeyPatch, name: str, signum: int
 ) -> None:
-    """Patch the CLI's ``name`` attack so the process signals itself after the first batch
-    of records (the handler the CLI installs must be in place)."""
-    real = getattr(attack_cli, name)
+    """Patch the ``name`` attack the library run calls so the process signals itself after the
+    first batch of records (the handler the run installs must be in place)."""
+    import importlib
+
+    where = {"onepixel": "onepixel", "deepfool": "deepfool", "fgsm_sweep": "fgsm"}[name]
+    runs = importlib.import_module(f"kmtools.runs.attacks.{where}")
+    real = getattr(runs, name)
     calls = {"n": 0}
 
     def kill() -> None:
@@ -153,7 +156,7 @@ def _interrupt_after_first_batch(
             kill()
         return out
 
-    monkeypatch.setattr(attack_cli, name, patched)
+    monkeypatch.setattr(runs, name, patched)
 
 
 def test_sigterm_keeps_records_and_resume_matches_one_run(
@@ -246,3 +249,37 @@ def test_targeted_and_bad_target(models: tuple[Path, Path]) -> None:
     assert bad.exit_code == 1 and "--target" in bad.output
     table = runner.invoke(app, ["attack", "onepixel", str(model), "--data", "wine", "-n", "4"])
     assert table.exit_code == 1
+
+
+def test_the_library_run_is_the_command(models: tuple[Path, Path], tmp_path: Path) -> None:
+    """``run_fgsm`` called from Python (a notebook) writes and returns what ``kmtools attack
+    fgsm`` does: the same document (``to_dict()``), records and arrays; its terminal view is
+    built from the document alone."""
+    from kmtools.data import subset
+    from kmtools.models import load_model
+    from kmtools.report.schema import strip_volatile
+    from kmtools.report.views import view_for
+    from kmtools.runs import tensors
+    from kmtools.runs.attacks import Attacked, AttackRun, run_fgsm
+
+    model, gauss = models
+    info = subset(load_dataset("digits", split="test"), 20)
+    x, y = tensors(info)
+    with AttackRun("fgsm", out_dir=tmp_path / "lib", device="cpu") as run:
+        res = run_fgsm(Attacked([load_model(model), load_model(gauss)], x, y, info, [model, gauss]), run,
+                       eps=[0.0, 0.1], batch_size=8)
+    cli = _run("attack", "fgsm", model, "--compare", gauss, "--data", "digits", "-n", "20", "--eps", "0,0.1",
+               "-b", "8", "--device", "cpu", "--out", tmp_path / "cli", "--format", "json", "-q")
+    assert cli.exit_code == 0, cli.output
+    assert strip_volatile(res.to_dict()) == strip_volatile(json.loads(cli.stdout))
+    for name in ("attack-fgsm.jsonl", "attack-fgsm.run.json"):
+        assert (tmp_path / "lib" / name).read_bytes() == (tmp_path / "cli" / name).read_bytes()
+    lib, ref = np.load(tmp_path / "lib" / "attack-fgsm.npz"), np.load(tmp_path / "cli" / "attack-fgsm.npz")
+    assert sorted(lib.files) == sorted(ref.files) and all((lib[k] == ref[k]).all() for k in ref.files)
+    assert {p.name for p in res.files} >= {"attack-fgsm.json", "attack-fgsm.npz", "attack-fgsm_gauss.png"}
+    view = view_for(res.doc["command"])
+    assert view is not None and view.tables is not None
+    (table,) = view.tables(json.loads(cli.stdout), None)
+    assert not isinstance(table, str)
+    assert table.columns[:4] == ["ε", "softmax\naccuracy", "softmax\nconf wrong", "softmax\noutliers"]
+    assert [r[0] for r in table.rows] == ["0", "0.1"] and table.rows[0][1] == "100.0%"

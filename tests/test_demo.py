@@ -4,6 +4,7 @@ summary and a report, and the Gauss network doubts noise more than the softmax n
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -43,6 +44,14 @@ def test_demo_runs_the_pipeline(tmp_path: Path) -> None:
     assert rep.exit_code == 0, rep.output
     text = (tmp_path / "all.md").read_text()
     assert "tailor" in text.lower() and "one-pixel" in text.lower()
+    # the logged `kmtools attack onepixel` line repeats the demo's attack: the same records, byte for byte
+    line = next(ln for ln in (out / "demo.log").read_text().splitlines() if " attack onepixel " in ln)
+    argv = shlex.split(line)[2:]  # without "$ kmtools"
+    argv[argv.index("--out") + 1] = str(tmp_path / "rerun")
+    rerun = CliRunner().invoke(app, [*argv, "-q"])
+    assert rerun.exit_code == 0, rerun.output
+    assert (tmp_path / "rerun" / "attack-onepixel.jsonl").read_bytes() == \
+        (out / "onepixel" / "attack-onepixel.jsonl").read_bytes()
     # a second run into the same folder needs --force
     again = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert again.exit_code == 1 and "--force" in again.stderr

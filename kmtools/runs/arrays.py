@@ -1,9 +1,9 @@
 """The ``.npz`` arrays a run writes beside its JSON document, for the report's figures.
 
 The names are the schema :mod:`kmtools.report.views` reads (``<key>_<name>`` per model,
-``key`` from :func:`kmtools.report.layout.model_keys`). ``kmtools demo`` writes through these
-functions; ``kmtools evaluate`` and ``kmtools attack`` write the same names (their own copies
-of this code go when the attack and evaluate engines move into the library).
+``key`` from :func:`kmtools.report.layout.model_keys`). The attack runs
+(:mod:`kmtools.runs.attacks`) and ``kmtools demo`` write through these functions; ``kmtools
+evaluate`` writes the same names.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 It trains a small CNN (softmax), tailors it into a Gauss network (:func:`kmtools.tailor.run.
 run_tailor`), exports both (:func:`kmtools.export.export`), evaluates both on the same inputs
-(:func:`kmtools.evaluate.evaluate`), attacks both with one-pixel and FGSM
-(:mod:`kmtools.attacks`) and writes the report (:mod:`kmtools.report`). Each step writes the
-same files as the command it stands for, and that command line is logged (``demo.log``) so a
-user can repeat it. Returns the paper's Table 1 layout (plus noise rows) for both models.
+(:func:`kmtools.evaluate.evaluate`), attacks both with one-pixel and FGSM (the runs of
+``kmtools attack``: :func:`kmtools.runs.attacks.run_onepixel`, :func:`~kmtools.runs.attacks.
+run_fgsm`) and writes the report (:mod:`kmtools.report`). Each step writes the same files as the
+command it stands for, and that command line is logged (``demo.log``) so a user can repeat it.
+Returns the paper's Table 1 layout (plus noise rows) for both models.
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ from typing import Any
 
 import torch
 
-from kmtools.attacks import FGSMResult, OnePixelResult, fgsm_sweep, onepixel
-from kmtools.attacks.onepixel import paired
 from kmtools.data import DataInfo, load_dataset
 from kmtools.errors import ConfigError, OutputExistsError
 from kmtools.io import write_json, write_text
 from kmtools.models import KmModel, load_model, save_model, wrap, zoo
 from kmtools.report.layout import compare_results, model_keys
-from kmtools.runs.arrays import evaluate_arrays, fgsm_arrays, onepixel_arrays
+from kmtools.runs.arrays import evaluate_arrays
+from kmtools.runs.attacks import Attacked, AttackRun, run_fgsm, run_onepixel
 from kmtools.runs.context import RunContext, save_npz, tensors
 from kmtools.train import train_classifier
 
@@ -137,53 +137,26 @@ def _evaluate(steps: _Steps, paths: list[Path], models: list[KmModel], test: Dat
     steps.done("evaluate", doc)
 
 
-def _attack_doc(ctx: RunContext, name: str, summaries: dict[str, dict[str, Any]], paths: list[Path],
-                models: list[KmModel], test: DataInfo) -> dict[str, Any]:
-    results = compare_results(summaries, paths=paths, nest=name, head_kind=models[0].head_kind)
-    keys = list(summaries)
-    return ctx.doc(results, model=models[0], model_path=paths[0], data={**test.to_dict(), "classes": test.classes},
-                   compare_model=ctx.doc({}, model=models[1], model_path=paths[1])["model"],
-                   run={"world_size": 1, "resumed": False, "records_reused": 0,
-                        "attacked_this_run": {k: len(test) for k in keys}})
+def _attack(steps: _Steps, name: str, extra: list[str], paths: list[Path]) -> AttackRun:
+    """Log ``kmtools attack NAME`` (both models, ``extra`` options) and open its run folder."""
+    steps.ctx(f"attack {name}", [str(paths[0]), "--compare", str(paths[1]), "--data", "digits", "--seed",
+                                 str(steps.seed), *extra, "--out", str(steps.dir / name), "--force"], name)
+    return AttackRun(name, out_dir=steps.dir / name, force=True, seed=steps.seed, device="cpu")
 
 
 def _onepixel(steps: _Steps, paths: list[Path], models: list[KmModel], test: DataInfo) -> None:
-    ctx = steps.ctx("attack onepixel", [str(paths[0]), "--compare", str(paths[1]), "--data", "digits", "--seed",
-                                        str(steps.seed), "-n", str(len(test)), "--popsize", "80", "--steps", "15",
-                                        "--out", str(steps.dir / "onepixel"), "--force"], "onepixel")
     x, y = tensors(test)
-    keys = model_keys([m.head_kind for m in models])
-    res: dict[str, OnePixelResult] = {}
-    for key, m in zip(keys, models, strict=True):
-        with ctx.timer(f"attack_{key}"):
-            r = onepixel(m, x, y, pixels=1, popsize=80, maxiter=15, seed=steps.seed, device=ctx.device)
-        res[key] = OnePixelResult.from_records(
-            r.records(), x, pixels=1, popsize=80, maxiter=15, threshold=m.threshold, head_kind=m.head_kind,
-            seed=steps.seed, settings={"F": 0.5, "tol": None, **r.settings},
-        )
-    doc = _attack_doc(ctx, "onepixel", {k: r.to_dict() for k, r in res.items()}, paths, models, test)
-    doc["results"]["paired"] = {"a": keys[0], "b": keys[1], **paired(res[keys[0]], res[keys[1]])}  # same images
-    save_npz(steps.dir / "onepixel" / "attack-onepixel.npz", onepixel_arrays(x, y, res), force=True)
-    write_json(steps.dir / "onepixel" / "attack-onepixel.json", doc, force=True)
-    steps.done("onepixel", doc)
+    with _attack(steps, "onepixel", ["-n", str(len(test)), "--popsize", "80", "--steps", "15"], paths) as run:
+        res = run_onepixel(Attacked(models, x, y, test, list(paths)), run, popsize=80, steps=15)
+    steps.done("onepixel", res.doc)
 
 
 def _fgsm(steps: _Steps, paths: list[Path], models: list[KmModel], test: DataInfo) -> None:
-    ctx = steps.ctx("attack fgsm", [str(paths[0]), "--compare", str(paths[1]), "--data", "digits", "--seed",
-                                    str(steps.seed), "--eps", ",".join(f"{e:g}" for e in FGSM_EPS),
-                                    "--out", str(steps.dir / "fgsm"), "--force"], "fgsm")
     x, y = tensors(test)
-    keys = model_keys([m.head_kind for m in models])
-    res: dict[str, FGSMResult] = {}
-    for key, m in zip(keys, models, strict=True):
-        with ctx.timer(f"attack_{key}"):
-            r = fgsm_sweep(m, x, y, list(FGSM_EPS), clip=(0.0, 1.0), batch_size=128, device=ctx.device)
-        res[key] = FGSMResult.from_records(r.records(), threshold=m.threshold, head_kind=m.head_kind,
-                                           clip=(0.0, 1.0), settings={"batch_size": 128, "device": "cpu"})
-    doc = _attack_doc(ctx, "fgsm", {k: r.to_dict() for k, r in res.items()}, paths, models, test)
-    save_npz(steps.dir / "fgsm" / "attack-fgsm.npz", fgsm_arrays(y, FGSM_EPS, res), force=True)
-    write_json(steps.dir / "fgsm" / "attack-fgsm.json", doc, force=True)
-    steps.done("fgsm", doc)
+    eps = ",".join(f"{e:g}" for e in FGSM_EPS)
+    with _attack(steps, "fgsm", ["--eps", eps, "-b", "128"], paths) as run:
+        res = run_fgsm(Attacked(models, x, y, test, list(paths)), run, eps=FGSM_EPS, batch_size=128)
+    steps.done("fgsm", res.doc)
 
 
 def _get(cur: Any, path: tuple[str, ...]) -> Any:

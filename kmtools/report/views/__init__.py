@@ -10,7 +10,17 @@ kind is known in one place: its view module (docs/architecture.md, "Adding a vie
 from __future__ import annotations
 
 # each view module registers its views on import
-from kmtools.report.views import deepfool, evaluate, explain, fgsm, geometry, onepixel, tailor  # noqa: F401
-from kmtools.report.views.base import VIEWS, AddFigure, Rows, View, all_views, register, summary, view_for
+from kmtools.report.views import (  # noqa: F401
+    deepfool,
+    evaluate,
+    explain,
+    external,
+    fgsm,
+    geometry,
+    onepixel,
+    pgd,
+    tailor,
+)
+from kmtools.report.views.base import VIEWS, AddFigure, Rows, TextTable, View, all_views, register, summary, view_for
 
-__all__ = ["VIEWS", "AddFigure", "Rows", "View", "all_views", "register", "summary", "view_for"]
+__all__ = ["VIEWS", "AddFigure", "Rows", "TextTable", "View", "all_views", "register", "summary", "view_for"]

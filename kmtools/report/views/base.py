@@ -17,11 +17,27 @@ AddFigure = Callable[[str, str, "Path"], None]
 
 
 @dataclass(frozen=True)
+class TextTable:
+    """A terminal table: ``columns`` over ``rows`` (strings as they are, other values formatted
+    by the CLI); the first ``left`` columns are left-aligned, the others right-aligned."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    left: int = 1
+
+
+Tables = Callable[[Mapping[str, Any], Mapping[str, Any] | None], list[TextTable | str]]
+
+
+@dataclass(frozen=True)
 class View:
     """How one result kind is shown. ``command`` is the document's ``command`` with dashes
     (``"attack-onepixel"``, ``"geometry-distance"``: :func:`kmtools.report.collect.command_key`).
 
     - ``summary(doc) -> (title, rows)``: the terminal's key/value table of one document;
+    - ``tables(doc, settings)``: the terminal's tables (and lines) of one document, for
+      multi-column results (``settings``: the run's ``.run.json``, when there is one);
     - ``section(run, figs)``: the report's section (``None``: the generic results table);
     - ``figures(run, out, force, add, svg)``: draws figures from the run's data, ``add(section,
       caption, path)`` each; ``figs`` then maps section names to them;
@@ -34,6 +50,7 @@ class View:
 
     command: str
     summary: Callable[[Mapping[str, Any]], tuple[str, Rows]] | None = None
+    tables: Tables | None = None
     section: Callable[[Run, Mapping[str, list[FigureRef]]], Section | None] | None = None
     figures: Callable[[Run, Path, bool, AddFigure, bool], None] | None = None
     lead: Callable[[Mapping[str, Any]], list[Block]] | None = None
@@ -55,8 +72,11 @@ def register(view: View) -> View:
 
 
 def view_for(command: str) -> View | None:
-    """The view of a document's ``command`` (spaces or dashes), or ``None`` (generic table)."""
-    return VIEWS.get(command.replace(" ", "-"))
+    """The view of a document's ``command`` (spaces or dashes; ``attack torchattacks:PGD`` is
+    ``attack-torchattacks``'s), or ``None`` (generic table)."""
+    key = command.replace(" ", "-")
+    found = VIEWS.get(key)
+    return found if found is not None or ":" not in key else VIEWS.get(key.split(":", 1)[0])
 
 
 def all_views() -> list[View]:

@@ -10,7 +10,9 @@ from kmtools.report import figures
 from kmtools.report.collect import Run
 from kmtools.report.document import MISSING, FigureRef, Section, Table, dec, fmt, pct
 from kmtools.report.layout import per_kind
-from kmtools.report.views.base import AddFigure, View, register
+from kmtools.report.views.base import AddFigure, TextTable, View, register
+from kmtools.report.views.cells import inputs, models
+from kmtools.report.views.cells import pct as pct1
 
 
 def draw(run: Run, out: Path, force: bool, add: AddFigure, svg: bool = True) -> None:
@@ -52,4 +54,23 @@ def _fgsm_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section | No
     return sec if sec.has_content() else None
 
 
-register(View("attack-fgsm", section=_fgsm_section, figures=draw, order=30))
+def tables(doc: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> list[TextTable | str]:
+    """The terminal view, the paper's Figure 2 as a table: per ε and model the accuracy, the
+    confidence of the wrong predictions and the share of the fooled inputs flagged as outliers."""
+    d = models(doc, "fgsm")
+    cols = ["ε"]
+    for key in d:
+        cols += [f"{key}\naccuracy", f"{key}\nconf wrong", f"{key}\noutliers"]
+    first = next(iter(d.values()))
+    rows = []
+    for i, e in enumerate(first["eps"]):
+        row: list[Any] = [f"{e:g}"]
+        for s in d.values():
+            row += [pct1(s["accuracy"][i]), s["confidence_wrong"][i], pct1(s["outlier_share_fooled"][i])]
+        rows.append(row)
+    clipped = " (clipped to [0, 1])" if first.get("clip") is not None else ""
+    return [TextTable(f"FGSM on {inputs(doc)} inputs{clipped}; outliers: share of the fooled inputs flagged as "
+                      "outliers", cols, rows)]
+
+
+register(View("attack-fgsm", section=_fgsm_section, figures=draw, tables=tables, order=30))

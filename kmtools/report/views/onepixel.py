@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,9 @@ from kmtools.report import figures
 from kmtools.report.collect import Run
 from kmtools.report.document import FigureRef, Section, Table, fmt, pct
 from kmtools.report.layout import per_kind, primary_kind
-from kmtools.report.views.base import AddFigure, View, register
+from kmtools.report.views.base import AddFigure, TextTable, View, register
+from kmtools.report.views.cells import ci, inputs, metric_table, models, paired_table, pval, rate_ci
+from kmtools.report.views.cells import pct as pct1
 from kmtools.report.views.evaluate import _classes, _prefixed
 from kmtools.report.views.generic import own_figures
 
@@ -96,4 +99,70 @@ def _onepixel_section(run: Run, figs: Mapping[str, list[FigureRef]]) -> Section 
     return sec.add(*own_figures(run, "attack-onepixel", [] if _drew_examples(figs) else None))
 
 
-register(View("attack-onepixel", section=_onepixel_section, figures=draw, hidden=hidden, order=20, own_figures=False))
+def _how(doc: Mapping[str, Any], d: Mapping[str, Any], settings: Mapping[str, Any] | None) -> str:
+    """``1 pixel, population 400, ≤100 generations, fitness confidence, ...``: the run's settings."""
+    px = d["pixels"]
+    how = f"{px} pixel{'s' if px > 1 else ''}, population {d['popsize']}, ≤{d['maxiter']} generations, "
+    how += f"fitness {d['fitness']}, success {d['success_rule']}, bounds {d['bounds']}"
+    how += f"{', detector-aware' if d['adaptive'] else ''}, seed {doc.get('seed')}"
+    tgt = (settings or {}).get("target")
+    if tgt is not None:
+        classes = (doc.get("data") or {}).get("classes") or []
+        how += f", target {classes[tgt] if tgt < len(classes) else tgt}"
+    reused = (doc.get("run") or {}).get("records_reused")
+    return how + (f"; {reused} records resumed" if reused else "")
+
+
+def _rows(doc: Mapping[str, Any], d: Mapping[str, dict[str, Any]]) -> list[tuple[str, list[Any]]]:
+    keys = list(d)
+    timings, new = doc.get("timings") or {}, (doc.get("run") or {}).get("attacked_this_run") or {}
+    wall = {k: timings.get(f"attack_{k}", 0.0) for k in keys}
+    by = {k: d[k].get("by_fitness") or {} for k in keys}
+    return [
+        ("head", [d[k]["head_kind"] for k in keys]),
+        ("accuracy (clean)", [pct1(d[k]["accuracy"]) for k in keys]),
+        ("mean confidence (clean)", [d[k]["mean_confidence"] for k in keys]),
+        ("attacked", [d[k]["attacked"] for k in keys]),
+        ("skipped (misclassified)", [d[k]["skipped"] for k in keys]),
+        ("fooled", [d[k]["fooled"] for k in keys]),
+        ("attack rate [95% CI] fooled/attacked", [rate_ci(d[k]) for k in keys]),
+        ("effective rate (fooled, not flagged)", [rate_ci(d[k]["effective"]) for k in keys]),
+        ("robust accuracy", [rate_ci(d[k]["robust_accuracy"]) for k in keys]),
+        *[(f"  fitness {f}: attack rate", [rate_ci(by[k].get(f)) for k in keys])
+          for f in ("confidence", "margin") if any(f in by[k] for k in keys)],
+        *[("  confidence vs margin: McNemar p", [pval(by[k]["mcnemar"]["p_value"]) for k in keys])
+          for _ in [0] if all("mcnemar" in by[k] for k in keys)],
+        ("mean confidence of fooled", [d[k]["mean_conf_fooled"] for k in keys]),
+        ("fooled flagged as outliers", [pct1(d[k]["outlier_share"]) for k in keys]),
+        ("outlier threshold", [d[k]["outlier_threshold"] for k in keys]),
+        ("mean generations", [d[k]["generations_mean"] for k in keys]),
+        ("images per second (this run)",
+         [new.get(k, 0) / wall[k] if wall[k] > 0 and new.get(k) else None for k in keys]),
+    ]
+
+
+def table1_text(files: Mapping[str, str], d: Mapping[str, dict[str, Any]]) -> TextTable:
+    """The paper's Table 1 columns, one row per model: prediction (accuracy, mean confidence)
+    and one-pixel attack (rate, mean confidence of the fooled predictions), plus the share of
+    the fooled predictions flagged as outliers."""
+    rows = [[k, Path(files.get(k, k)).stem, pct1(s["accuracy"]), s["mean_confidence"],
+             ci(s["rate"], s.get("rate_lo"), s.get("rate_hi")), s["mean_conf_fooled"], pct1(s["outlier_share"])]
+            for k, s in d.items()]
+    return TextTable("Table 1 layout (Gauss-network paper)",
+                     ["model", "file", "accuracy", "conf", "attack rate", "attack conf", "outliers"], rows, left=2)
+
+
+def tables(doc: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> list[TextTable | str]:
+    """The terminal view: one column per model, then (two models) Table 1 and the paired test."""
+    d = models(doc, "onepixel")
+    first = next(iter(d.values()))
+    out: list[TextTable | str] = [metric_table(
+        f"one-pixel attack on {inputs(doc)} inputs ({_how(doc, first, settings)})", list(d), _rows(doc, d))]
+    res = doc.get("results") or {}
+    if "paired" in res:
+        out += [table1_text(res.get("models") or {}, d), paired_table(res["paired"])]
+    return out
+
+
+register(View("attack-onepixel", section=_onepixel_section, figures=draw, hidden=hidden, tables=tables, order=20,
+              own_figures=False))
