@@ -6,18 +6,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from kmtools.errors import ConfigError
-from kmtools.io import write_json
-from kmtools.models import require_split
-from kmtools.report.schema import envelope
-from kmtools.tailor import HEADS as HEAD_KINDS
-from kmtools.tailor import TailorConfig, check_train_from, init_distributed
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
 from kmtools_cli._output import fmt as fmtv
 
@@ -72,8 +65,17 @@ def tailor_cmd(
 
     Example: kmtools tailor model.pt --arch resnet18 --norm cifar10 --data cifar10 --epochs 5 --out runs/r18
     """
+    # imported when the command runs, so that --help does not load torch
+    import torch
+
     from kmtools.errors import KmtoolsError
+    from kmtools.io import write_json
+    from kmtools.models import require_split
+    from kmtools.report.schema import envelope
+    from kmtools.tailor import HEADS as HEAD_KINDS
+    from kmtools.tailor import TailorConfig, check_train_from, init_distributed
     from kmtools.tailor.run import run_tailor
+    from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 
     out = output.output()
     timer = Timer()
