@@ -39,10 +39,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "with label recovery (Algorithm 2), paths inside a class region (Algorithm 1)."),
 }
 
-#: Module names in ``cli/``, in ``--help`` order (each imported only when one of its commands runs).
-COMMAND_MODULES = tuple(dict.fromkeys(mod for mod, _ in COMMANDS.values()))
-
-
 def load_module_commands(module: str) -> dict[str, Any]:
     """Import ``kmtools_cli.<module>`` and build its click commands (``register`` on a scratch
     app with the root's settings), with help that shows ``<placeholders>`` as written."""
