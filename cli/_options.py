@@ -60,7 +60,7 @@ DataRootOpt = Annotated[Path | None, typer.Option("--data-root", envvar="KMTOOLS
 SplitOpt = Annotated[str, typer.Option("--split", help="train or test (val too for ImageFolder trees with a val/ folder).")]
 NOpt = Annotated[int | None, typer.Option("-n", "--num", help="Use only the first N samples.")]
 DownloadOpt = Annotated[bool, typer.Option("--download", help="Download the dataset if it is missing (never done otherwise).")]
-ImageSizeOpt = Annotated[str | None, typer.Option("--image-size", help="Resize every image to N×N (or HxW, e.g. 224x224) as it is loaded: bilinear, antialiased. Lets ImageFolders of mixed sizes load.", show_default=False)]
+ImageSizeOpt = Annotated[str | None, typer.Option("--image-size", help="Resize images as they load (bilinear, antialiased): N scales the shorter side to N and crops the centre N×N (torchvision's Resize + CenterCrop); HxW (e.g. 224x224) scales to exactly H×W. Lets ImageFolders of mixed sizes load.", show_default=False)]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
 
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N (auto falls back to the CPU).")]

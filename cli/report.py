@@ -10,11 +10,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kmtools.errors import GateError
+from kmtools.errors import DataError, GateError
 from kmtools.report import gates
-from kmtools.report.collect import load_run
-from kmtools.report.schema import envelope
-from kmtools_cli._options import REQUIRED, OutputOptions, Use, grouped
+from kmtools_cli._options import OutputOptions, Use, grouped
 
 RunArgs = Annotated[
     list[Path],
@@ -26,14 +24,23 @@ RunArgs = Annotated[
 
 
 ReportOutOpt = Annotated[
-    Path, typer.Option("--out", "-o", help="Report file: .html (self-contained) or .md.", show_default=False)
+    Path | None,
+    typer.Option("--out", "-o", help="Report file: .html (self-contained) or .md (required).", show_default=False),
 ]
+
+
+def _existing(paths: list[Path]) -> None:
+    """Every path must exist: a missing one is a one-line error naming it and the fix (exit 1)."""
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: no such file or directory: give a run folder (a command's --out DIR), "
+                            "a folder of them, or a result .json file")
 
 
 @grouped
 def report(
     *,
-    output: Annotated[OutputOptions, Use(defaults={"out": REQUIRED}, options={"out": ReportOutOpt})],
+    output: Annotated[OutputOptions, Use(options={"out": ReportOutOpt})],
     paths: RunArgs,
     title: Annotated[str | None, typer.Option("--title", help="Report title.")] = None,
 ) -> None:
@@ -47,8 +54,14 @@ def report(
     Example: kmtools report runs/resnet18/ --out report.html --gate 'gauss.onepixel.rate<=0.15'
     """
     out = output.output()
-    assert output.out is not None  # --out is required here
-    from kmtools.report.render import summary, write_report  # imported when the command runs (fast --help)
+    _existing(paths)
+    if output.out is None:
+        out.err.print("error: kmtools report needs --out FILE (.html or .md), e.g. --out report.html", highlight=False)
+        raise typer.Exit(2)
+    # imported when the command runs, so that --help does not load torch
+    from kmtools.report.collect import load_run
+    from kmtools.report.render import summary, write_report
+    from kmtools.report.schema import envelope
 
     run = load_run(paths)
     for skipped, why in run.skipped:
@@ -100,6 +113,10 @@ def check(
         raise GateError(
             "kmtools check needs at least one --gate EXPR, e.g. --gate 'accuracy>=0.9' (--paths lists them)"
         )
+    from kmtools.report.collect import load_run
+    from kmtools.report.schema import envelope
+
+    _existing(paths)
     doc = load_run(paths).gate_doc()
     if list_paths:
         valid = gates.valid_paths(doc)

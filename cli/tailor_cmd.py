@@ -6,18 +6,11 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from kmtools.errors import ConfigError
-from kmtools.io import write_json
-from kmtools.models import require_split
-from kmtools.report.schema import envelope
-from kmtools.tailor import HEADS as HEAD_KINDS
-from kmtools.tailor import TailorConfig, check_train_from, init_distributed
-from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
 from kmtools_cli._output import fmt as fmtv
 
@@ -72,8 +65,17 @@ def tailor_cmd(
 
     Example: kmtools tailor model.pt --arch resnet18 --norm cifar10 --data cifar10 --epochs 5 --out runs/r18
     """
+    # imported when the command runs, so that --help does not load torch
+    import torch
+
     from kmtools.errors import KmtoolsError
+    from kmtools.io import write_json
+    from kmtools.models import require_split
+    from kmtools.report.schema import envelope
+    from kmtools.tailor import HEADS as HEAD_KINDS
+    from kmtools.tailor import TailorConfig, check_train_from, init_distributed
     from kmtools.tailor.run import run_tailor
+    from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
 
     out = output.output()
     timer = Timer()
@@ -113,8 +115,9 @@ def tailor_cmd(
     if model.head_kind != "softmax":
         raise ConfigError(f"{model_path} already has a {model.head_kind} head: tailor starts from a softmax network")
     train = data.load(model, split="train")
-    test = data.load(model, split="test", n=None)
-    val = open_data(val_data, root=data.data_root, split="train", model=model) if val_data else None
+    test = _test_split(data, model, out.info)
+    val = (open_data(val_data, root=data.data_root, split="train", model=model, image_size=data.image_size)
+           if val_data else None)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def record(results: dict[str, Any]) -> None:
@@ -148,6 +151,16 @@ def tailor_cmd(
         out.gate(output.gate, doc)
     if distributed:
         torch.distributed.destroy_process_group()
+
+
+def _test_split(data: DataOptions, model: Any, say: Any) -> Any:
+    """The test split; an ImageFolder tree in the ImageNet layout (``train/`` and ``val/``, no
+    ``test/``) is tested on ``val/``, which tailoring never trains on."""
+    root = Path(str(data.name)).expanduser()
+    if root.is_dir() and (root / "train").is_dir() and (root / "val").is_dir() and not (root / "test").is_dir():
+        say(f"{root} has train/ and val/ but no test/: the test figures use val/")
+        return data.load(model, split="val", n=None)
+    return data.load(model, split="test", n=None)
 
 
 def _head_options(kind: str, m: int, proto_init: str | None, temperature: str, normaliser: str,

@@ -18,7 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
-from kmtools_cli.main import app
+from kmtools_cli.main import all_commands, app
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "cli_options.json"
 
@@ -55,7 +55,6 @@ def _param(p: Any) -> dict[str, Any]:
 
 def snapshot() -> dict[str, Any]:
     """``{"attack onepixel": {"--data": {...}, ...}, ...}`` for every command (sorted by option)."""
-    root = typer.main.get_command(app)
     out: dict[str, Any] = {}
 
     def walk(cmd: Any, path: str) -> None:
@@ -68,7 +67,8 @@ def snapshot() -> dict[str, Any]:
         params = {(p.opts[0] if type(p).__name__.endswith("Option") else p.name): _param(p) for p in cmd.params}
         out[path] = {"help": (cmd.help or "").strip(), "params": dict(sorted(params.items()))}
 
-    walk(root, "")
+    for name, cmd in all_commands().items():  # the root group imports its commands lazily
+        walk(cmd, name)
     return out
 
 

@@ -165,3 +165,108 @@ def test_workers_do_not_change_tailor_or_attack_results(tmp_path: Path) -> None:
         fooled = json.loads(att.stdout)["results"]["onepixel"]["fooled"]
         outs.append(((out / "gauss.safetensors").read_bytes(), fooled))
     assert outs[0] == outs[1]
+
+
+# --------------------------------------------------------------------------- shorter side + centre crop
+RED, GREEN, BLUE = (255, 0, 0), (0, 200, 0), (0, 0, 255)
+
+
+def _bordered(path: Path, hw: tuple[int, int], border: tuple[int, int, int], wide: bool) -> None:
+    """A green image whose outer quarters (left/right when ``wide``, else top/bottom) are ``border``."""
+    arr = np.zeros((*hw, 3), np.uint8)
+    arr[:] = GREEN
+    q = (hw[1] if wide else hw[0]) // 4
+    if wide:
+        arr[:, :q], arr[:, -q:] = border, border
+    else:
+        arr[:q], arr[-q:] = border, border
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _bordered_folder(root: Path) -> Path:
+    _bordered(root / "wide" / "0.png", (20, 60), RED, wide=True)
+    _bordered(root / "wide" / "1.png", (33, 90), RED, wide=True)
+    _bordered(root / "tall" / "0.png", (80, 24), BLUE, wide=False)
+    _bordered(root / "tall" / "1.png", (50, 21), BLUE, wide=False)
+    return root
+
+
+def test_image_size_n_keeps_the_centre_of_non_square_images(tmp_path: Path) -> None:
+    """--image-size N scales the shorter side to N and crops the centre N×N (torchvision's
+    convention): the coloured borders of wide and tall images are cut away, the aspect is kept.
+    HxW squashes the whole image in, borders included."""
+    root = _bordered_folder(tmp_path / "imgs")
+    info = load_dataset(str(root), image_size="10")
+    assert info.input_shape == (3, 10, 10) and info.to_dict()["resize"] == "crop"
+    x, _ = to_tensors(info.dataset)
+    green = torch.tensor(GREEN, dtype=torch.float32).div(255)[:, None, None]
+    assert x.shape == (4, 3, 10, 10)
+    assert float((x - green).abs().max()) <= 2 / 255  # every pixel of every crop is the centre's green
+    exact = load_dataset(str(root), image_size="10x10")
+    assert exact.to_dict()["resize"] == "exact"
+    xe, _ = to_tensors(exact.dataset)
+    assert float(xe[:, 0].max()) > 0.9 and float(xe[:, 2].max()) > 0.9  # red and blue borders squashed in
+
+
+def test_pil_crop_is_torchvisions_resize_and_centre_crop(tmp_path: Path) -> None:
+    """Pixel for pixel what torchvision.transforms Resize(N) + CenterCrop(N) give on the PIL image."""
+    from torchvision import transforms
+
+    root = tmp_path / "imgs"
+    sizes = [(20, 30), (41, 17), (64, 48), (9, 9)]
+    for i, hw in enumerate(sizes):
+        _png(root / "c" / f"{i}.png", hw, seed=i)
+    tf = transforms.Compose([transforms.Resize(12), transforms.CenterCrop(12), transforms.PILToTensor()])
+    info = load_dataset(str(root), image_size=12)
+    for i, _ in enumerate(sizes):
+        with Image.open(root / "c" / f"{i}.png") as im:
+            want = tf(im.convert("RGB")).float() / 255
+        assert torch.equal(info.dataset[i][0], want), i
+
+
+def test_in_memory_images_are_cropped_alike(tmp_path: Path) -> None:
+    """Tensors (an .npz, digits…) take the same geometry per item: a wide image's side borders go."""
+    arr = np.zeros((3, 3, 16, 48), np.float32)
+    arr[:, 1] = 0.8  # green
+    arr[:, :, :, :12] = 0.0
+    arr[:, 0, :, :12] = 1.0  # red left quarter
+    arr[:, :, :, -12:] = 0.0
+    arr[:, 0, :, -12:] = 1.0  # red right quarter
+    np.savez(tmp_path / "wide.npz", x=arr, y=np.array([0, 1, 0]))
+    info = load_dataset(str(tmp_path / "wide.npz"), image_size="8")
+    x, _ = to_tensors(info.dataset)
+    assert x.shape == (3, 3, 8, 8) and info.to_dict()["resize"] == "crop"
+    assert float(x[:, 0].max()) < 1e-6 and torch.allclose(x[:, 1], torch.full_like(x[:, 1], 0.8))
+    # and the train split of the same data is resized the same way (the mode travels with the size)
+    again = load_dataset(str(tmp_path / "wide.npz"), split="train", image_size=info.image_size)
+    assert again.to_dict()["resize"] == "crop" and torch.equal(to_tensors(again.dataset)[0], x)
+
+
+def test_cli_image_size_crops_and_records_it(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = zoo.create("smallcnn", num_classes=2, in_channels=3, width=4)
+    model = wrap(net, arch="smallcnn", arch_kwargs={"num_classes": 2, "in_channels": 3, "width": 4},
+                 input_shape=(3, 10, 10))
+    mp = save_model(model, tmp_path / "m.safetensors")
+    root = _bordered_folder(tmp_path / "imgs")
+    res = _cli("evaluate", mp, "--data", root, "--image-size", "10", "--ood", "none", "--format", "json", "-q")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)["data"]
+    assert data["image_size"] == [10, 10] and data["resize"] == "crop" and data["input_shape"] == [3, 10, 10]
+
+
+def test_ood_images_of_another_size_are_resized_to_the_models_input(tmp_path: Path) -> None:
+    """--ood with a folder of 24×24 images for a 3×10×10 model: converted to the model's input."""
+    torch.manual_seed(0)
+    net = zoo.create("smallcnn", num_classes=2, in_channels=3, width=4)
+    mp = save_model(wrap(net, arch="smallcnn", arch_kwargs={"num_classes": 2, "in_channels": 3, "width": 4},
+                         input_shape=(3, 10, 10)), tmp_path / "m.safetensors")
+    root = _bordered_folder(tmp_path / "imgs")
+    for i in range(6):
+        _png(tmp_path / "ood" / "x" / f"{i}.png", (24, 24), seed=50 + i)
+    res = _cli("evaluate", mp, "--data", root, "--image-size", "10", "--ood", tmp_path / "ood", "--format", "json")
+    assert res.exit_code == 0, res.output
+    assert "(3, 24, 24) -> (3, 10, 10)" in res.stderr
+    by_src = json.loads(res.stdout)["results"]["ood_by_source"]
+    assert [v["n"] for v in by_src.values()] == [6]

@@ -184,3 +184,55 @@ def test_strict_json_fixture_catches_nan() -> None:
     from kmtools.io import dumps
 
     assert strict_loads(dumps({"a": float("nan"), "b": [float("-inf"), 1.0]})) == {"a": None, "b": [None, 1.0]}
+
+
+def _pickle_whole(folder: Path, from_main: bool) -> Path:
+    """A whole pickled Net: from an importable package ``userpkg.netmod`` or from ``__main__``."""
+    pkg = folder / "userpkg"
+    pkg.mkdir(exist_ok=True)
+    (pkg / "__init__.py").write_text("")
+    shutil.copy(NETDEF, pkg / "netmod.py")
+    if from_main:
+        body = "from userpkg.netmod import Net as Base\nclass Net(Base):\n    pass\n"
+    else:
+        body = "from userpkg.netmod import Net\n"
+    out = folder / ("main.pt" if from_main else "whole.pt")
+    script = (f"import sys, torch\nsys.path.insert(0, {str(folder)!r})\n{body}"
+              f"torch.manual_seed(0)\ntorch.save(Net(), {str(out)!r})\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    return out
+
+
+def test_cli_tailors_and_saves_a_pickled_importable_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--trust-checkpoint with a whole module whose class is importable: tailor trains it and saves
+    a kmtools file naming userpkg.netmod:Net, which evaluate then loads only with --trust-code (or
+    --arch again); the any-size class adopts the data's 8×8 digits."""
+    whole = _pickle_whole(tmp_path, from_main=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "t"
+    res = cli("tailor", whole, "--data", "digits", "-n", "300", "--epochs", "1", "--export", "", "--max-drop", "100",
+              "--out", out, "-q")
+    assert res.exit_code == 1 and "--trust-checkpoint" in res.output  # type: ignore[attr-defined]
+    res = cli("tailor", whole, "--trust-checkpoint", "--data", "digits", "-n", "300", "--epochs", "1", "--export", "",
+              "--max-drop", "100", "--out", out, "-q", "-f", "json")
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    doc = json.loads(res.stdout)  # type: ignore[attr-defined]
+    assert doc["model"]["arch"] == "userpkg.netmod:Net" and doc["data"]["input_shape"] == [1, 8, 8]
+    saved = out / "gauss.safetensors"
+    ev = cli("evaluate", saved, "--data", "digits", "-n", "60", "--ood", "none", "-q")
+    assert ev.exit_code == 1 and "--trust-code" in ev.output  # type: ignore[attr-defined]
+    ev = cli("evaluate", saved, "--trust-code", "--data", "digits", "-n", "60", "--ood", "none", "-q", "-f", "json")
+    assert ev.exit_code == 0, ev.output  # type: ignore[attr-defined]
+    assert json.loads(ev.stdout)["model"]["head_kind"] == "gauss"  # type: ignore[attr-defined]
+
+
+def test_cli_refuses_a_module_pickled_from_main_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pickled = _pickle_whole(tmp_path, from_main=True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = cli("tailor", pickled, "--trust-checkpoint", "--data", "digits", "--epochs", "1", "--out", tmp_path / "t")
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) == 1, lines
+    assert "from the script that saved it (__main__)" in lines[0]
+    assert "save its state_dict() instead and pass --arch FILE.py:Net" in lines[0]
+    assert not (tmp_path / "t").exists()

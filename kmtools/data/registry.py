@@ -45,12 +45,21 @@ class DataInfo:
     source: str
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
-    #: ``(H, W)`` every image was resized to on loading (``--image-size``), or None.
+    #: ``(H, W)`` every image was resized to on loading (``--image-size``), or None; a
+    #: :class:`Resize`, which also says how (passing it on to another split resizes alike).
     image_size: tuple[int, int] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def resize(self) -> str | None:
+        """``"crop"`` (shorter side to N, centre N×N: ``--image-size N``), ``"exact"`` (``HxW``)
+        or None when the images were not resized."""
+        if self.image_size is None:
+            return None
+        return "crop" if getattr(self.image_size, "crop", False) else "exact"
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -70,7 +79,7 @@ class DataInfo:
         return {"name": self.name, "split": self.split, "n": len(self), "source": self.source,
                 "num_classes": self.num_classes, "input_shape": list(self.input_shape),
                 "image_size": list(self.image_size) if self.image_size else None,
-                "sha256": self.fingerprint()}
+                "resize": self.resize, "sha256": self.fingerprint()}
 
 
 def data_roots(root: str | Path | None = None) -> list[Path]:
@@ -89,23 +98,71 @@ def data_roots(root: str | Path | None = None) -> list[Path]:
     return seen
 
 
-def parse_image_size(spec: str | int | Sequence[int] | None) -> tuple[int, int] | None:
-    """``--image-size``: ``N`` (square), ``HxW`` or ``(H, W)`` -> ``(H, W)``; None stays None."""
-    if spec is None:
-        return None
+class Resize(tuple[int, int]):
+    """``--image-size``: the output ``(H, W)`` (it is that tuple) and whether the shorter side
+    is scaled to N and the centre N×N cropped (``crop``: torchvision's ``Resize(N)`` +
+    ``CenterCrop(N)``, for ``N``) or the image is scaled to exactly H×W (``HxW``)."""
+
+    crop: bool
+
+    def __new__(cls, size: Sequence[int], crop: bool = False) -> Resize:
+        obj = super().__new__(cls, (int(size[0]), int(size[1])))
+        obj.crop = bool(crop)
+        return obj
+
+    def __getnewargs__(self) -> tuple[tuple[int, int], bool]:  # type: ignore[override]  # pickling (workers)
+        return (self[0], self[1]), self.crop
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self[0], self[1]
+
+    def __repr__(self) -> str:
+        return f"Resize({self[0]}, {self[1]}, crop={self.crop})"
+
+
+def parse_resize(spec: str | int | Sequence[int] | None) -> Resize | None:
+    """``N`` -> shorter side to N then centre crop N×N; ``HxW`` or ``(H, W)`` -> exact resize
+    (a :class:`Resize` passes through, keeping its mode)."""
+    if spec is None or isinstance(spec, Resize):
+        return spec
+    crop = False
     try:
         if isinstance(spec, int):
-            hw = [spec, spec]
+            hw, crop = [spec, spec], True
         elif isinstance(spec, str):
             parts = spec.lower().replace("×", "x").split("x")
-            hw = [int(p) for p in parts] * (2 if len(parts) == 1 else 1)
+            crop = len(parts) == 1
+            hw = [int(p) for p in parts] * (2 if crop else 1)
         else:
             hw = [int(v) for v in spec]
     except ValueError:
         hw = []
     if len(hw) != 2 or min(hw) < 1:
         raise ConfigError(f"--image-size must be N or HxW with positive integers (e.g. 64 or 224x224), not {spec!r}")
-    return hw[0], hw[1]
+    return Resize((hw[0], hw[1]), crop)
+
+
+def parse_image_size(spec: str | int | Sequence[int] | None) -> tuple[int, int] | None:
+    """``--image-size``: ``N`` (square), ``HxW`` or ``(H, W)`` -> ``(H, W)``; None stays None."""
+    r = parse_resize(spec)
+    return None if r is None else r.size
+
+
+def resized_hw(h: int, w: int, r: Resize) -> tuple[int, int]:
+    """The size an ``h×w`` image is scaled to before the crop: the shorter side becomes N, the
+    longer keeps the aspect ratio (truncated, as torchvision's ``Resize(N)``); ``HxW`` as is."""
+    if not r.crop:
+        return r.size
+    n = r.size[0]
+    if h <= w:
+        return n, max(n, int(n * w / h))
+    return max(n, int(n * h / w)), n
+
+
+def crop_box(h: int, w: int, r: Resize) -> tuple[int, int]:
+    """Top and left of the centre ``N×N`` crop of an ``h×w`` image (torchvision's rounding)."""
+    return round((h - r.size[0]) / 2.0), round((w - r.size[1]) / 2.0)
 
 
 def load_dataset(
@@ -116,24 +173,26 @@ def load_dataset(
     download: bool = False,
     image_size: str | int | Sequence[int] | None = None,
 ) -> DataInfo:
-    """Load a dataset by name or path (see module docstring). ``image_size`` (``N``, ``HxW``)
-    resizes every image to that size on loading (bilinear with antialiasing): ImageFolder files
-    with PIL as they are decoded (so folders of mixed sizes load), in-memory images per item."""
-    size = parse_image_size(image_size)
+    """Load a dataset by name or path (see module docstring). ``image_size`` ``N`` scales the
+    shorter side of every image to N (aspect kept) and crops the centre N×N (torchvision's
+    ``Resize(N)`` + ``CenterCrop(N)``); ``HxW`` scales to exactly H×W. Bilinear with
+    antialiasing: ImageFolder files with PIL as they are decoded (so folders of mixed sizes
+    load), in-memory images per item."""
+    size = parse_resize(image_size)
     info = _load(name, root, split, download, size)
     if size is None:
         return info
     if len(info.input_shape) != 3:
         raise ConfigError(f"--image-size applies to images (C, H, W); {info.name} has inputs of shape "
                           f"{tuple(info.input_shape)}: drop --image-size")
-    if info.image_size != size:  # in-memory tensors (ImageFolders were resized as decoded)
+    if info.image_size is None:  # in-memory tensors (ImageFolders were resized as decoded)
         info.dataset = Resized(info.dataset, size)
-    info.input_shape = (info.input_shape[0], *size)
+    info.input_shape = (info.input_shape[0], *size.size)
     info.image_size = size
     return info
 
 
-def _load(name: str, root: str | Path | None, split: str, download: bool, size: tuple[int, int] | None) -> DataInfo:
+def _load(name: str, root: str | Path | None, split: str, download: bool, size: Resize | None) -> DataInfo:
     if split not in FOLDER_SPLITS:
         raise ConfigError(f"--split must be train, val (ImageFolder trees) or test, not {split!r}")
     key = name.strip().lower().replace("_", "-")
@@ -246,10 +305,10 @@ def _npz(path: Path, split: str) -> DataInfo:
 class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
     """ImageFolder-style files decoded to float tensors in [0, 1] (RGB or grayscale)."""
 
-    def __init__(self, files: Sequence[tuple[Path, int]], mode: str, size: tuple[int, int] | None = None) -> None:
+    def __init__(self, files: Sequence[tuple[Path, int]], mode: str, size: Resize | None = None) -> None:
         self.files = list(files)
         self.mode = mode
-        self.size = size  # (H, W) each image is resized to as it is decoded, or None
+        self.size = size  # how each image is resized as it is decoded, or None
         self.shape: tuple[int, ...] | None = None  # set once known: every image must match it
 
     def __len__(self) -> int:
@@ -262,9 +321,8 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
         try:
             with Image.open(path) as im:
                 img = im.convert(self.mode)
-                if self.size is not None and img.size != (self.size[1], self.size[0]):
-                    # PIL widens the bilinear kernel when shrinking: antialiased
-                    img = img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR)
+                if self.size is not None:
+                    img = _pil_resize(img, self.size)
                 arr = np.asarray(img, dtype=np.uint8)
         except OSError as exc:
             raise DataError(f"cannot decode image {path} ({exc})") from exc
@@ -278,11 +336,25 @@ class ImageFiles(Dataset[tuple[torch.Tensor, int]]):
         return t.float().div_(255.0), label
 
 
+def _pil_resize(img: Any, r: Resize) -> Any:
+    """Scale (PIL bilinear, which widens its kernel when shrinking: antialiased), then crop."""
+    from PIL import Image
+
+    w, h = img.size
+    th, tw = resized_hw(h, w, r)
+    if (th, tw) != (h, w):
+        img = img.resize((tw, th), Image.Resampling.BILINEAR)
+    if (th, tw) != r.size:
+        top, left = crop_box(th, tw, r)
+        img = img.crop((left, top, left + r.size[1], top + r.size[0]))
+    return img
+
+
 def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _imagefolder(folder: Path, name: str, split: str, size: tuple[int, int] | None = None) -> DataInfo:
+def _imagefolder(folder: Path, name: str, split: str, size: Resize | None = None) -> DataInfo:
     classes = _class_dirs(folder)
     files = [
         (f, ci)
@@ -296,7 +368,7 @@ def _imagefolder(folder: Path, name: str, split: str, size: tuple[int, int] | No
 
     with Image.open(files[0][0]) as im:
         mode = "L" if im.mode in ("L", "1", "I;16") else "RGB"
-        small = (size[0] * size[1] if size else im.size[0] * im.size[1]) <= 64 * 64
+        small = (size.size[0] * size.size[1] if size else im.size[0] * im.size[1]) <= 64 * 64
     images = ImageFiles(files, mode, size)
     images.shape = tuple(images[0][0].shape)
     ds: Dataset[tuple[torch.Tensor, int]] = images
@@ -327,7 +399,7 @@ def _decode_all(images: ImageFiles) -> Dataset[tuple[torch.Tensor, int]]:
     return _U8Dataset(torch.stack(xs), y)
 
 
-def _imagefolder_root(path: Path, split: str, name: str, size: tuple[int, int] | None = None) -> DataInfo:
+def _imagefolder_root(path: Path, split: str, name: str, size: Resize | None = None) -> DataInfo:
     if (path / split).is_dir():
         return _imagefolder(path / split, name, split, size)
     other = [s for s in FOLDER_SPLITS if (path / s).is_dir()]
@@ -337,7 +409,7 @@ def _imagefolder_root(path: Path, split: str, name: str, size: tuple[int, int] |
 
 
 def _named(key: str, roots: list[Path], split: str, download: bool,
-           size: tuple[int, int] | None = None) -> DataInfo:
+           size: Resize | None = None) -> DataInfo:
     aliases = {
         "cifar10": ["cifar10", "cifar-10", "CIFAR10", "CIFAR-10-images", "cifar10-jpeg"],
         "cifar100": ["cifar100", "cifar-100", "CIFAR100"],
@@ -364,7 +436,7 @@ def _named(key: str, roots: list[Path], split: str, download: bool,
     )
 
 
-def _try_formats(key: str, folder: Path, split: str, size: tuple[int, int] | None = None) -> DataInfo | None:
+def _try_formats(key: str, folder: Path, split: str, size: Resize | None = None) -> DataInfo | None:
     train = split == "train"
     if key in ("cifar10", "cifar100"):
         batches = "cifar-10-batches-py" if key == "cifar10" else "cifar-100-python"
@@ -398,11 +470,14 @@ def _try_formats(key: str, folder: Path, split: str, size: tuple[int, int] | Non
 
 
 class Resized(Dataset[tuple[torch.Tensor, int]]):
-    """Images of ``inner`` resized to ``size`` (H, W) per item: bilinear with antialiasing
-    (``F.interpolate``), a convex combination of pixels, so [0, 1] inputs stay in [0, 1]."""
+    """Images of ``inner`` resized per item as :class:`Resize` says: bilinear with antialiasing
+    (``F.interpolate``), a convex combination of pixels, so [0, 1] inputs stay in [0, 1]; then
+    the centre crop for ``--image-size N``."""
 
-    def __init__(self, inner: Dataset[Any], size: tuple[int, int]) -> None:
-        self.inner, self.size = inner, size
+    def __init__(self, inner: Dataset[Any], size: Resize | tuple[int, int]) -> None:
+        self.inner = inner
+        self.resize = size if isinstance(size, Resize) else Resize(size, False)
+        self.size = self.resize.size
 
     def __len__(self) -> int:
         return len(self.inner)  # type: ignore[arg-type]
@@ -410,9 +485,14 @@ class Resized(Dataset[tuple[torch.Tensor, int]]):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         x, y = self.inner[i]
         x = torch.as_tensor(x).float()
-        if tuple(x.shape[-2:]) != self.size:
-            x = torch.nn.functional.interpolate(x[None], size=self.size, mode="bilinear",
+        h, w = (int(v) for v in x.shape[-2:])
+        th, tw = resized_hw(h, w, self.resize)
+        if (th, tw) != (h, w):
+            x = torch.nn.functional.interpolate(x[None], size=(th, tw), mode="bilinear",
                                                 align_corners=False, antialias=True)[0]
+        if (th, tw) != self.size:
+            top, left = crop_box(th, tw, self.resize)
+            x = x[..., top : top + self.size[0], left : left + self.size[1]]
         return x, int(y)
 
 

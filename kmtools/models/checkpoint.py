@@ -285,6 +285,8 @@ def _whole_module(obj: nn.Module, path: str | Path, arch: str | None, in_channel
         ref = f"{cls.__module__}:{cls.__qualname__}" if "." not in cls.__qualname__ else None
     model = wrap(obj, arch=ref, arch_kwargs={}, input_shape=shape, head_path=head,
                  mean=mean, std=std, classes=classes)
+    if input_shape is None and (arch is None or _flexible(arch)):
+        model.any_size = any_size(obj, shape)  # adaptive pooling: the size comes from the data
     return model.eval()
 
 

@@ -29,178 +29,54 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from kmtools.centroids import class_means, class_sums, kmeans
+from kmtools.centroids import class_means, class_sums
 from kmtools.device import autocast
 from kmtools.errors import ConfigError, KmtoolsError
 from kmtools.features import as_tensors, extract
 from kmtools.models.core import GaussHead, KmModel
+from kmtools.runs.signals import Interrupted, Signals, catch_signals
 from kmtools.tailor import objective as obj
-from kmtools.tailor.config import FLIP_SAFE, EpochStats, TailorConfig, TailorResult
+from kmtools.tailor.checkpoint import restore as _restore
+from kmtools.tailor.checkpoint import save_checkpoint as _save_checkpoint
+from kmtools.tailor.config import EpochStats, TailorConfig, TailorResult
+from kmtools.tailor.measure import benefit, fit_gamma
+from kmtools.tailor.training import (
+    all_reduce as _all_reduce,
+)
+from kmtools.tailor.training import (
+    auto_gamma,
+    batches,
+    check_train_from,
+    crop_flip,
+    eval_mode,
+    features,
+    freeze_until,
+    init_distributed,
+    initial_state,
+    optimiser,
+    resolve_augment,
+)
+from kmtools.tailor.training import (
+    world as _world,
+)
+
+#: the names tests and benchmarks import from here
+_eval_mode = eval_mode
+__all__ = ["Interrupted", "auto_gamma", "benefit", "check_train_from", "crop_flip", "freeze_until",
+           "init_distributed", "initial_state", "resolve_augment", "tailor"]
 
 Progress = Callable[[int, int, str], None]
 Log = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- helpers
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if _world()[1] > 1:
-        dist.all_reduce(t)
-    return t
-
-
-def init_distributed(device: torch.device) -> bool:
-    """Join the torchrun process group when launched with ``WORLD_SIZE > 1``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
-        return dist.is_available() and dist.is_initialized()
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return True
-
-
-def check_train_from(backbone: nn.Module, train_from: str | None) -> None:
-    """``--train-from`` must name a backbone module that has parameters."""
-    names = [n for n, _ in backbone.named_parameters()]
-    if train_from is not None and not any(n == train_from or n.startswith(train_from + ".") for n in names):
-        mods = [n for n, m in backbone.named_children()]
-        raise ConfigError(f"--train-from {train_from!r} is not a backbone module; top-level modules: {', '.join(mods)}")
-
-
-def freeze_until(backbone: nn.Module, train_from: str | None) -> int:
-    """Freeze backbone parameters registered before module ``train_from``; return #trainable."""
-    check_train_from(backbone, train_from)
-    trainable = train_from is None
-    count = 0
-    for n, p in backbone.named_parameters():
-        if not trainable and (n == train_from or n.startswith(f"{train_from}.")):
-            trainable = True
-        p.requires_grad_(trainable)
-        count += p.numel() if trainable else 0
-    return count
-
-
-def crop_flip(x: torch.Tensor, g: torch.Generator, pad: int = 4, flip: bool = True) -> torch.Tensor:
-    """Random translation by up to ``pad`` pixels (zero fill) and horizontal flip, batched."""
-    n, _, h, w = x.shape
-    dev = x.device
-    shifts = torch.randint(-pad, pad + 1, (n, 2), generator=g).to(dev)
-    flips = (torch.rand(n, generator=g) < (0.5 if flip else 0.0)).to(dev)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    rows = (torch.arange(h, device=dev)[None, :] + pad + shifts[:, :1]).clamp(0, h + 2 * pad - 1)
-    cols = torch.arange(w, device=dev)[None, :].expand(n, w)
-    cols = torch.where(flips[:, None], cols.flip(1), cols) + pad + shifts[:, 1:]
-    idx_r = rows[:, None, :, None].expand(n, x.shape[1], h, w + 2 * pad)
-    out = padded.gather(2, idx_r)
-    idx_c = cols[:, None, None, :].expand(n, x.shape[1], h, w)
-    return out.gather(3, idx_c)
-
-
-def resolve_augment(augment: str, dataset: str | None, example: torch.Tensor) -> str:
-    """``auto`` → crop+flip only for datasets whose labels survive a flip (CIFAR, Fashion-MNIST);
-    ``crop-flip`` asks for it on any image data; ``none`` turns it off."""
-    if example.dim() != 3:
-        return "none"
-    if augment == "auto":
-        return "crop-flip" if (dataset or "").lower() in FLIP_SAFE else "none"
-    return augment
-
-
-def _match_clusters(centroids: torch.Tensor, labels: torch.Tensor, y: torch.Tensor, c: int) -> torch.Tensor:
-    """Order k-means centroids by class (Hungarian matching on the contingency table)."""
-    from scipy.optimize import linear_sum_assignment
-
-    table = torch.zeros(c, c, dtype=torch.float64)
-    table.index_put_((y.cpu(), labels.cpu()), torch.ones(len(y), dtype=torch.float64), accumulate=True)
-    rows, cols = linear_sum_assignment(-table.numpy())
-    order = torch.empty(c, dtype=torch.long)
-    order[torch.as_tensor(rows)] = torch.as_tensor(cols)
-    return centroids[order]
-
-
-def auto_gamma(features: torch.Tensor, labels: torch.Tensor, centroids: torch.Tensor) -> float:
-    """γ = 1 / E‖f(x) - C_y‖²: κ of an average training point is e⁻¹."""
-    d2 = (features.double() - centroids.double()[labels]).pow(2).sum(1).mean()
-    return float(1.0 / d2.clamp_min(1e-12))
-
-
-def initial_state(model: KmModel, feats: torch.Tensor, labels: torch.Tensor, init: str, seed: int
-                  ) -> tuple[obj.HeadState, float]:
-    """The head at epoch 0 in normalised units, and the scale s of ``feats``."""
-    c = model.num_classes
-    if init == "equidistant":
-        if not isinstance(model.head, nn.Linear):
-            raise ConfigError("--init equidistant needs a softmax model (nn.Linear head)")
-        return obj.warm_start(model.head, feats, labels)
-    st, s = obj.means_state(feats, labels, c)
-    if init == "kmeans":
-        km = kmeans(feats.double() / s**0.5, c, seed=seed, n_init=3)
-        st.centroids = _match_clusters(km.centroids.float().cpu(), km.labels, labels, c)
-    return st, s
-
-
-@contextmanager
-def _eval_mode(module: nn.Module, freeze_bn: bool) -> Iterator[None]:
-    """Every module in eval mode (dropout, stochastic depth, BatchNorm statistics) while its
-    parameters train; with ``freeze_bn=False`` BatchNorm layers update their statistics."""
-    module.eval()
-    if not freeze_bn:
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.train()
-    try:
-        yield
-    finally:
-        module.eval()
-
-
-class Interrupted(KmtoolsError):
-    """SIGINT/SIGTERM during tailoring: the last epoch checkpoint is kept."""
-
-    def __init__(self, signum: int, checkpoint: Path | None) -> None:
-        name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
-        hint = f"; resume with --resume (checkpoint {checkpoint})" if checkpoint else ""
-        super().__init__(f"interrupted by {name}{hint}")
-        self.exit_code = 128 + int(signum)
-
-
-@contextmanager
-def _signals() -> Iterator[list[int]]:
-    """Turn SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
-    got: list[int] = []
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield got
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        got.append(signum)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield got
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 # --------------------------------------------------------------------------- clean passes
@@ -292,31 +168,24 @@ def tailor(
     is off and a warning is logged). ``dataset``: the data's name, for ``augment="auto"``.
     ``checkpoint``: written atomically after every epoch; ``resume=True`` continues from it
     and gives the same result as an uninterrupted run with the same seed on the same device.
+    Training batches of per-item data are read by ``config.workers`` DataLoader processes.
     """
     cfg = config or TailorConfig()
     cfg.validate()
     device = device or torch.device("cpu")
     rank, world = _world()
     torch.manual_seed(cfg.seed + rank)
-    amp = cfg.amp and device.type == "cuda"
-    cl = cfg.channels_last and device.type == "cuda"
-    run = _Run(cfg, device, amp, cl)
+    run = _Run(cfg, device, cfg.amp and device.type == "cuda", cfg.channels_last and device.type == "cuda")
     say = log or (lambda _m: None)
     if val_data is None:
         say("warning: no validation data: the do-no-harm check and the γ fit are off (pass --val-split or --val-data)")
 
-    x0, _ = data[0]
-    aug = resolve_augment(cfg.augment, dataset, torch.as_tensor(x0))
-    pad = 4 if torch.as_tensor(x0).shape[-1] >= 32 else 2
-    flip = aug == "crop-flip"
-
     softmax = model if isinstance(model.head, nn.Linear) else None
     gm, head_params = _build(model, data, run, say)
-    n_train = freeze_until(gm.backbone, cfg.train_from)
-    if n_train == 0:
+    if freeze_until(gm.backbone, cfg.train_from) == 0:
         raise ConfigError("nothing to train: --train-from froze every backbone parameter")
     params = [p for p in gm.backbone.parameters() if p.requires_grad]
-    opt, sched, steps = _optimiser(cfg, params, head_params, len(data), world)  # type: ignore[arg-type]
+    opt, sched, steps = optimiser(cfg, params, head_params, len(data), world)  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt = Path(checkpoint) if checkpoint else None
     start_epoch = 0
@@ -326,70 +195,93 @@ def tailor(
         run.history.append(_epoch0(model, softmax, gm, data, val_data, run))
         _log_epoch(say, run.history[-1], cfg.epochs)
 
-    tensors = as_tensors(data) if world == 1 else None  # in-memory data: sliced; else per item
     train_mod: nn.Module = gm
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         train_mod = nn.parallel.DistributedDataParallel(gm, device_ids=ids)
-    n = len(data)  # type: ignore[arg-type]
-    per_rank = math.ceil(n / world)
-    total = steps * cfg.epochs
-    with _signals() as got:
-        for epoch in range(start_epoch, cfg.epochs):
+    epoch = _Epoch(gm, train_mod, data, params + head_params, opt, sched, gen, run, steps,
+                   resolve_augment(cfg.augment, dataset, torch.as_tensor(data[0][0])), progress)
+    with catch_signals() as got:
+        for e in range(start_epoch, cfg.epochs):
             if run.stopped:
                 break
             t0 = time.perf_counter()
-            order = torch.randperm(n, generator=gen)
-            if world > 1:
-                order = torch.cat([order, order[: per_rank * world - n]])[rank::world]
-            acc = torch.zeros(5, dtype=torch.float64, device=device)  # loss, scatter, ce, correct, seen
-            st = run.state.to(device) if run.state is not None else None
-            with _eval_mode(gm.backbone, cfg.freeze_bn):
-                for step in range(steps):
-                    idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    if len(idx) < 2:
-                        continue
-                    xb, yb = _batch(data, tensors, idx)
-                    xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-                    if aug == "crop-flip":
-                        xb = crop_flip(xb, gen, pad=pad, flip=flip)
-                    if cl and xb.dim() == 4:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    with autocast(device, amp):
-                        f = _features(train_mod, xb)
-                    loss, scatter, ce, lg = _step_loss(gm.head, st, f.float(), yb, cfg)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.clip > 0:
-                        nn.utils.clip_grad_norm_(params + head_params, cfg.clip)
-                    opt.step()
-                    sched.step()
-                    with torch.no_grad():
-                        nb = float(len(yb))
-                        acc += torch.stack([loss.detach().double() * nb, scatter.double() * nb, ce.double() * nb,
-                                            (lg.argmax(1) == yb).sum().double(),
-                                            torch.tensor(nb, dtype=torch.float64, device=device)])
-                    if progress and (step % 20 == 19 or step == steps - 1):
-                        a = acc.tolist()
-                        progress(epoch * steps + step + 1, total,
-                                 f"ep {epoch + 1} loss {a[0] / max(a[4], 1):.3f} acc {a[3] / max(a[4], 1):.3f}")
-                    if got:
-                        raise Interrupted(got[0], ckpt if ckpt and ckpt.exists() else None)
-            _all_reduce(acc)
-            a = acc.tolist()
-            m = max(a[4], 1.0)
-            if not math.isfinite(a[0]):
-                raise KmtoolsError("tailoring diverged (loss is NaN/Inf): lower --lr or disable --amp")
-            row = _epoch_end(gm, data, val_data, run, epoch + 1)
-            row.loss, row.scatter, row.ce, row.batch_accuracy = a[0] / m, a[1] / m, a[2] / m, a[3] / m
+            a = epoch.train(e, got, ckpt)
+            row = _epoch_end(gm, data, val_data, run, e + 1)
+            row.loss, row.scatter, row.ce, row.batch_accuracy = (v / max(a[4], 1.0) for v in a[:4])
             row.seconds = time.perf_counter() - t0
             run.history.append(row)
             _log_epoch(say, row, cfg.epochs)
             if ckpt is not None and rank == 0:
-                _save_checkpoint(ckpt, gm, opt, sched, gen, run, epoch + 1)
-            if got:
-                raise Interrupted(got[0], ckpt)
+                _save_checkpoint(ckpt, gm, opt, sched, gen, run, e + 1)
+            got.check(lambda: _resume_hint(ckpt))
     return _finish(model, softmax, gm, val_data, run, world, say)
+
+
+def _resume_hint(ckpt: Path | None) -> str:
+    has = ckpt is not None and ckpt.exists()
+    return f"during tailoring; resume with --resume (checkpoint {ckpt})" if has else "during tailoring"
+
+
+class _Epoch:
+    """One training epoch of :func:`tailor`: the steps over a seeded permutation of the data
+    (each rank its strided share under DDP), the scale-free loss with the centroids held fixed."""
+
+    def __init__(self, gm: KmModel, train_mod: nn.Module, data: Dataset[Any], params: list[nn.Parameter],
+                 opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator, run: _Run, steps: int,
+                 aug: str, progress: Progress | None) -> None:
+        self.gm, self.train_mod, self.data, self.params = gm, train_mod, data, params
+        self.opt, self.sched, self.gen, self.run, self.steps, self.progress = opt, sched, gen, run, steps, progress
+        self.n = len(data)  # type: ignore[arg-type]
+        self.tensors = as_tensors(data) if _world()[1] == 1 else None  # in-memory data: sliced; else per item
+        x0 = torch.as_tensor(data[0][0])
+        self.aug, self.pad, self.flip = aug, 4 if x0.shape[-1] >= 32 else 2, aug == "crop-flip"
+
+    def order(self) -> torch.Tensor:
+        """This rank's indices for the epoch (the permutation padded to a multiple of the world)."""
+        rank, world = _world()
+        order = torch.randperm(self.n, generator=self.gen)
+        if world > 1:
+            per_rank = math.ceil(self.n / world)
+            order = torch.cat([order, order[: per_rank * world - self.n]])[rank::world]
+        return order
+
+    def train(self, epoch: int, got: Signals, ckpt: Path | None) -> list[float]:
+        """Train one epoch; the all-reduced sums of loss, scatter, CE, correct and seen items."""
+        cfg, dev, run = self.run.cfg, self.run.device, self.run
+        acc = torch.zeros(5, dtype=torch.float64, device=dev)  # loss, scatter, ce, correct, seen
+        st = run.state.to(dev) if run.state is not None else None
+        with eval_mode(self.gm.backbone, cfg.freeze_bn):
+            for step, xb, yb in batches(self.data, self.tensors, self.order(), cfg.batch_size, cfg.workers, dev):
+                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+                if self.aug == "crop-flip":
+                    xb = crop_flip(xb, self.gen, pad=self.pad, flip=self.flip)
+                if run.cl and xb.dim() == 4:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                with autocast(dev, run.amp):
+                    f = features(self.train_mod, xb)
+                loss, scatter, ce, lg = _step_loss(self.gm.head, st, f.float(), yb, cfg)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip > 0:
+                    nn.utils.clip_grad_norm_(self.params, cfg.clip)
+                self.opt.step()
+                self.sched.step()
+                with torch.no_grad():
+                    nb = float(len(yb))
+                    acc += torch.stack([loss.detach().double() * nb, scatter.double() * nb, ce.double() * nb,
+                                        (lg.argmax(1) == yb).sum().double(),
+                                        torch.tensor(nb, dtype=torch.float64, device=dev)])
+                if self.progress and (step % 20 == 19 or step == self.steps - 1):
+                    a = acc.tolist()
+                    self.progress(epoch * self.steps + step + 1, self.steps * cfg.epochs,
+                                  f"ep {epoch + 1} loss {a[0] / max(a[4], 1):.3f} acc {a[3] / max(a[4], 1):.3f}")
+                got.check(lambda: _resume_hint(ckpt))
+        _all_reduce(acc)
+        a = acc.tolist()
+        if not math.isfinite(a[0]):
+            raise KmtoolsError("tailoring diverged (loss is NaN/Inf): lower --lr or disable --amp")
+        return a
 
 
 @torch.no_grad()
@@ -421,38 +313,6 @@ def _build(model: KmModel, data: Dataset[Any], run: _Run, say: Log) -> tuple[KmM
     return gm, head_params
 
 
-def _optimiser(cfg: TailorConfig, params: list[nn.Parameter], head_params: list[nn.Parameter], n: int, world: int
-               ) -> tuple[torch.optim.Optimizer, Any, int]:
-    groups: list[dict[str, Any]] = [{"params": params}] + ([{"params": head_params}] if head_params else [])
-    if cfg.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                                                     weight_decay=cfg.weight_decay, nesterov=True)
-    else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = math.ceil(math.ceil(n / world) / cfg.batch_size)
-    total = steps * cfg.epochs
-    warm = int(cfg.warmup * total)
-    if cfg.schedule == "onecycle":
-        sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
-        return opt, sched, steps
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        if cfg.schedule == "constant":
-            return 1.0
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor), steps
-
-
-def _batch(data: Dataset[Any], tensors: tuple[torch.Tensor, torch.Tensor] | None, idx: torch.Tensor
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    if tensors is not None:
-        return tensors[0][idx], tensors[1][idx].long()
-    items = [data[int(i)] for i in idx]
-    return torch.stack([torch.as_tensor(it[0]) for it in items]), torch.as_tensor([int(it[1]) for it in items])
-
 
 def _step_loss(head: nn.Module, st: obj.HeadState | None, f: torch.Tensor, y: torch.Tensor, cfg: TailorConfig
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -463,6 +323,7 @@ def _step_loss(head: nn.Module, st: obj.HeadState | None, f: torch.Tensor, y: to
     loss = head_loss(head, f, y)
     zero = torch.zeros((), device=f.device)
     return loss, zero, loss.detach(), head(f).detach()
+
 
 
 @torch.no_grad()
@@ -593,7 +454,7 @@ def _finish(model: KmModel, softmax: KmModel | None, gm: KmModel, val: Dataset[A
     best.head = run.best["head"]
     res.selected_epoch = int(run.best["epoch"])
     if isinstance(best.head, GaussHead) and val is not None:
-        res.gamma_fit = _fit_gamma(best, val, cfg, run)
+        res.gamma_fit = fit_gamma(best, val, cfg, run.device, run.amp)
     elif isinstance(best.head, GaussHead) and cfg.gamma is not None:
         best.head.gamma.fill_(cfg.gamma)
     res.model = _freeze(best)
@@ -607,122 +468,3 @@ def _freeze(m: KmModel) -> KmModel:
         p.requires_grad_(False)
     return m.to(memory_format=torch.contiguous_format).cpu().eval()
 
-
-@torch.no_grad()
-def _fit_gamma(model: KmModel, val: Dataset[Any], cfg: TailorConfig, run: _Run) -> dict[str, Any]:
-    """γ so that κ_pred < 1/c flags a share ``fpr`` of the validation inputs (or ``cfg.gamma``)."""
-    head = model.head
-    assert isinstance(head, GaussHead)
-    c = head.num_classes
-    trained = float(head.gamma)
-    fe = extract(model, val, batch_size=max(cfg.batch_size, 256), device=run.device, amp=run.amp,
-                 workers=cfg.workers)
-    d = (head.sq_dist(fe.features.double().to(head.centroids.device)) + head.offsets.double()).min(1).values
-    q = float(torch.quantile(d, 1 - cfg.fpr))
-    fitted = math.log(c) / max(q, obj.EPS)
-    gamma = cfg.gamma if cfg.gamma is not None else fitted
-    head.gamma.fill_(gamma)
-    flagged = float((torch.exp(-gamma * d) < 1.0 / c).double().mean())
-    return {"gamma": gamma, "trained_gamma": trained, "fitted": cfg.gamma is None, "fpr_target": cfg.fpr,
-            "threshold": 1.0 / c, "val_flagged_at_threshold": flagged,
-            "meaning": f"with this γ the paper's rule κ_pred < 1/c = {1.0 / c:.3g} flags {flagged:.1%} of the "
-                       f"validation inputs (in-distribution false-positive rate)"}
-
-
-@torch.no_grad()
-def benefit(softmax: KmModel, gauss: KmModel, val: Dataset[Any], device: torch.device, seed: int) -> dict[str, Any]:
-    """Validation accuracy, noise-vs-validation AUROC and scale-free separation, before/after."""
-    from sklearn.metrics import roc_auc_score
-
-    n_noise = min(1000, len(val))  # type: ignore[arg-type]
-    x0 = torch.as_tensor(val[0][0])
-    noise = torch.rand((n_noise, *x0.shape), generator=torch.Generator().manual_seed(seed))
-    out: dict[str, Any] = {"noise": {"n": n_noise, "kind": "uniform [0, 1] inputs"}}
-    for name, m in (("softmax", softmax), ("gauss", gauss)):
-        fv = extract(m, val, batch_size=256, device=device)
-        fz = extract(m, torch.utils.data.TensorDataset(noise, torch.zeros(n_noise, dtype=torch.long)),
-                     batch_size=256, device=device)
-        c = m.num_classes
-        extra: dict[str, Any] = {}
-        if isinstance(m.head, GaussHead):
-            sv, sz = (m.head.log_kappa(x.features.double()).max(1).values for x in (fv, fz))
-            own = obj.geometry(fv.features, fv.labels, m.head.centroids.cpu(), m.head.offsets.cpu())
-            extra = {"centroids_scatter_over_gap2": own.scatter_over_gap2}  # around the exported centroids
-        else:
-            sv, sz = (torch.log_softmax(x.scores.double(), 1).max(1).values for x in (fv, fz))
-        auroc = float(roc_auc_score([1] * len(sv) + [0] * len(sz), torch.cat([sv, sz]).numpy()))
-        # the features' own clustering (Algorithm 1's objective), around their validation class means
-        g = obj.geometry(fv.features, fv.labels, class_means(fv.features.double(), fv.labels, c))
-        out[name] = {"val_accuracy": float((fv.predictions == fv.labels).double().mean()),
-                     "noise_auroc": auroc, **g.to_dict(), **extra}
-    return out
-
-
-def _features(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(mod, nn.parallel.DistributedDataParallel):
-        inner: KmModel = mod.module
-        head = inner.head
-        inner.head = nn.Identity()  # forward returns features; DDP hooks fire on the backbone
-        try:
-            out: torch.Tensor = mod(x)
-        finally:
-            inner.head = head
-        return out
-    f: torch.Tensor = mod.features(x)  # type: ignore[operator]
-    return f
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _save_checkpoint(path: Path, gm: KmModel, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,
-                     run: _Run, epoch: int) -> None:
-    from kmtools.io import write_with
-
-    def hs(s: obj.HeadState | None) -> dict[str, Any] | None:
-        return None if s is None else {"centroids": s.centroids, "offsets": s.offsets, "gamma": s.gamma}
-
-    best = None
-    if run.best is not None:
-        best = {"key": run.best["key"], "epoch": run.best["epoch"], "backbone": run.best["backbone"],
-                "head": run.best["head"].state_dict()}
-    state = {
-        "backbone": gm.backbone.state_dict(), "head": gm.head.state_dict(),
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-        "history": [h.to_dict() for h in run.history], "epoch": epoch, "config": run.cfg.to_dict(),
-        "warm": hs(run.warm), "state": hs(run.state), "scale": run.scale, "best": best,
-        "stopped": run.stopped, "below": run.below, "base_val": run.base_val,
-    }
-    write_with(path, lambda tmp: torch.save(state, tmp), force=True)
-
-
-def _restore(ckpt: Path | None, gm: KmModel, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,
-             run: _Run, say: Log) -> int:
-    if ckpt is None or not ckpt.is_file():
-        raise ConfigError(f"--resume: no checkpoint at {ckpt}: run without --resume first")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    same = {k: v for k, v in (state.get("config") or {}).items() if k != "workers"}
-    if same != {k: v for k, v in run.cfg.to_dict().items() if k != "workers"}:
-        raise ConfigError(f"--resume: {ckpt} was written with other options; use the same options or --force")
-
-    def hs(d: dict[str, Any] | None) -> obj.HeadState | None:
-        return None if d is None else obj.HeadState(d["centroids"], d["offsets"], float(d["gamma"]))
-
-    run.warm, run.state, run.scale = hs(state["warm"]), hs(state["state"]), float(state["scale"])
-    if run.state is not None:
-        gm.head = run.state.raw_head(run.scale).to(run.device)
-    gm.head.load_state_dict(state["head"])
-    gm.backbone.load_state_dict(state["backbone"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    gen.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    run.history = [EpochStats(**h) for h in state["history"]]
-    run.stopped, run.base_val = bool(state["stopped"]), state["base_val"]
-    run.below = int(state.get("below", 0))
-    if state["best"] is not None:
-        b = state["best"]
-        head = copy.deepcopy(gm.head).cpu()
-        head.load_state_dict(b["head"])
-        run.best = {"key": b["key"], "epoch": b["epoch"], "backbone": b["backbone"], "head": head}
-    say(f"resumed from {ckpt} after epoch {state['epoch']}")
-    return int(state["epoch"])
