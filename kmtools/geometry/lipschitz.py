@@ -255,8 +255,8 @@ class _Graph:
         if tgt in (operator.truediv, torch.div, "div") and isinstance(args[1], (int, float)):
             return self.lip(args[0]) / abs(float(args[1]))
         if tgt in _FN_CONST or (op == "call_method" and tgt in _METHOD_CONST):
-            c = _FN_CONST.get(tgt) if op == "call_function" else _METHOD_CONST[str(tgt)]
-            return self._scaled(node, float(c or 0.0), src)
+            k = _FN_CONST.get(tgt) if op == "call_function" else _METHOD_CONST[str(tgt)]
+            return self._scaled(node, float(k or 0.0), src)
         if tgt is Fn.leaky_relu:
             slope = args[1] if len(args) > 1 else node.kwargs.get("negative_slope", 0.01)
             return max(1.0, abs(float(slope))) * src
