@@ -111,6 +111,19 @@ def kv_table(title: str, rows: Sequence[tuple[str, Any]]) -> Table:
     return t
 
 
+def grid_table(grid: Any) -> Table:
+    """A :class:`kmtools.report.views.grid.Grid` as a rich table: the first column bold, the
+    others right-aligned."""
+    t = Table(title=grid.title, title_justify="left")
+    for i, c in enumerate(grid.header):
+        t.add_column(c, style="bold" if i == 0 else None, justify="left" if i == 0 else "right")
+    for row in grid.rows:
+        t.add_row(*row)
+    if grid.caption:
+        t.caption, t.caption_justify = grid.caption, "left"
+    return t
+
+
 def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -1,8 +1,8 @@
 """``kmtools geometry distance|curvature|detect|path``: decision-boundary geometry.
 
 Fawzi et al., "Classification regions of deep neural networks" (Sec. III-V, Eq. 1,
-Algorithms 1-2) and Theorem 2 of "Gauss networks / softmax is k-means". The maths lives in
-:mod:`kmtools.geometry`; this module parses options, calls it and renders the results.
+Algorithms 1-2) and Theorem 2 of "Gauss networks / softmax is k-means". The runs live in
+:mod:`kmtools.geometry.run`; this module parses options, calls one and renders its view.
 """
 
 from __future__ import annotations
@@ -28,29 +28,39 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+# options of more than one command
 OutDirOpt = out_dir("Folder for geometry-<command>.json (result document), .npz (per-input arrays) and .png (figure).")
+Data = Annotated[DataOptions, Use(add=("download",))]
+Out = Annotated[OutputOptions, Use(options={"out": OutDirOpt})]
 OvershootOpt = Annotated[float, typer.Option("--overshoot", help="DeepFool overshoot: x + (1 + overshoot)·Σ r_i.")]
 MaxIterOpt = Annotated[int, typer.Option("--max-iter", min=1, help="Maximum DeepFool steps per input.")]
-CandidatesOpt = Annotated[
-    int, typer.Option("--candidates", min=0, help="Classes DeepFool linearises per step (top scores); 0 = all.")
-]
-HvpOpt = Annotated[
-    str,
-    typer.Option(
-        "--hvp",
-        help="Hessian-vector products: exact (double backward; smooth networks), fd (central differences of "
-        "gradients; needed for ReLU/max-pool networks, whose exact Hessian is 0), auto (exact unless it is "
-        "identically 0).",
-    ),
-]
-FdStepOpt = Annotated[
-    float | None,
-    typer.Option("--fd-step", help="Finite-difference step h (default √d·range/512·10, the authors' choice)."),
-]
+CandidatesOpt = Annotated[int, typer.Option("--candidates", min=0, help="Classes DeepFool linearises per step (top scores); 0 = all.")]
+HvpOpt = Annotated[str, typer.Option("--hvp", help="Hessian-vector products: exact (double backward; smooth networks), fd (central differences of gradients; needed for ReLU/max-pool networks, whose exact Hessian is 0), auto (exact unless it is identically 0).")]
+FdStepOpt = Annotated[float | None, typer.Option("--fd-step", help="Finite-difference step h (default √d·range/512·10, the authors' choice).")]
 SamplesOpt = Annotated[int, typer.Option("--samples", "-T", min=1, help="Random directions v_j per input (T).")]
+# distance
+LipschitzOpt = Annotated[str, typer.Option("--lipschitz", help="Gauss networks, Theorem 2: L_p of the feature map. product (an upper bound composed over the layers), local (the Jacobian norm along x → x_adv: an estimate, not a guarantee) or a number.")]
+BisectionOpt = Annotated[int, typer.Option("--bisection-steps", min=0, help="Halvings of x → x_adv that put z on F = 0.")]
+ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="Clamp DeepFool's iterates to [0, 1] (images).")]
+# curvature
+TopOpt = Annotated[int, typer.Option("--top", min=1, help="Largest principal curvatures to compute.")]
+BottomOpt = Annotated[int, typer.Option("--bottom", min=1, help="Smallest principal curvatures to compute.")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", min=1, help="Lanczos steps (default max(40, 3·(top+bottom)), at most d-1).")]
+# detect
+AdversarialOpt = Annotated[Path | None, typer.Option("--adversarial", help="Perturbed inputs to detect instead of DeepFool's: the .npz of `kmtools attack onepixel --out` (or any attack file with KEY_x_adv arrays), a set saved by --save-adversarial, or an .npz with x and labels (the labels before the attack).", show_default=False)]
+AdvKeyOpt = Annotated[str | None, typer.Option("--adv-key", help="Which model's attack to read from an attack file (softmax, gauss, model, compare); default the one matching MODEL's head.")]
+ThresholdOpt = Annotated[float, typer.Option("--threshold", "-t", help="t of Algorithm 2: perturbed when ρ ≥ t.")]
+AsymmetryOpt = Annotated[bool, typer.Option("--asymmetry/--no-asymmetry", help="Also measure Table II: the sign of κ̄ at the nearest boundary point of clean and perturbed inputs (a DeepFool run and a curvature estimate per input more).")]
+SaveAdvOpt = Annotated[Path | None, typer.Option("--save-adversarial", help="Write the DeepFool-perturbed set (.npz or .safetensors) for reuse with --adversarial.", show_default=False)]
+# path
+PairOpt = Annotated[str | None, typer.Option("--pair", help="Two input indices 'I,J' (of the first -n inputs) to connect.", show_default=False)]
+PairsOpt = Annotated[int, typer.Option("--pairs", min=1, help="Random same-class pairs to connect when --pair is not given.")]
+PathSamplesOpt = Annotated[int, typer.Option("--samples", min=2, help="Points checked on each segment (ends included), line 10.")]
+MaxDepthOpt = Annotated[int, typer.Option("--max-depth", min=1, help="Recursion limit of FINDPATH.")]
+MaxAnchorsOpt = Annotated[int, typer.Option("--max-anchors", min=3, help="Limit on the anchors of one path.")]
+MinPushOpt = Annotated[float, typer.Option("--min-push", min=0.0, help="A projected midpoint moves at least this fraction of the segment being split into the region (0 = the paper's minimal projection, which can stall at kinks).")]
 
 
-# ------------------------------------------------------------------------------ helpers
 class _Geo:
     """The run context, model and inputs of one geometry command (``with`` block: SIGINT and
     SIGTERM become one ``Interrupted`` error, exit 128 + signal)."""
@@ -100,43 +110,11 @@ class _Geo:
         self.out.gate(self.output.gate, doc)
 
 
-def _lipschitz(text: str) -> str | float:
-    if text in ("product", "local"):
-        return text
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise ConfigError(f"--lipschitz must be product, local or a positive number, got {text!r}") from exc
-    if not value > 0:
-        raise ConfigError("--lipschitz must be positive")
-    return value
-
-
-# ----------------------------------------------------------------------------- distance
 @grouped
 def geometry_distance(
-    *,
-    mo: ModelOptions,
-    ds: Annotated[DataOptions, Use(add=("download",))],
-    lipschitz: Annotated[
-        str,
-        typer.Option(
-            "--lipschitz",
-            help="Gauss networks, Theorem 2: L_p of the feature map. product (an upper bound composed over "
-            "the layers), local (the Jacobian norm along x → x_adv: an estimate, not a guarantee) or a number.",
-        ),
-    ] = "product",
-    overshoot: OvershootOpt = 0.02,
-    max_iter: MaxIterOpt = 50,
-    candidates: CandidatesOpt = 10,
-    bisection_steps: Annotated[
-        int, typer.Option("--bisection-steps", min=0, help="Halvings of x → x_adv that put z on F = 0.")
-    ] = 30,
-    clip: Annotated[
-        bool, typer.Option("--clip/--no-clip", help="Clamp DeepFool's iterates to [0, 1] (images).")
-    ] = False,
-    run: RunOptions,
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    *, mo: ModelOptions, ds: Data, lipschitz: LipschitzOpt = "product", overshoot: OvershootOpt = 0.02,
+    max_iter: MaxIterOpt = 50, candidates: CandidatesOpt = 10, bisection_steps: BisectionOpt = 30,
+    clip: ClipOpt = False, run: RunOptions, output: Out,
 ) -> None:
     """Distance to the decision boundary: r(x) and z = x + r(x) on it, batched (Sec. II).
 
@@ -148,38 +126,21 @@ def geometry_distance(
 
     Example: kmtools geometry distance gauss.safetensors --data cifar10 -n 500 --gate "theorem2.violations==0"
     """
-    with _Geo("distance", mo, run, output) as geo:
-        x = geo.data(ds, 100)
-        from kmtools.geometry.run import run_distance
+    from kmtools.geometry.run import run_distance
 
-        doc = run_distance(
-            geo.model, x, geo.ctx, **geo.where, lipschitz=_lipschitz(lipschitz), overshoot=overshoot,
-            max_iter=max_iter, candidates=candidates, bisection_steps=bisection_steps, clip=clip,
-            batch_size=run.batch_size,
-        )
+    with _Geo("distance", mo, run, output) as geo:
+        doc = run_distance(geo.model, geo.data(ds, 100), geo.ctx, **geo.where, lipschitz=lipschitz,
+                           overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+                           bisection_steps=bisection_steps, clip=clip, batch_size=run.batch_size)
     geo.show(doc)
 
 
-# ---------------------------------------------------------------------------- curvature
 @grouped
 def geometry_curvature(
-    *,
-    mo: ModelOptions,
-    ds: Annotated[DataOptions, Use(add=("download",))],
-    top: Annotated[int, typer.Option("--top", min=1, help="Largest principal curvatures to compute.")] = 10,
-    bottom: Annotated[int, typer.Option("--bottom", min=1, help="Smallest principal curvatures to compute.")] = 10,
-    steps: Annotated[
-        int | None,
-        typer.Option("--steps", min=1, help="Lanczos steps (default max(40, 3·(top+bottom)), at most d-1)."),
-    ] = None,
-    samples: SamplesOpt = 20,
-    hvp: HvpOpt = "auto",
-    fd_step: FdStepOpt = None,
-    overshoot: OvershootOpt = 0.02,
-    max_iter: MaxIterOpt = 50,
-    candidates: CandidatesOpt = 10,
-    run: Annotated[RunOptions, Use(defaults={"batch_size": 32})],
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    *, mo: ModelOptions, ds: Data, top: TopOpt = 10, bottom: BottomOpt = 10, steps: StepsOpt = None,
+    samples: SamplesOpt = 20, hvp: HvpOpt = "auto", fd_step: FdStepOpt = None, overshoot: OvershootOpt = 0.02,
+    max_iter: MaxIterOpt = 50, candidates: CandidatesOpt = 10,
+    run: Annotated[RunOptions, Use(defaults={"batch_size": 32})], output: Out,
 ) -> None:
     """Principal curvatures of the boundary at z = x + r(x) (Eq. 1, Fig. 4b) and their average.
 
@@ -191,57 +152,23 @@ def geometry_curvature(
 
     Example: kmtools geometry curvature model.pt --arch resnet18 --data cifar10 -n 50 --out runs/
     """
-    with _Geo("curvature", mo, run, output) as geo:
-        x = geo.data(ds, 20)
-        from kmtools.geometry.run import run_curvature
+    from kmtools.geometry.run import run_curvature
 
+    with _Geo("curvature", mo, run, output) as geo:
         doc = run_curvature(
-            geo.model, x, geo.ctx, **geo.where, top=top, bottom=bottom, steps=steps, samples=samples, hvp=hvp,
-            fd_step=fd_step, overshoot=overshoot, max_iter=max_iter, candidates=candidates, batch_size=run.batch_size,
+            geo.model, geo.data(ds, 20), geo.ctx, **geo.where, top=top, bottom=bottom, steps=steps, samples=samples,
+            hvp=hvp, fd_step=fd_step, overshoot=overshoot, max_iter=max_iter, candidates=candidates,
+            batch_size=run.batch_size,
         )
     geo.show(doc)
 
 
-# ------------------------------------------------------------------------------- detect
 @grouped
 def geometry_detect(
-    *,
-    mo: ModelOptions,
-    ds: Annotated[DataOptions, Use(add=("download",))],
-    adversarial: Annotated[
-        Path | None,
-        typer.Option(
-            "--adversarial",
-            help="Perturbed inputs to detect instead of DeepFool's: the .npz of `kmtools attack onepixel --out` "
-            "(or any attack file with KEY_x_adv arrays), a set saved by --save-adversarial, or an .npz with x and "
-            "labels (the labels before the attack).",
-            show_default=False,
-        ),
-    ] = None,
-    adv_key: Annotated[
-        str | None,
-        typer.Option("--adv-key", help="Which model's attack to read from an attack file (softmax, gauss, model, "
-                     "compare); default the one matching MODEL's head."),
-    ] = None,
-    threshold: Annotated[float, typer.Option("--threshold", "-t", help="t of Algorithm 2: perturbed when ρ ≥ t.")] = 0.0,
-    samples: SamplesOpt = 10,
-    hvp: HvpOpt = "auto",
-    fd_step: FdStepOpt = None,
-    overshoot: OvershootOpt = 0.02,
-    max_iter: MaxIterOpt = 50,
-    asymmetry: Annotated[
-        bool,
-        typer.Option("--asymmetry/--no-asymmetry", help="Also measure Table II: the sign of κ̄ at the nearest "
-                     "boundary point of clean and perturbed inputs (a DeepFool run and a curvature estimate "
-                     "per input more)."),
-    ] = False,
-    save_adversarial: Annotated[
-        Path | None,
-        typer.Option("--save-adversarial", help="Write the DeepFool-perturbed set (.npz or .safetensors) for "
-                     "reuse with --adversarial.", show_default=False),
-    ] = None,
-    run: Annotated[RunOptions, Use(defaults={"batch_size": 64})],
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    *, mo: ModelOptions, ds: Data, adversarial: AdversarialOpt = None, adv_key: AdvKeyOpt = None,
+    threshold: ThresholdOpt = 0.0, samples: SamplesOpt = 10, hvp: HvpOpt = "auto", fd_step: FdStepOpt = None,
+    overshoot: OvershootOpt = 0.02, max_iter: MaxIterOpt = 50, asymmetry: AsymmetryOpt = False,
+    save_adversarial: SaveAdvOpt = None, run: Annotated[RunOptions, Use(defaults={"batch_size": 64})], output: Out,
 ) -> None:
     """Algorithm 2: detect perturbed inputs from the sign of the average curvature, recover labels.
 
@@ -275,7 +202,6 @@ def geometry_detect(
     geo.show(doc)
 
 
-# --------------------------------------------------------------------------------- path
 def _pair(text: str) -> tuple[int, int]:
     try:
         a, b = (int(v) for v in text.replace(" ", "").split(","))
@@ -286,30 +212,9 @@ def _pair(text: str) -> tuple[int, int]:
 
 @grouped
 def geometry_path(
-    *,
-    mo: ModelOptions,
-    ds: Annotated[DataOptions, Use(add=("download",))],
-    pair: Annotated[
-        str | None,
-        typer.Option("--pair", help="Two input indices 'I,J' (of the first -n inputs) to connect.", show_default=False),
-    ] = None,
-    pairs: Annotated[
-        int, typer.Option("--pairs", min=1, help="Random same-class pairs to connect when --pair is not given.")
-    ] = 10,
-    samples: Annotated[
-        int, typer.Option("--samples", min=2, help="Points checked on each segment (ends included), line 10.")
-    ] = 16,
-    max_depth: Annotated[int, typer.Option("--max-depth", min=1, help="Recursion limit of FINDPATH.")] = 10,
-    max_anchors: Annotated[int, typer.Option("--max-anchors", min=3, help="Limit on the anchors of one path.")] = 256,
-    min_push: Annotated[
-        float,
-        typer.Option("--min-push", min=0.0, help="A projected midpoint moves at least this fraction of the segment "
-                     "being split into the region (0 = the paper's minimal projection, which can stall at kinks)."),
-    ] = 0.1,
-    overshoot: OvershootOpt = 0.02,
-    max_iter: MaxIterOpt = 50,
-    run: RunOptions,
-    output: Annotated[OutputOptions, Use(options={"out": OutDirOpt})],
+    *, mo: ModelOptions, ds: Data, pair: PairOpt = None, pairs: PairsOpt = 10, samples: PathSamplesOpt = 16,
+    max_depth: MaxDepthOpt = 10, max_anchors: MaxAnchorsOpt = 256, min_push: MinPushOpt = 0.1,
+    overshoot: OvershootOpt = 0.02, max_iter: MaxIterOpt = 50, run: RunOptions, output: Out,
 ) -> None:
     """Algorithm 1: a piecewise-linear path between two inputs of one class that stays in its region.
 
@@ -321,14 +226,13 @@ def geometry_path(
 
     Example: kmtools geometry path model.pt --arch resnet18 --data cifar10 -n 200 --pairs 50 --out runs/
     """
-    with _Geo("path", mo, run, output) as geo:
-        x = geo.data(ds, 200)
-        from kmtools.geometry.run import run_path
+    from kmtools.geometry.run import run_path
 
+    with _Geo("path", mo, run, output) as geo:
         doc = run_path(
-            geo.model, x, geo.ctx, **geo.where, pair=_pair(pair) if pair is not None else None, pairs=pairs,
-            samples=samples, max_depth=max_depth, max_anchors=max_anchors, min_push=min_push, overshoot=overshoot,
-            max_iter=max_iter, batch_size=run.batch_size,
+            geo.model, geo.data(ds, 200), geo.ctx, **geo.where, pair=_pair(pair) if pair is not None else None,
+            pairs=pairs, samples=samples, max_depth=max_depth, max_anchors=max_anchors, min_push=min_push,
+            overshoot=overshoot, max_iter=max_iter, batch_size=run.batch_size,
         )
     geo.show(doc)
 

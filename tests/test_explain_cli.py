@@ -160,3 +160,21 @@ def test_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_help_has_examples() -> None:
     code, stdout, _ = _run("explain", "--help")
     assert code == 0 and "Example: kmtools explain --neon --data wine -k 6 --evaluate" in stdout
+
+
+def test_wine_table_i_setting_reports_the_paper_row() -> None:
+    """All 178 wine inputs, K = 6, standardised: the paper's Table I row (winer) is attached and
+    shown beside kmtools' AUC, the best method marked; other settings get no reference."""
+    args = ("explain", "--data", "wine", "-k", "6", "--evaluate", "--repeats", "1", "--methods", "NEON,x2")
+    code, stdout, _ = _run(*args, "--format", "json")
+    assert code == 0, stdout
+    res = json.loads(stdout)["results"]
+    assert res["n"] == 178 and res["reference"]["source"] == "paper Table I, row winer"
+    assert res["reference"]["auc"]["neon"] == 87.23 and set(res["auc"]) == {"neon", "x2"}
+    code, stdout, _ = _run(*args)
+    best = res["best_method"]
+    row = next(line for line in stdout.splitlines() if f"({best})" in line)
+    assert "paper (Table I, winer)" in stdout and "◀ best" in row
+    code, stdout, _ = _run("explain", "--data", "wine", "-k", "5", "--evaluate", "--repeats", "1",
+                           "--methods", "NEON", "--format", "json")
+    assert code == 0 and "reference" not in json.loads(stdout)["results"]

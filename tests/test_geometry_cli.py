@@ -64,7 +64,8 @@ def test_distance_gauss_theorem2_files_and_gate(models: tuple[Path, Path], tmp_p
     assert doc["command"] == "geometry distance" and res["head_kind"] == "gauss"
     assert res["inputs"] == 12 and res["converged"] >= 10 and res["on_boundary"] == res["converged"]
     t2 = res["theorem2"]
-    assert t2["violations"] == 0 and t2["lipschitz"]["guaranteed"] is True
+    # smallcnn has convolutions: their norms are power-iterated, so the product is an estimate
+    assert t2["violations"] == 0 and t2["lipschitz"]["guaranteed"] is False
     assert json.loads((out / "geometry-distance.json").read_text())["results"] == res
     z = np.load(out / "geometry-distance.npz")
     assert z["distance"].shape == (12,) and z["bound_margin"].shape == (12,)

@@ -155,3 +155,21 @@ def test_softmax_network_gets_no_theorem2_and_unknown_layers_are_refused(
     odd = KmModel(backbone, GaussHead(torch.randn(2, 4)), input_shape=(4,))
     with pytest.raises(ConfigError, match="LayerNorm"):
         lipschitz_upper_bound(odd, torch.randn(1, 4))
+
+
+def test_product_bound_is_guaranteed_only_without_power_iteration() -> None:
+    """``guaranteed`` means a proof: exact SVD, activation slopes and max-pooling are; a
+    convolution's power-iterated norm approaches σ from below, so a network with one gets
+    an estimate (same value), never ``guaranteed``."""
+    torch.manual_seed(0)
+    mlp = KmModel(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)), nn.Linear(4, 3), input_shape=(6,))
+    est = lipschitz_upper_bound(mlp, torch.rand(1, 6))
+    w1, w2 = mlp.backbone[0].weight.detach().double(), mlp.backbone[2].weight.detach().double()
+    assert est.guaranteed and not any("not a proof" in a for a in est.assumptions)
+    assert abs(est.value - float(torch.linalg.matrix_norm(w1, 2) * torch.linalg.matrix_norm(w2, 2))) < 1e-9
+    conv = KmModel(nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(27, 4)),
+                   nn.Linear(4, 3), input_shape=(1, 8, 8))
+    est = lipschitz_upper_bound(conv, torch.rand(1, 1, 8, 8))
+    assert not est.guaranteed and est.to_dict()["guaranteed"] is False
+    assert any(a.startswith("not a proof: 1 factor(s)") and "(_0)" in a for a in est.assumptions), est.assumptions
+    assert [n for n, _ in est.layers] == ["_0", "_1", "_2", "_3", "_4"]  # conv, ReLU, max-pool, flatten, linear

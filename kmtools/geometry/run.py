@@ -36,6 +36,19 @@ from kmtools.runs import to_numpy as _np
 FILES = {"json": ".json", "npz": ".npz", "png": ".png"}
 
 
+def lipschitz_option(value: str | float | LipschitzEstimate | None) -> str | float | LipschitzEstimate | None:
+    """``--lipschitz``: ``product``, ``local``, a positive number (as text or float) or an estimate."""
+    if not isinstance(value, str) or value in ("product", "local"):
+        return value
+    try:
+        number = float(value)
+    except ValueError as exc:
+        raise ConfigError(f"--lipschitz must be product, local or a positive number, got {value!r}") from exc
+    if not number > 0:
+        raise ConfigError("--lipschitz must be positive")
+    return number
+
+
 def _finish(ctx: RunContext, results: dict[str, Any], paths: dict[str, Path], model: KmModel,
             model_path: Path | str | None, data: Any) -> dict[str, Any]:
     doc = ctx.doc(results, model=model, model_path=model_path, data=data)
@@ -62,6 +75,7 @@ def run_distance(
     (Fawzi et al. Sec. II; Gauss-network paper Theorem 2). ``candidates`` 0/None = all classes."""
     from kmtools.geometry.plots import plot_distance
 
+    lipschitz = lipschitz_option(lipschitz)
     paths = ctx.paths(**FILES)
     with ctx.stage("distance", "DeepFool", len(x)) as prog:
         res = boundary_distance(
