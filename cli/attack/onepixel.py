@@ -58,8 +58,9 @@ ChunkOpt = Annotated[
 ]
 BackendOpt = Annotated[
     str,
-    typer.Option("--backend", help="Scoring of candidate batches: auto (onnxruntime on the CPU when installed, "
-                 "else eager), eager, channels-last, compile or onnxruntime. Verdicts stay eager float32."),
+    typer.Option("--backend", help="Scoring of candidate batches: auto (CPU: onnxruntime when installed and the "
+                 "budget is >= 50,000 candidates, else channels-last; CUDA: eager), eager, channels-last, compile "
+                 "or onnxruntime. Verdicts stay eager float32."),
 ]
 
 

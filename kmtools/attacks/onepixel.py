@@ -202,7 +202,9 @@ def onepixel(
             is passed with.
         batch_size: images evolved together (default 8192 // popsize on CUDA,
             2048 // popsize on CPU, at least 1).
-        chunk: maximum candidate images per forward pass (default: batch_size × popsize).
+        chunk: maximum candidate images per forward pass (default
+            :func:`kmtools.scoring_backends.default_chunk`: batch_size × popsize, or whole
+            populations up to 512 candidates for eager/channels-last on the CPU).
         amp: bf16 autocast of the backbone on CUDA. A candidate that fools the model
             under bf16 is confirmed in float32 before its image stops.
         device: where to run (the model is moved there); default the model's device.
@@ -225,7 +227,9 @@ def onepixel(
         threshold: the outlier threshold on the predicted class's confidence (default
             the model's own, 1/c unless it sets one); ``outlier`` and ``effective`` use it.
         backend: how candidate batches are scored (:mod:`kmtools.scoring_backends`):
-            ``"eager"`` (default), ``"auto"`` (onnxruntime on the CPU when installed),
+            ``"eager"`` (default), ``"auto"`` (on the CPU onnxruntime when installed and the
+            budget N × popsize × (maxiter + 1) is ≥ 50,000 candidates, else channels-last;
+            eager on CUDA),
             ``"channels-last"``, ``"compile"`` or ``"onnxruntime"``. Only the search uses
             it: a success it finds is confirmed, and every reported verdict and confidence
             is computed, in eager float32. Backends round differently, so DE may pick a
@@ -271,9 +275,9 @@ def _single(
     if ids_all.numel() != n:
         raise ConfigError(f"{ids_all.numel()} image ids for {n} images")
     tgt_all = _targets(target, n)
-    from kmtools.scoring_backends import resolve_backend
+    from kmtools.scoring_backends import default_chunk, resolve_backend
 
-    backend = resolve_backend(backend, dev)
+    backend = resolve_backend(backend, dev, budget=n * int(popsize) * (maxiter + 1))
     with eval_mode(model), torch.no_grad():
         scorer = _Scorer(model)
         parts = [scorer.f32(x[s : s + 1024].to(dev)).cpu() for s in range(0, n, 1024)]
@@ -289,7 +293,7 @@ def _single(
         spec = _Spec(
             pixels=pixels, p=int(popsize), maxiter=maxiter, F=F, tol=tol, fitness=fitness, success=success,
             bounds=bounds, log_thr=math.log(thr) if adaptive else None, seed=seed, dev=dev, bs=bs,
-            chunk=chunk or bs * int(popsize), amp=_use_amp(dev, amp), nhwc=_use_nhwc(dev), shape=(ch, h, w),
+            chunk=chunk or default_chunk(backend, dev, int(popsize), bs), amp=_use_amp(dev, amp), nhwc=_use_nhwc(dev), shape=(ch, h, w),
             backend=backend,
         )
         res = _initial_result(x, labels, ids_all, logc0, tgt_all, thr, spec, model)
