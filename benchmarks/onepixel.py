@@ -28,6 +28,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -204,13 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", default="auto", help="kmtools' candidate scoring backend (default auto)")
     ap.add_argument("--blocks", type=int, default=None,
                     help="alternate the two methods over this many blocks of images (default n/4, at least 1)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="run the whole comparison this many times and report median times (default 1; 5 with "
+                    "--quick, whose runs last a fraction of a second)")
     ap.add_argument("--no-amp", action="store_true", help="kmtools: no bf16 autocast on CUDA")
     ap.add_argument("--skip-torchattacks", action="store_true", help="time kmtools only")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for torch and onnxruntime (default 1 on the CPU: ratios depend on it)")
     args = ap.parse_args(argv)
-    quick = {"n": 8, "popsize": 60, "steps": 10, "epochs": 4, "size": 8, "threads": 1}
-    real = {"n": 40, "popsize": 400, "steps": 100, "epochs": 8, "size": 16, "threads": 1}
+    quick = {"n": 8, "popsize": 60, "steps": 10, "epochs": 4, "size": 8, "threads": 1, "repeat": 5}
+    real = {"n": 40, "popsize": 400, "steps": 100, "epochs": 8, "size": 16, "threads": 1, "repeat": 1}
     for k, v in (quick if args.quick else real).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -248,8 +252,15 @@ def main(argv: list[str] | None = None) -> int:
           f"matched rules: fitness = true-class probability, success = best member, out-of-range "
           f"coordinates resampled; {args.blocks} alternating blocks", flush=True)
 
-    r = _race(model, x, y, args, pop, dev)
-    km_s, ta_s, evals = float(r["km_s"]), float(r["ta_s"]), int(r["evals"])  # type: ignore[arg-type,call-overload]
+    races = [_race(model, x, y, args, pop, dev) for _ in range(args.repeat)]
+    r = races[0]  # rates and counts: the first repetition (kmtools' search is seeded and repeats itself)
+    km_s = statistics.median(float(q["km_s"]) for q in races)  # type: ignore[arg-type]
+    ta_s = statistics.median(float(q["ta_s"]) for q in races)  # type: ignore[arg-type]
+    evals = int(r["evals"])  # type: ignore[call-overload]
+    if args.repeat > 1:
+        print(f"times (median of {args.repeat} repetitions): kmtools "
+              + ", ".join(f"{float(q['km_s']):.3f}" for q in races) + " s; torchattacks "  # type: ignore[arg-type]
+              + ", ".join(f"{float(q['ta_s']):.3f}" for q in races) + " s")  # type: ignore[arg-type]
     settings: dict = r["settings"]  # type: ignore[assignment]
     chunk = int(settings["chunk"])
     sweep = sorted({50, 100, 200, 400, 800, 1600, chunk})
