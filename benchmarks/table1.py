@@ -33,8 +33,6 @@ import json
 import math
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -58,16 +56,27 @@ PAPER_R18 = [(0.944, 0.98, 0.34, 0.77, 0.942, 0.74, 0.05, 0.61), (0.948, 0.98, 0
 
 
 def tailored(checkpoint: Path, data: str, out: Path, epochs: int, seed: int, data_root: str | None) -> Path:
-    """``kmtools tailor`` with default settings, run as a user runs it."""
+    """``kmtools tailor`` with its default settings, through the library (:func:`run_tailor`):
+    ``OUT/gauss/gauss.safetensors`` and ``tailor.json`` (the record, without the CLI's envelope)."""
+    from kmtools.device import resolve
+    from kmtools.io import write_json
+    from kmtools.tailor import TailorConfig
+    from kmtools.tailor.run import run_tailor
+
     g = out / "gauss" / "gauss.safetensors"
     if g.is_file():
         return g
-    cmd = [sys.executable, "-m", "kmtools_cli.main", "tailor", str(checkpoint), "--data", data,
-           "--epochs", str(epochs), "--seed", str(seed), "--out", str(out / "gauss"), "--export", "", "--force"]
-    if data_root:
-        cmd += ["--data-root", data_root]
-    print("$ kmtools " + " ".join(cmd[3:]), flush=True)
-    subprocess.run(cmd, check=True)
+    print(f"$ kmtools tailor {checkpoint} --data {data} --epochs {epochs} --seed {seed} --export '' "
+          "(run through kmtools.tailor.run.run_tailor)", flush=True)
+    model = load_model(checkpoint)
+    train = load_dataset(data, root=data_root, split="train")
+    test = load_dataset(data, root=data_root, split="test")
+    cfg = TailorConfig(epochs=epochs, seed=seed)
+    cfg.validate()
+    done = run_tailor(model, train, test, cfg, out_dir=out / "gauss", device=resolve("auto"), export_formats=(),
+                      write_record=lambda r: write_json(out / "gauss" / "tailor.json", r, force=True))
+    if not done.ok:
+        raise SystemExit(f"tailoring kept no epoch: see {out / 'gauss' / 'tailor.json'}")
     return g
 
 
