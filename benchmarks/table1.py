@@ -106,7 +106,7 @@ def attack(model: Any, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, path
 
             onepixel(model, x[todo], y[todo], popsize=args.popsize, maxiter=args.maxiter, seed=args.seed,
                      index=idx[todo], fitness="both", success="best", threshold=threshold, callback=keep,
-                     batch_size=args.attack_batch, amp=False)
+                     batch_size=args.attack_batch, amp=False, backend=args.backend)
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--tailor-epochs", type=int, default=5)
     ap.add_argument("--attack-batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backend", default="auto", help="candidate scoring (kmtools.scoring_backends; verdicts "
+                    "are eager float32 whatever it is)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
@@ -158,7 +160,8 @@ def main() -> None:
     t_all = time.perf_counter()
     g_path = tailored(ckpt, data, out, args.tailor_epochs, args.seed, args.data_root)
     soft, gauss = load_model(ckpt), load_model(g_path)
-    tailor_doc = json.loads((out / "gauss" / "tailor.json").read_text())["results"]
+    record = json.loads((out / "gauss" / "tailor.json").read_text())
+    tailor_doc = record.get("results", record)  # the CLI's envelope, or run_tailor's bare record
 
     test = load_dataset(data, root=args.data_root, split="test")
     p_s, y_t, c_s = confidences(soft, test.dataset)
@@ -196,7 +199,7 @@ def main() -> None:
         factors[k] = {"factor": r, "lo": lo, "hi": hi}
     doc = {
         "checkpoint": str(ckpt), "data": data, "n_attacked": len(idx), "popsize": args.popsize,
-        "maxiter": args.maxiter, "seed": args.seed, "tailor": {
+        "maxiter": args.maxiter, "seed": args.seed, "backend": args.backend, "tailor": {
             "epochs": args.tailor_epochs, "selected_epoch": tailor_doc.get("selected_epoch"),
             "accuracy_drop_val_points": tailor_doc.get("accuracy_drop"), "gamma": tailor_doc.get("gamma")},
         "test_accuracy_change": paired_diff(ok_s, ok_g).to_dict(), "rows": rows, "paired": paired,
