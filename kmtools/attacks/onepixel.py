@@ -193,13 +193,11 @@ def onepixel(
         F: DE mutation scale (Su et al.: 0.5).
         target: class to reach (an int for all images or one per image); ``None``:
             untargeted.
-        tol: stop an image when std(fitness) ≤ tol · |mean(fitness)| over its population
-            (scipy's rule, default 0.01 there); ``None`` (default) never stops on it,
-            like Su et al. and torchattacks (which passes ``atol=-1`` to scipy's solver).
+        tol: stop an image when std ≤ tol · |mean| of its population's fitness (scipy's
+            rule); ``None`` (default) never stops on it, like Su et al. and torchattacks.
         seed: seeds the counter-based random numbers (see the module docstring).
-        index: (N,) the images' ids (default 0..N-1): they key the random numbers and
-            appear in the result, so image i is attacked the same way whichever subset it
-            is passed with.
+        index: (N,) the images' ids (default 0..N-1): they key the random numbers (see
+            the module docstring) and appear in the result.
         batch_size: images evolved together (default 8192 // popsize on CUDA,
             2048 // popsize on CPU, at least 1).
         chunk: maximum candidate images per forward pass (default
@@ -212,15 +210,12 @@ def onepixel(
         callback: called with the :class:`OnePixelResult` of the images that just
             finished (first the skipped ones, then per generation the ones that stopped);
             their results are final. With ``fitness="both"`` it is called once, at the end.
-        fitness: ``"confidence"`` (Su et al.: the true class's probability, κ_y for a Gauss
-            network), ``"margin"`` (log-confidence of the true class minus the best other
-            class) or ``"both"`` (both runs; an image is fooled when either fools it, and
-            ``success_by`` keeps each run's outcome).
-        success: ``"best"`` (default, scipy/torchattacks: the image stops when the best
-            member of its population fools, and that member is reported) or ``"any"``
-            (stops at the first evaluated child that fools).
-        bounds: ``"resample"`` (default, scipy's rule: a child coordinate outside the
-            image or the colour range is drawn again uniformly inside it) or ``"clip"``.
+        fitness: ``"confidence"`` (Su et al.), ``"margin"`` or ``"both"`` (both runs,
+            ``success_by`` keeps each run's outcome); see the module docstring.
+        success: ``"best"`` (default) stops an image when the best member of its
+            population fools, ``"any"`` at the first evaluated child that fools.
+        bounds: ``"resample"`` (default, scipy's rule) or ``"clip"``: what becomes of a
+            child coordinate outside the image or the colour range.
         adaptive: detector-aware search for heads that flag outliers: a candidate counts as
             fooling only when its prediction is also at or above the outlier threshold,
             and the fitness adds the shortfall below it (see :func:`_fitness`).
@@ -229,12 +224,11 @@ def onepixel(
         backend: how candidate batches are scored (:mod:`kmtools.scoring_backends`):
             ``"eager"`` (default), ``"auto"`` (on the CPU onnxruntime when installed and the
             budget N × popsize × (maxiter + 1) is ≥ 50,000 candidates, else channels-last;
-            eager on CUDA),
-            ``"channels-last"``, ``"compile"`` or ``"onnxruntime"``. Only the search uses
-            it: a success it finds is confirmed, and every reported verdict and confidence
-            is computed, in eager float32. Backends round differently, so DE may pick a
-            different child where two fitness values tie to float rounding; otherwise the
-            search is the same. ``settings`` records the backend and the thread count.
+            eager on CUDA), ``"channels-last"``, ``"compile"`` or ``"onnxruntime"``. Only
+            the search uses it: a success it finds is confirmed, and every reported verdict
+            and confidence is computed, in eager float32. Backends round differently, so DE
+            may pick a different child where two fitness values tie to float rounding;
+            otherwise the search is the same. ``settings`` records the backend and the thread count.
 
     Returns:
         :class:`OnePixelResult`. ``x_adv`` differs from ``x`` in at most ``pixels`` pixel
@@ -293,8 +287,8 @@ def _single(
         spec = _Spec(
             pixels=pixels, p=int(popsize), maxiter=maxiter, F=F, tol=tol, fitness=fitness, success=success,
             bounds=bounds, log_thr=math.log(thr) if adaptive else None, seed=seed, dev=dev, bs=bs,
-            chunk=chunk or default_chunk(backend, dev, int(popsize), bs), amp=_use_amp(dev, amp), nhwc=_use_nhwc(dev), shape=(ch, h, w),
-            backend=backend,
+            chunk=chunk or default_chunk(backend, dev, int(popsize), bs), amp=_use_amp(dev, amp),
+            nhwc=_use_nhwc(dev), shape=(ch, h, w), backend=backend,
         )
         res = _initial_result(x, labels, ids_all, logc0, tgt_all, thr, spec, model)
         if callback is not None and bool(res.skipped.any()):

@@ -15,106 +15,50 @@ Hess, Duivesteijn, Mocanu, "Softmax-based Classification is k-means Clustering: 
 Consequences for Adversarial Attacks, and Improvement through Centroid Based Tailoring":
 Figure 1 (confidence of x vs its one-pixel attack x̃), Figure 2 (FGSM accuracy/confidence
 against ε), Figure 3 (prototypes and outliers by Gauss confidence, with κ above each image).
+
+The shared conventions are in :mod:`kmtools.report.figures_base`, the one-pixel figures in
+:mod:`kmtools.report.figures_onepixel` and the geometry figures in
+:mod:`kmtools.report.figures_geometry`; this module re-exports their names.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from kmtools import io
+from kmtools.report.figures_base import (
+    _COLOURS,
+    _CYCLE,
+    _LABELS,
+    _RC,
+    DPI,
+    NAMES,
+    SIZE,
+    _array,
+    _new_figure,
+    _no_data,
+    _rc,
+    _save,
+    _show,
+    _style,
+    _to_hwc,
+    colour,
+    label,
+    model_order,
+)
+from kmtools.report.figures_geometry import curvature_profiles, roc_curves
+from kmtools.report.figures_onepixel import _changed_pixels, _circle, onepixel_examples, onepixel_scatter
 
-SIZE = (6.0, 4.0)
-DPI = 100
-
-# File names the report uses for the figures it draws (a run's own figures of the same name
-# are then not embedded twice).
-NAMES = {
-    "confidence": "confidence_hist.png",
-    "fgsm": "fgsm.png",
-    "prototypes": "prototypes_outliers.png",
-    "onepixel_scatter": "onepixel_scatter.png",
-    "onepixel_examples": "onepixel_examples.png",
-    "tailor": "tailor_curves.png",
-    "roc": "detection_roc.png",
-    "curvature": "curvature_profile.png",
-    "neon": "neon_heatmaps.png",
-}
-
-_COLOURS = {"softmax": "#d62728", "gauss": "#1f77b4"}
-_CYCLE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-_LABELS = {"softmax": "softmax network", "gauss": "Gauss network"}
-_RC: Any = {
-    "svg.hashsalt": "kmtools",
-    "font.size": 8.0,
-    "axes.titlesize": 9.0,
-    "axes.labelsize": 8.0,
-}
-
-
-def model_order(kinds: Sequence[str]) -> list[str]:
-    """Head kinds in display order: softmax, gauss, then the rest alphabetically."""
-    first = [k for k in ("softmax", "gauss") if k in kinds]
-    return first + sorted(k for k in kinds if k not in first)
-
-
-def colour(kind: str, kinds: Sequence[str] = ()) -> str:
-    if kind in _COLOURS:
-        return _COLOURS[kind]
-    others = [k for k in model_order(list(kinds) or [kind]) if k not in _COLOURS]
-    idx = others.index(kind) if kind in others else 0
-    return _CYCLE[idx % len(_CYCLE)]
-
-
-def label(kind: str) -> str:
-    return _LABELS.get(kind, f"{kind} network")
-
-
-def _new_figure() -> Figure:
-    fig = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Figure, out: str | Path, force: bool, svg: bool = True) -> Path:
-    """Write ``fig`` as PNG at ``out`` and (``svg``) SVG beside it, atomically (call inside ``_rc()``)."""
-    png = Path(out).with_suffix(".png")
-    vector = png.with_suffix(".svg")
-    # check both before writing either, so a refusal leaves nothing half-written
-    io.check_writable(png, force)
-    if svg:
-        io.check_writable(vector, force)
-    io.write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), force=force)
-    if svg:
-        fig.set_layout_engine("none")  # keep the positions just computed: no second layout pass
-        io.write_with(vector, lambda tmp: fig.savefig(tmp, format="svg", metadata={"Date": None}), force=force)
-    return png
-
-
-def _array(a: Any) -> np.ndarray:
-    arr = np.asarray(a.detach().cpu().numpy() if hasattr(a, "detach") else a)
-    return arr
-
-
-def _no_data(ax: Axes, text: str = "no data") -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _style(fig: Figure) -> None:
-    for ax in fig.axes:
-        ax.tick_params(labelsize=7)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
+__all__ = [
+    "DPI", "NAMES", "SIZE", "_COLOURS", "_CYCLE", "_LABELS", "_RC", "_array", "_changed_pixels", "_circle",
+    "_new_figure", "_no_data", "_rc", "_save", "_show", "_style", "_to_hwc", "colour", "confidence_histograms",
+    "curvature_profiles", "fgsm_curves", "label", "model_order", "onepixel_examples", "onepixel_scatter",
+    "prototypes_outliers", "relevance_heatmaps", "roc_curves", "select_prototypes", "training_curves",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,31 +201,6 @@ def fgsm_curves(
 # (c) prototypes and outliers per class (paper Fig. 3)
 
 
-def _to_hwc(img: np.ndarray) -> np.ndarray:
-    """(C,H,W) or (H,W) image -> (H,W,3) / (H,W) in [0,1] for imshow."""
-    a = np.asarray(img, dtype=float)
-    # channel-first when the first axis looks like channels and the last does not (or is smaller)
-    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and (a.shape[-1] not in (1, 3, 4) or a.shape[0] < a.shape[-1]):
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if a.ndim == 3 and a.shape[-1] == 4:
-        a = a[..., :3]
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-    if lo < 0.0 or hi > 1.0:  # normalised or 0-255 input: stretch to [0, 1]
-        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-    return np.clip(a, 0.0, 1.0)
-
-
-def _show(ax: Axes, img: np.ndarray) -> None:
-    a = _to_hwc(img)
-    ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for s in ax.spines.values():
-        s.set_visible(False)
-
-
 def select_prototypes(labels: Any, confidence: Any, per_class: int) -> dict[int, tuple[list[int], list[int]]]:
     """Per class (at most the first ten), the indices of its prototypes and outliers.
 
@@ -378,142 +297,6 @@ def prototypes_outliers(
         engine: Any = fig.get_layout_engine()
         engine.set(w_pad=0.01, h_pad=0.01, hspace=0.02, wspace=0.02)
         return _save(fig, out, force, svg)
-
-
-# --------------------------------------------------------------------------------------------
-# (d) one-pixel attacks: fooled examples and the conf(x) vs conf(x̃) scatter (paper Fig. 1)
-
-
-def onepixel_scatter(
-    conf_before: Mapping[str, Any],
-    conf_adv: Mapping[str, Any],
-    out: str | Path,
-    *,
-    success: Mapping[str, Any] | None = None,
-    force: bool = False,
-    svg: bool = True,
-) -> Path:
-    """Confidence of x against that of its successful one-pixel attack x̃, one panel per model.
-
-    As in the paper's Figure 1, confidences are rounded to two decimals and each point's area
-    grows with the number of pairs at that position (its size is the square root of the count).
-    ``success`` (bool per input) selects the fooled ones; without it all pairs are drawn.
-    """
-    kinds = model_order([k for k in conf_before if k in conf_adv])
-    with _rc():
-        fig = _new_figure()
-        axes = fig.subplots(1, max(1, len(kinds)), sharey=True, squeeze=False)[0]
-        for ax, kind in zip(axes, kinds, strict=False):
-            b = _array(conf_before[kind]).astype(float).ravel()
-            a = _array(conf_adv[kind]).astype(float).ravel()
-            if success is not None and kind in success:
-                s = _array(success[kind]).astype(bool).ravel()
-                b, a = b[s], a[s]
-            ax.plot([0, 1], [0, 1], color="0.7", linewidth=0.8, linestyle="--")
-            ax.set_xlim(-0.02, 1.02)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_aspect("equal")
-            ax.set_xlabel("confidence of x")
-            ax.set_title(f"{label(kind)}: {b.size} fooled")
-            if b.size == 0:
-                ax.text(
-                    0.5,
-                    0.5,
-                    "no successful attacks",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                    color="0.4",
-                )
-                continue
-            counts = Counter(zip(np.round(b, 2).tolist(), np.round(a, 2).tolist(), strict=True))
-            pts = np.array(list(counts.keys()))
-            n = np.array(list(counts.values()), dtype=float)
-            ax.scatter(pts[:, 0], pts[:, 1], s=12.0 * np.sqrt(n), color=colour(kind, kinds), alpha=0.6, linewidths=0)
-        if not kinds:
-            _no_data(axes[0])
-        axes[0].set_ylabel("confidence of attack x̃")
-        _style(fig)
-        return _save(fig, out, force, svg)
-
-
-def _changed_pixels(x: np.ndarray, x_adv: np.ndarray) -> np.ndarray:
-    """(row, col) of every pixel where ``x_adv`` differs from ``x`` (channel-first or 2-D)."""
-    d = np.abs(np.asarray(x_adv, dtype=float) - np.asarray(x, dtype=float))
-    if d.ndim == 3:
-        d = d.sum(axis=0) if d.shape[0] in (1, 3, 4) else d.sum(axis=-1)
-    return np.argwhere(d > 1e-6)
-
-
-def onepixel_examples(
-    x: Any,
-    x_adv: Any,
-    conf_before: Any,
-    conf_adv: Any,
-    out: str | Path,
-    *,
-    success: Any = None,
-    pixel: Any = None,
-    labels: Any = None,
-    pred_adv: Any = None,
-    classes: Sequence[str] | None = None,
-    max_examples: int = 8,
-    title: str | None = None,
-    force: bool = False,
-    svg: bool = True,
-) -> Path:
-    """Fooled one-pixel examples x̃ with the changed pixel circled, and conf(x) → conf(x̃).
-
-    x, x_adv: (N, C, H, W) (or (N, H, W)). The changed pixels are found as the positions where
-    ``x_adv`` differs from ``x``; ``pixel`` (N, P, 5) rows ``(row, col, r, g, b)`` are used
-    only when that difference is empty (e.g. a pixel set to its own value).
-    """
-    xa = _array(x)
-    xb = _array(x_adv)
-    cb = _array(conf_before).astype(float).ravel()
-    ca = _array(conf_adv).astype(float).ravel()
-    ok = np.ones(len(xa), dtype=bool) if success is None else _array(success).astype(bool).ravel()
-    chosen = np.flatnonzero(ok)
-    # most confident fooled predictions first: the interesting ones
-    chosen = chosen[np.argsort(-ca[chosen], kind="stable")][:max_examples]
-    lab = None if labels is None else _array(labels).astype(int).ravel()
-    pa = None if pred_adv is None else _array(pred_adv).astype(int).ravel()
-    px = None if pixel is None else _array(pixel)
-
-    def name(c: int) -> str:
-        return classes[c] if classes is not None and 0 <= c < len(classes) else str(c)
-
-    with _rc():
-        fig = _new_figure()
-        if chosen.size == 0:
-            _no_data(fig.add_subplot(1, 1, 1), "no successful one-pixel attacks")
-            return _save(fig, out, force, svg)
-        ncol = min(4, chosen.size)
-        nrow = int(np.ceil(chosen.size / ncol))
-        axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-        for ax, i in zip(axes, chosen, strict=False):
-            _show(ax, xb[i])
-            where = _changed_pixels(xa[i], xb[i])
-            if where.size == 0 and px is not None:
-                where = np.asarray(px[i])[:, :2].astype(int)
-            h, w = _to_hwc(xb[i]).shape[:2]
-            radius = max(1.2, 0.06 * max(h, w))
-            for r, c in where[:10]:
-                ax.add_patch(_circle((float(c), float(r)), radius))
-            line = f"{cb[i]:.2f} → {ca[i]:.2f}"
-            if lab is not None and pa is not None:
-                line = f"{name(lab[i])} → {name(pa[i])}\n{line}"
-            ax.set_title(line, fontsize=7, pad=2)
-        for ax in axes[chosen.size :]:
-            ax.axis("off")
-        fig.suptitle(title or "fooled one-pixel attacks: confidence of x → x̃ (changed pixel circled)", fontsize=8)
-        return _save(fig, out, force, svg)
-
-
-def _circle(centre: tuple[float, float], radius: float) -> Any:
-    from matplotlib.patches import Circle
-
-    return Circle(centre, radius, fill=False, edgecolor="#ff1f1f", linewidth=1.4, clip_on=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -620,94 +403,3 @@ def relevance_heatmaps(
         return _save(fig, out, force, svg)
 
 
-def curvature_profiles(
-    profiles: Mapping[str, Mapping[str, Any]], out: str | Path, *, force: bool = False, svg: bool = True
-) -> Path:
-    """Average principal curvatures at boundary points near inputs (boundary-geometry Fig. 4b).
-
-    ``profiles`` is ``{name: {"top_mean_profile": [...], "bottom_mean_profile": [...],
-    "dim": d}}`` (``CurvatureResult.to_dict()``: top descending, bottom ascending): the k
-    largest curvatures on the left, the k smallest on the right at indices d-k .. d-1 (the
-    smallest last), one colour per name.
-    """
-    names = model_order(list(profiles))
-    with _rc():
-        fig = _new_figure()
-        ax = fig.add_subplot(1, 1, 1)
-        drawn = False
-        for name in names:
-            p = profiles[name]
-            top = np.array([np.nan if v is None else float(v) for v in p.get("top_mean_profile") or []])
-            bot = np.array([np.nan if v is None else float(v) for v in p.get("bottom_mean_profile") or []])
-            if top.size + bot.size == 0:
-                continue
-            dim = int(p.get("dim") or (top.size + bot.size + 1))
-            right = bot[::-1]  # ascending (smallest first) -> drawn so the smallest is at d - 1
-            xs_top = np.arange(1, top.size + 1)
-            first = max(dim - right.size, top.size + 1)
-            xs_bot = np.arange(first, first + right.size)
-            c = colour(name, names)
-            ax.plot(xs_top, top, marker="o", markersize=3, color=c, label=label(name) if name else None)
-            ax.plot(xs_bot, right, marker="o", markersize=3, color=c)
-            if top.size and right.size:  # the d - 1 - 2k curvatures in between are not computed
-                ax.plot([xs_top[-1], xs_bot[0]], [top[-1], right[0]], linestyle=":", color=c, linewidth=1)
-            drawn = True
-        if not drawn:
-            _no_data(ax)
-        else:
-            ax.axhline(0.0, color="0.5", linewidth=0.8)
-            ax.legend(fontsize=7, frameon=False)
-        ax.set_xlabel("index i of the principal curvature (1 = largest)")
-        ax.set_ylabel("average curvature κ_i")
-        ax.set_title("principal curvatures of the decision boundary near the inputs")
-        _style(fig)
-        return _save(fig, out, force, svg)
-
-
-def roc_curves(
-    curves: Mapping[str, Mapping[str, Any]], out: str | Path, *, force: bool = False, svg: bool = True
-) -> Path:
-    """ROC-style curves, one per name: ``{"false_positive": [...], "true_positive": [...],
-    "auc": float, "point": (fp, tp)}`` (e.g. Algorithm 2 of the boundary-geometry paper, Fig. 8:
-    clean inputs declared clean against perturbed inputs declared clean over the threshold)."""
-    names = model_order(list(curves))
-    with _rc():
-        fig = _new_figure()
-        ax = fig.add_subplot(1, 1, 1)
-        ax.plot([0, 1], [0, 1], linestyle="--", color="0.7", linewidth=0.8)
-        drawn = False
-        for name in names:
-            cv = curves[name]
-            fp = np.asarray(cv.get("false_positive") or [], dtype=float)
-            tp = np.asarray(cv.get("true_positive") or [], dtype=float)
-            if fp.size == 0 or fp.size != tp.size:
-                continue
-            order = np.argsort(fp, kind="stable")
-            auc = cv.get("auc")
-            text = label(name) if name else "detector"
-            if isinstance(auc, (int, float)):
-                text += f" (AUC {float(auc):.3f})"
-            c = colour(name, names)
-            ax.plot(fp[order], tp[order], color=c, linewidth=1.5, label=text)
-            point = cv.get("point")
-            if point is not None:
-                ax.plot([float(point[0])], [float(point[1])], marker="o", color=c)
-            drawn = True
-        if not drawn:
-            _no_data(ax)
-        else:
-            ax.legend(fontsize=7, frameon=False, loc="lower right")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_aspect("equal")
-        ax.set_xlabel("false positives (perturbed inputs declared clean)")
-        ax.set_ylabel("true positives (clean inputs declared clean)")
-        ax.set_title("detection over the threshold (dot: t = 0)")
-        _style(fig)
-        return _save(fig, out, force, svg)
-
-
-def _rc() -> Any:
-    import matplotlib
-
-    return matplotlib.rc_context(_RC)
