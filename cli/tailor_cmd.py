@@ -72,10 +72,11 @@ def tailor_cmd(
     from kmtools.io import write_json
     from kmtools.models import require_split
     from kmtools.report.schema import envelope
+    from kmtools.runs import Timer
     from kmtools.tailor import HEADS as HEAD_KINDS
     from kmtools.tailor import TailorConfig, check_train_from, init_distributed
     from kmtools.tailor.run import run_tailor
-    from kmtools_cli._common import Timer, describe_model, device_of, open_data, open_model
+    from kmtools_cli._common import describe_model, device_of, open_data, open_model
 
     out = output.output()
     timer = Timer()
