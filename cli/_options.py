@@ -191,6 +191,13 @@ class OutputOptions:
 
 
 GROUPS: tuple[type, ...] = (ModelOptions, DataOptions, RunOptions, OutputOptions)
+
+
+def is_group(cls: Any) -> bool:
+    """A group: one of :data:`GROUPS`, or a command's own dataclass of options with the same
+    class attributes (``PANEL`` None keeps its options in the default ``Options`` panel)."""
+    return cls in GROUPS or (isinstance(cls, type) and dataclasses.is_dataclass(cls)
+                             and all(hasattr(cls, a) for a in ("PANEL", "FLAT", "OPT_IN")))
 REQUIRED: Any = inspect.Parameter.empty
 
 
@@ -210,10 +217,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _group_of(annotation: Any) -> tuple[type | None, Use]:
     if typing.get_origin(annotation) is Annotated:
         base, *meta = typing.get_args(annotation)
-        if base in GROUPS:
+        if is_group(base):
             uses = [m for m in meta if isinstance(m, Use)]
             return base, uses[0] if uses else Use()
-    if annotation in GROUPS:
+    if is_group(annotation):
         return annotation, Use()
     return None, Use()
 
