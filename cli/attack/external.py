@@ -14,8 +14,7 @@ KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Keyword argument 
 
 
 @grouped
-def attack_external(
-    *, spec: SpecArg, kw: KwOpt = None, a: Attack500) -> None:
+def attack_external(*, spec: SpecArg, kw: KwOpt = None, a: Attack500) -> None:
     """Any torchattacks attack around MODEL: kmtools attack torchattacks:NAME MODEL [--kw key=value].
 
     The attack sees the model's decision scores (logits for a softmax network, log κ for a

@@ -14,8 +14,7 @@ ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="Clip perturbed 
 
 
 @grouped
-def attack_fgsm(
-    *, eps: EpsOpt = "0,0.01,0.02,0.05,0.1,0.2,0.3", clip: ClipOpt = True, a: Attack) -> None:
+def attack_fgsm(*, eps: EpsOpt = "0,0.01,0.02,0.05,0.1,0.2,0.3", clip: ClipOpt = True, a: Attack) -> None:
     """FGSM: accuracy and mean confidence against ε (the Gauss-network paper's Figure 2).
 
     x̃ = clip(x + ε·sign(∇ₓ CE)) in pixel space, before the model's normalisation. The loss is
