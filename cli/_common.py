@@ -1,22 +1,23 @@
-"""Glue shared by commands: options -> library objects (model, data, device)."""
+"""Glue shared by commands: options -> library objects (model, data, device).
+
+The library (and torch) is imported inside the functions, so that a command module can import
+this one at its top and its ``--help`` stays light (tests/test_cli_help.py)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from kmtools.data import DataInfo, load_dataset, subset
-from kmtools.data.registry import check_compatible
-from kmtools.device import resolve
 from kmtools.errors import ConfigError
-from kmtools.models import KmModel, load_model
-from kmtools.models.inputs import fit_to_data
-from kmtools.report.schema import model_info
-from kmtools.runs import Timer
 
-__all__ = ["Timer", "describe_model", "device_of", "floats", "ints", "open_data", "open_model"]
+if TYPE_CHECKING:
+    import torch
+
+    from kmtools.data import DataInfo
+    from kmtools.models import KmModel
+
+__all__ = ["describe_model", "device_of", "floats", "ints", "open_data", "open_model"]
 
 
 def floats(text: str | None, name: str) -> list[float] | None:
@@ -57,6 +58,8 @@ def open_model(
     trust_code: bool = False,
 ) -> KmModel:
     """Load a checkpoint with the shared model options."""
+    from kmtools.models import load_model
+
     if norm is not None and (mean or std):
         raise ConfigError("give either --norm or --mean/--std, not both")
     m: list[float] | str | None = norm if norm is not None else floats(mean, "--mean")
@@ -97,6 +100,8 @@ def open_data(
 ) -> DataInfo:
     """Load ``--data`` (resized to ``--image-size``; grey images given to an RGB model and back
     converted) and check it fits ``model`` (class count, input shape)."""
+    from kmtools.data import load_dataset, subset
+
     if not name:
         raise ConfigError("this command needs --data NAME|PATH (e.g. --data digits)")
     info = load_dataset(name, root=root, split=split, download=download, image_size=image_size)
@@ -113,13 +118,20 @@ def open_data(
 
 def fit_model(info: DataInfo, model: KmModel) -> None:
     """A model that takes any size adopts the data's; then the class count and shape must fit."""
+    from kmtools.data.registry import check_compatible
+    from kmtools.models.inputs import fit_to_data
+
     fit_to_data(model, info.input_shape)
     check_compatible(info, model.num_classes, model.input_shape)
 
 
 def device_of(spec: str) -> torch.device:
+    from kmtools.device import resolve
+
     return resolve(spec)
 
 
 def describe_model(path: Path, model: KmModel) -> dict[str, object] | None:
+    from kmtools.report.schema import model_info
+
     return model_info(path, model)

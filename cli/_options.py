@@ -28,6 +28,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import operator
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -191,6 +192,13 @@ class OutputOptions:
 
 
 GROUPS: tuple[type, ...] = (ModelOptions, DataOptions, RunOptions, OutputOptions)
+
+
+def is_group(cls: Any) -> bool:
+    """A group: one of :data:`GROUPS`, or a command's own dataclass of options with the same
+    class attributes (``PANEL`` None keeps its options in the default ``Options`` panel)."""
+    return cls in GROUPS or (isinstance(cls, type) and dataclasses.is_dataclass(cls)
+                             and all(hasattr(cls, a) for a in ("PANEL", "FLAT", "OPT_IN")))
 REQUIRED: Any = inspect.Parameter.empty
 
 
@@ -210,26 +218,34 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _group_of(annotation: Any) -> tuple[type | None, Use]:
     if typing.get_origin(annotation) is Annotated:
         base, *meta = typing.get_args(annotation)
-        if base in GROUPS:
+        if is_group(base):
             uses = [m for m in meta if isinstance(m, Use)]
             return base, uses[0] if uses else Use()
-    if annotation in GROUPS:
+    if is_group(annotation):
         return annotation, Use()
     return None, Use()
 
 
-def _flat_params(cls: type, use: Use) -> list[tuple[str, str, inspect.Parameter]]:
-    """``(flat name, field name, parameter)`` of the group's attached options."""
+def _expand(cls: type, use: Use) -> tuple[list[inspect.Parameter], Callable[[dict[str, Any]], Any]]:
+    """The group's attached options as parameters, and how to pack their values into ``cls``.
+    A field typed with a group (e.g. ``mo: Annotated[ModelOptions, Use(...)]`` in a command
+    family's bundle) expands in place into that group's options."""
     hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = (set(use.add) | set(use.skip) | set(use.defaults) | set(use.options)) - names
     if unknown:
         raise TypeError(f"{cls.__name__} has no option(s) {sorted(unknown)}")
-    out = []
+    params: list[inspect.Parameter] = []
+    packers: dict[str, Callable[[dict[str, Any]], Any]] = {}
     for f in dataclasses.fields(cls):
         if f.name in use.skip or (f.name in cls.OPT_IN and f.name not in use.add):  # type: ignore[attr-defined]
             continue
         ann = use.options.get(f.name, hints[f.name])
+        sub, sub_use = _group_of(ann)
+        if sub is not None:
+            sub_params, packers[f.name] = _expand(sub, sub_use)
+            params += sub_params
+            continue
         base, *meta = typing.get_args(ann)
         info = [copy.copy(m) for m in meta]
         for m in info:
@@ -239,25 +255,25 @@ def _flat_params(cls: type, use: Use) -> list[tuple[str, str, inspect.Parameter]
         if default is dataclasses.MISSING:
             default = REQUIRED
         flat = cls.FLAT.get(f.name, f.name)  # type: ignore[attr-defined]
-        out.append((flat, f.name, inspect.Parameter(flat, inspect.Parameter.KEYWORD_ONLY,
-                                                     default=default, annotation=Annotated[(base, *info)])))
-    return out
+        params.append(inspect.Parameter(flat, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=Annotated[(base, *info)]))
+        packers[f.name] = operator.itemgetter(flat)
+    return params, lambda kw: cls(**{name: pack(kw) for name, pack in packers.items()})
 
 
 def grouped(fn: F) -> F:
     """Expand the group parameters of ``fn`` into their options; call ``fn`` with them packed."""
     hints = typing.get_type_hints(fn, include_extras=True)
     params: list[inspect.Parameter] = []
-    plan: list[tuple[str, type | None, dict[str, str]]] = []
+    plan: dict[str, Callable[[dict[str, Any]], Any]] = {}
     for p in inspect.signature(fn).parameters.values():
         cls, use = _group_of(hints.get(p.name, p.annotation))
         if cls is None:
             params.append(p.replace(annotation=hints.get(p.name, p.annotation), kind=inspect.Parameter.KEYWORD_ONLY))
-            plan.append((p.name, None, {}))
+            plan[p.name] = operator.itemgetter(p.name)
             continue
-        flats = _flat_params(cls, use)
-        params += [q for _, _, q in flats]
-        plan.append((p.name, cls, {flat: name for flat, name, _ in flats}))
+        group_params, plan[p.name] = _expand(cls, use)
+        params += group_params
     seen = [p.name for p in params]
     clash = {n for n in seen if seen.count(n) > 1}
     if clash:
@@ -265,13 +281,7 @@ def grouped(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(**kw: Any) -> Any:
-        args: dict[str, Any] = {}
-        for name, cls, mapping in plan:
-            if cls is None:
-                args[name] = kw[name]
-            else:
-                args[name] = cls(**{field_: kw[flat] for flat, field_ in mapping.items()})
-        return fn(**args)
+        return fn(**{name: pack(kw) for name, pack in plan.items()})
 
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}

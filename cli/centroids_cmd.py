@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
-from rich.console import Console
 
-from kmtools.centroids import augment, class_means, equidistant, kmeans, nearest, spread, theorem1_agreement
 from kmtools.errors import ConfigError
-from kmtools.features import extract
-from kmtools.io import write_with
-from kmtools.models import require_split
-from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of
+from kmtools_cli._common import describe_model, device_of
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
-from kmtools_cli._output import kv_table
+from kmtools_cli._output import Output, kv_table
+
+if TYPE_CHECKING:  # the library (and torch) loads when the command runs, so that --help stays light
+    import torch
+    from rich.console import Console
+
+    from kmtools.features import Features
+    from kmtools.models import KmModel
 
 METHODS = ("equidistant", "means", "kmeans")
 
@@ -40,6 +40,12 @@ def centroids(
 
     Example: kmtools centroids model.pt --arch resnet18 --data cifar10 --method means --out c.safetensors
     """
+    from kmtools.features import extract
+    from kmtools.io import write_with
+    from kmtools.models import require_split
+    from kmtools.report.schema import envelope
+    from kmtools.runs import Timer
+
     out = output.output()
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
@@ -53,41 +59,8 @@ def centroids(
     info = ds.load(model)
     with timer("features"), out.progress("features", len(info)) as prog:
         feats = extract(model, info.dataset, batch_size=run.batch_size, device=dev, workers=ds.workers, progress=prog)
-    results: dict[str, object] = {"method": method, "n": len(feats), "feature_dim": feats.features.shape[1]}
-    tensors: dict[str, torch.Tensor] = {}
     with timer("centroids"):
-        if method == "equidistant":
-            if model.head_kind != "softmax":
-                raise ConfigError("--method equidistant needs a softmax model (a final nn.Linear head)")
-            eq = equidistant(model.head)  # type: ignore[arg-type]
-            c = eq.centroids.float()
-            f_space = augment(feats.features)
-            results["theorem1_agreement"] = theorem1_agreement(feats.features, feats.scores, model.head)  # type: ignore[arg-type]
-            results["norm_spread"] = eq.norm_spread
-            results["note"] = "centroids live in the bias-augmented space [f(x), 1] (Theorem 1 proof)"
-            assign = nearest(f_space.double(), eq.centroids).long()
-        elif method == "means":
-            c = class_means(feats.features, feats.labels, model.num_classes).float()
-            f_space = feats.features
-            assign = nearest(f_space, c)
-            results["nearest_mean_accuracy"] = float((assign == feats.labels).double().mean())
-        else:
-            if k is not None and k < 1:
-                raise ConfigError("-k must be at least 1 (or leave it out for one cluster per class)")
-            kk = k or model.num_classes
-            with out.progress("k-means restarts", n_init) as prog:
-                km = kmeans(feats.features, kk, n_init=n_init, seed=run.seed, device=dev, progress=prog)
-            c = km.centroids.float().cpu()
-            f_space = feats.features
-            assign = km.labels.cpu()
-            results["k"] = kk
-            results["inertia"] = km.inertia
-            results["n_iter"] = km.n_iter
-            tensors["labels"] = assign.clone()
-        results["network_accuracy"] = float((feats.predictions == feats.labels).double().mean())
-        labels = feats.labels if method != "kmeans" else assign
-        results.update(spread(f_space.float(), labels, c.float()))
-    tensors["centroids"] = c.contiguous()
+        results, tensors = _compute(method, model, feats, k=k, n_init=n_init, seed=run.seed, device=dev, out=out)
     if output.out is not None:
         from safetensors.torch import save_file
 
@@ -104,6 +77,49 @@ def centroids(
         con.print(kv_table(f"centroids ({method})", rows))
 
     out.emit(doc, human)
+
+
+def _compute(method: str, model: KmModel, feats: Features, *, k: int | None, n_init: int, seed: int,
+             device: torch.device, out: Output) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The centroids of ``method`` on the features, with the summary of the document and the
+    tensors of the file (``centroids``; ``labels`` for kmeans)."""
+    from kmtools.centroids import augment, class_means, equidistant, kmeans, nearest, spread, theorem1_agreement
+
+    results: dict[str, Any] = {"method": method, "n": len(feats), "feature_dim": feats.features.shape[1]}
+    tensors: dict[str, torch.Tensor] = {}
+    if method == "equidistant":
+        if model.head_kind != "softmax":
+            raise ConfigError("--method equidistant needs a softmax model (a final nn.Linear head)")
+        eq = equidistant(model.head)  # type: ignore[arg-type]
+        c = eq.centroids.float()
+        f_space = augment(feats.features)
+        results["theorem1_agreement"] = theorem1_agreement(feats.features, feats.scores, model.head)  # type: ignore[arg-type]
+        results["norm_spread"] = eq.norm_spread
+        results["note"] = "centroids live in the bias-augmented space [f(x), 1] (Theorem 1 proof)"
+        assign = nearest(f_space.double(), eq.centroids).long()
+    elif method == "means":
+        c = class_means(feats.features, feats.labels, model.num_classes).float()
+        f_space = feats.features
+        assign = nearest(f_space, c)
+        results["nearest_mean_accuracy"] = float((assign == feats.labels).double().mean())
+    else:
+        if k is not None and k < 1:
+            raise ConfigError("-k must be at least 1 (or leave it out for one cluster per class)")
+        kk = k or model.num_classes
+        with out.progress("k-means restarts", n_init) as prog:
+            km = kmeans(feats.features, kk, n_init=n_init, seed=seed, device=device, progress=prog)
+        c = km.centroids.float().cpu()
+        f_space = feats.features
+        assign = km.labels.cpu()
+        results["k"] = kk
+        results["inertia"] = km.inertia
+        results["n_iter"] = km.n_iter
+        tensors["labels"] = assign.clone()
+    results["network_accuracy"] = float((feats.predictions == feats.labels).double().mean())
+    labels = feats.labels if method != "kmeans" else assign
+    results.update(spread(f_space.float(), labels, c.float()))
+    tensors["centroids"] = c.contiguous()
+    return results, tensors
 
 
 def register(app: typer.Typer) -> None:

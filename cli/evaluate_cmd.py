@@ -28,7 +28,8 @@ CompareOpt = Annotated[Path | None, typer.Option(
 OodOpt = Annotated[list[str] | None, typer.Option(
     "--ood", show_default=False,
     help="Out-of-distribution inputs: uniform or gaussian noise images (paper Fig. 3), a dataset "
-    "(name or path, same input shape), or none. Repeatable; default uniform.")]
+    "(name or path; loaded with --image-size as --data is, then converted to the model's input shape), "
+    "or none. Repeatable; default uniform.")]
 NNoiseOpt = Annotated[int, typer.Option(
     "--n-noise", help="Number of noise images, and at most this many inputs of an OOD dataset.")]
 LipschitzOpt = Annotated[str | None, typer.Option("--lipschitz", help=_LIP_HELP, show_default=False)]

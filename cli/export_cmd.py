@@ -3,19 +3,21 @@ and ONNX, each checked against the eager model."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from kmtools.errors import ConfigError
-from kmtools.export import FORMATS, export, parse_formats
-from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, ints, open_data
+from kmtools_cli._common import describe_model, ints, open_data
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import fmt, kv_table
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: kmtools.export.FORMATS, stated here so that --help does not import torch (a test keeps them equal)
+FORMATS = ("kmtools", "pt2", "onnx")
 
 OutDirOpt = out_dir("Output folder (files model.safetensors, model.pt2, model.onnx), or a "
                     "NAME.onnx/.pt2/.safetensors path whose stem names every file.", str)
@@ -66,6 +68,12 @@ def export_model(
 
     Example: kmtools export gauss.safetensors --out exported/ --formats kmtools,torchscript,onnx --data digits
     """
+    import torch
+
+    from kmtools.export import export, parse_formats
+    from kmtools.report.schema import envelope
+    from kmtools.runs import Timer
+
     out = output.output()
     if output.out is None:
         raise ConfigError("kmtools export needs --out DIR (or --out NAME.onnx)")

@@ -8,17 +8,20 @@ Algorithms 1-2) and Theorem 2 of "Gauss networks / softmax is k-means". The runs
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 
-from kmtools.data import DataInfo
 from kmtools.errors import ConfigError, DataError
-from kmtools.models import KmModel
 from kmtools_cli._common import device_of
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped, out_dir
 from kmtools_cli._output import kv_table
+
+if TYPE_CHECKING:  # the library (and torch) loads when a command runs, so that --help stays light
+    import torch
+
+    from kmtools.data import DataInfo
+    from kmtools.models import KmModel
 
 app = typer.Typer(
     name="geometry",

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from kmtools.centroids import theorem1_agreement
-from kmtools.data import subset
-from kmtools.features import extract
-from kmtools.models.checkpoint import norm_source
-from kmtools.report.schema import envelope
-from kmtools_cli._common import Timer, describe_model, device_of, open_data
+from kmtools_cli._common import describe_model, device_of, open_data
 from kmtools_cli._options import DataOptions, ModelOptions, OutputOptions, RunOptions, Use, grouped
 from kmtools_cli._output import kv_table
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @grouped
@@ -32,6 +29,13 @@ def inspect(
 
     Example: kmtools inspect model.pt --arch resnet18 --data cifar10 -n 500
     """
+    from kmtools.centroids import theorem1_agreement
+    from kmtools.data import subset
+    from kmtools.features import extract
+    from kmtools.models.checkpoint import norm_source
+    from kmtools.report.schema import envelope
+    from kmtools.runs import Timer
+
     out = output.output()
     timer = Timer()
     with timer("load"):

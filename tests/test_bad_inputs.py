@@ -339,20 +339,16 @@ def test_feature_extraction_survives_oom_with_identical_results() -> None:
 
 
 def test_memory_error_in_a_command_is_one_line(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kmtools_cli.inspect_cmd as inspect_cmd
-
     def boom(*a: Any, **k: Any) -> None:
         raise MemoryError
 
-    monkeypatch.setattr(inspect_cmd, "extract", boom)
+    monkeypatch.setattr("kmtools.features.extract", boom)  # inspect imports it when it runs
     refused(cli("inspect", model_path, "--data", "digits"), "out of memory", "--batch-size")
 
 
 def test_gpu_oom_in_a_command_is_one_line(model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kmtools_cli.inspect_cmd as inspect_cmd
-
     def boom(*a: Any, **k: Any) -> None:
         raise _oom()
 
-    monkeypatch.setattr(inspect_cmd, "extract", boom)
+    monkeypatch.setattr("kmtools.features.extract", boom)
     refused(cli("inspect", model_path, "--data", "digits"), "out of", "--batch-size")

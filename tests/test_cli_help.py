@@ -95,15 +95,34 @@ def _modules_after(argv: list[str]) -> set[str]:
     return set(res.stdout.split("\n")[-2].split())
 
 
-@pytest.mark.parametrize("argv", [["--help"], [], ["report", "--help"], ["check", "--help"], ["demo", "--help"],
-                                  ["tailor", "--help"], ["--version"]])
+@pytest.mark.parametrize("argv", [["--help"], [], ["--version"]])
 def test_help_does_not_import_torch(argv: list[str]) -> None:
     mods = _modules_after(argv)
     assert "kmtools_cli.main" in mods and "torch" not in mods, argv
 
 
-def test_a_command_still_imports_what_it_needs() -> None:
-    assert "torch" in _modules_after(["inspect", "--help"])  # inspect_cmd imports torch at its top
+def test_no_command_help_imports_torch() -> None:
+    """``kmtools CMD [SUB] --help`` for every command and subcommand imports neither torch nor
+    the torch-heavy library: command modules import it inside their bodies. One process runs
+    them all in turn and names the first whose help imported torch."""
+    paths = [p for p, _ in _paths()]
+    assert len(paths) >= 20 and ["attack", "onepixel"] in paths and ["geometry", "path"] in paths
+    code = ("import sys, json\nfrom kmtools_cli.main import app\n"
+            "for argv in json.loads(sys.argv[1]):\n"
+            "    try:\n        app([*argv, '--help'])\n    except SystemExit:\n        pass\n"
+            "    if 'torch' in sys.modules:\n        print('TORCH', ' '.join(argv))\n        break\n"
+            "else:\n    print('LIGHT')\n")
+    import json
+
+    res = subprocess.run([sys.executable, "-c", code, json.dumps(paths)], cwd=ROOT, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(ROOT), "COLUMNS": "120", "PATH": "/usr/bin:/bin"}, check=True)
+    last = res.stdout.strip().splitlines()[-1]
+    assert last == "LIGHT", f"kmtools {last.removeprefix('TORCH ')} --help imports torch"
+
+
+def test_a_command_still_imports_what_it_needs(tmp_path: Path) -> None:
+    """The control of the test above: running a command (not its help) loads the library."""
+    assert "torch" in _modules_after(["inspect", str(tmp_path / "no-such-model.pt")])
 
 
 def test_unknown_command_is_suggested_without_importing() -> None:
@@ -125,3 +144,19 @@ def test_report_without_out_names_the_option(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and res.stderr.strip() == (
         "error: kmtools report needs --out FILE (.html or .md), e.g. --out report.html")
+
+
+def test_names_stated_for_a_light_help_are_the_librarys() -> None:
+    """Commands state a few library names in their help without importing the library."""
+    from kmtools.explain import METHODS
+    from kmtools.export import FORMATS
+    from kmtools.runs import evaluate as run_evaluate
+    from kmtools.runs import explain as run_explain
+    from kmtools_cli import evaluate_cmd, explain_cmd, export_cmd
+
+    assert export_cmd.FORMATS == FORMATS
+    assert tuple(METHODS) == explain_cmd.METHODS
+    assert evaluate_cmd.PROTOTYPE_HEADS == run_evaluate.PROTOTYPE_HEADS
+    assert (evaluate_cmd.JSON_NAME, evaluate_cmd.NPZ_NAME) == ("evaluate.json", "evaluate.npz")
+    assert (explain_cmd.JSON_NAME, explain_cmd.NPZ_NAME, explain_cmd.GRID_NAME) == (
+        run_explain.JSON_NAME, run_explain.NPZ_NAME, run_explain.GRID_NAME)

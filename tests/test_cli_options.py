@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import pytest
 import typer
@@ -125,6 +126,37 @@ def test_group_options_reach_the_command_packed() -> None:
     assert got["k"] == 5 and got["run"] == RunOptions(batch_size=7)
     assert got["output"].format == "json" and got["output"].gate == ["a>1", "b<2"]
     assert CliRunner().invoke(app_, ["m.pt", "--split", "train"]).exit_code == 2  # skipped: not an option
+
+
+@dataclass
+class _Bundle:
+    """A command family's own group: its option stays in the Options panel, its groups nest."""
+
+    ds: Annotated[DataOptions, Use(defaults={"split": "train"})]
+    resume: Annotated[bool, typer.Option("--resume")] = False
+    run: RunOptions = field(default_factory=RunOptions)
+
+    PANEL: ClassVar[str | None] = None
+    FLAT: ClassVar[dict[str, str]] = {}
+    OPT_IN: ClassVar[tuple[str, ...]] = ()
+
+
+def test_a_bundle_of_groups_expands_and_packs() -> None:
+    got: dict[str, Any] = {}
+    app_ = typer.Typer(rich_markup_mode="markdown")
+
+    @app_.command()
+    @grouped
+    def probe(*, k: Annotated[int, typer.Option("-k")] = 3, b: Annotated[_Bundle, Use(skip=("run",))]) -> None:
+        got.update(k=k, b=b)
+
+    res = CliRunner().invoke(app_, ["-d", "wine", "--resume", "-k", "5"])
+    assert res.exit_code == 0, res.output
+    assert got == {"k": 5, "b": _Bundle(ds=DataOptions(name="wine", split="train"), resume=True)}
+    assert CliRunner().invoke(app_, ["--device", "cpu"]).exit_code == 2  # run skipped: not an option
+    shown = CliRunner().invoke(app_, ["--help"], env={"COLUMNS": "120"}).output
+    options_panel = shown.split("╭─ Options")[1].split("╰")[0]
+    assert "--resume" in options_panel and "--data" not in options_panel and "╭─ Data" in shown
 
 
 def test_grouped_refuses_a_name_used_twice() -> None:

@@ -262,10 +262,13 @@ def test_ood_images_of_another_size_are_resized_to_the_models_input(tmp_path: Pa
     net = zoo.create("smallcnn", num_classes=2, in_channels=3, width=4)
     mp = save_model(wrap(net, arch="smallcnn", arch_kwargs={"num_classes": 2, "in_channels": 3, "width": 4},
                          input_shape=(3, 10, 10)), tmp_path / "m.safetensors")
-    root = _bordered_folder(tmp_path / "imgs")
+    root = tmp_path / "imgs"  # 10×10 data (with --image-size the OOD set would load at 10 too: test_ood_image_size.py)
+    for k in range(2):
+        for i in range(2):
+            _png(root / f"c{k}" / f"{i}.png", (10, 10), seed=10 * k + i)
     for i in range(6):
         _png(tmp_path / "ood" / "x" / f"{i}.png", (24, 24), seed=50 + i)
-    res = _cli("evaluate", mp, "--data", root, "--image-size", "10", "--ood", tmp_path / "ood", "--format", "json")
+    res = _cli("evaluate", mp, "--data", root, "--ood", tmp_path / "ood", "--format", "json")
     assert res.exit_code == 0, res.output
     assert "(3, 24, 24) -> (3, 10, 10)" in res.stderr
     by_src = json.loads(res.stdout)["results"]["ood_by_source"]

@@ -9,8 +9,9 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import typer
 
@@ -25,28 +26,38 @@ OutDirOpt = out_dir(
     "attack-<name>.json (result document), .npz (arrays), .run.json (settings, for --resume) "
     "and figures/attack-<name>_<model>.png."
 )
-ResumeOpt = Annotated[
-    bool,
-    typer.Option(
-        "--resume",
-        help="Continue an interrupted run in --out: inputs already in attack-<name>.jsonl are not "
-        "attacked again (the options must be the same).",
-    ),
-]
-NumOpt = Annotated[
-    int | None,
-    typer.Option("-n", "--num", help="Attack the first N inputs (default 500).", show_default=False),
-]
-TargetOpt = Annotated[
-    str | None,
-    typer.Option("--target", help="Targeted attack: class index or name to reach (default untargeted).",
-                 show_default=False),
-]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out: inputs already in attack-<name>.jsonl are not attacked again (the options must be the same).")]
+NumOpt = Annotated[int | None, typer.Option("-n", "--num", help="Attack the first N inputs (default 500).", show_default=False)]
+TargetOpt = Annotated[str | None, typer.Option("--target", help="Targeted attack: class index or name to reach (default untargeted).", show_default=False)]
 # the option groups as every attack takes them: --compare, --download/--workers, --out for the run folder
 ModelsOpts = Annotated[ModelOptions, Use(add=("compare",))]
 DataOpts = Annotated[DataOptions, Use(add=("download", "workers"))]
 DataOpts500 = Annotated[DataOptions, Use(add=("download", "workers"), options={"n": NumOpt})]  # -n default 500
 OutOpts = Annotated[OutputOptions, Use(options={"out": OutDirOpt})]
+
+
+@dataclass
+class Attack:
+    """What every attack command takes besides its own options, declared once: MODEL (and
+    --compare), --data, --resume, the run and --out (the run folder). A command takes it after
+    its own options (``a: Attack``), so --resume ends the Options panel of its --help."""
+
+    mo: ModelsOpts
+    ds: DataOpts
+    resume: ResumeOpt = False
+    run: RunOptions = field(default_factory=RunOptions)
+    output: OutOpts = field(default_factory=OutputOptions)
+
+    PANEL: ClassVar[str | None] = None
+    FLAT: ClassVar[dict[str, str]] = {}
+    OPT_IN: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass
+class Attack500(Attack):
+    """:class:`Attack` whose ``-n`` defaults to 500 inputs (PGD, torchattacks)."""
+
+    ds: DataOpts500
 
 
 def start(output: OutputOptions) -> Output:
@@ -70,8 +81,7 @@ def resume_hint() -> str:
 
 
 @contextmanager
-def attack_run(name: str, out: Output, mo: ModelOptions, ds: DataOptions, run: RunOptions,
-               output: OutputOptions, resume: bool, command: str | None = None, n: int | None = None
+def attack_run(name: str, out: Output, a: Attack, command: str | None = None, n: int | None = None
                ) -> Iterator[tuple[AttackRun, Attacked]]:
     """The run (device, torchrun rank, ``--out``) with the model, the ``--compare`` model and
     the inputs loaded into it (``-n`` not given: the first ``n``, said on stderr); closed
@@ -80,10 +90,11 @@ def attack_run(name: str, out: Output, mo: ModelOptions, ds: DataOptions, run: R
     from kmtools.runs.attacks import Attacked, AttackRun
     from kmtools_cli._common import device_of, fit_model
 
+    mo, ds, run, output = a.mo, a.ds, a.run, a.output
     if n is not None and ds.n is None:
         ds.n = n
         out.info(f"attacking the first {n} inputs (-n to change)")
-    with AttackRun(name, out_dir=output.out, force=output.force, resume=resume, seed=run.seed,
+    with AttackRun(name, out_dir=output.out, force=output.force, resume=a.resume, seed=run.seed,
                    device=device_of(run.device), command=command, progress=out.progress, info=out.info,
                    warn=out.warn, resume_hint=resume_hint()) as ar:
         if ar.rank:

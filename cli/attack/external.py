@@ -6,30 +6,15 @@ from typing import Annotated
 
 import typer
 
-from kmtools_cli._options import RunOptions, grouped
-from kmtools_cli.attack._shared import DataOpts500, ModelsOpts, OutOpts, ResumeOpt, attack_run, show, start
+from kmtools_cli._options import grouped
+from kmtools_cli.attack._shared import Attack500, attack_run, show, start
 
-SpecArg = Annotated[
-    str, typer.Argument(help="torchattacks:NAME, e.g. torchattacks:PGD or torchattacks:CW.", show_default=False)
-]
-KwOpt = Annotated[
-    list[str] | None,
-    typer.Option("--kw", help="Keyword argument of the attack, key=value (Python literal or a fraction "
-                 "such as eps=8/255). Repeatable.", show_default=False),
-]
+SpecArg = Annotated[str, typer.Argument(help="torchattacks:NAME, e.g. torchattacks:PGD or torchattacks:CW.", show_default=False)]
+KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Keyword argument of the attack, key=value (Python literal or a fraction such as eps=8/255). Repeatable.", show_default=False)]
 
 
 @grouped
-def attack_external(
-    *,
-    spec: SpecArg,
-    mo: ModelsOpts,
-    ds: DataOpts500,
-    kw: KwOpt = None,
-    resume: ResumeOpt = False,
-    run: RunOptions,
-    output: OutOpts,
-) -> None:
+def attack_external(*, spec: SpecArg, kw: KwOpt = None, a: Attack500) -> None:
     """Any torchattacks attack around MODEL: kmtools attack torchattacks:NAME MODEL [--kw key=value].
 
     The attack sees the model's decision scores (logits for a softmax network, log κ for a
@@ -44,11 +29,11 @@ def attack_external(
     from kmtools.attacks.external import attack_class, parse_kw, split_name
     from kmtools.runs.attacks import run_external
 
-    out = start(output)
+    out = start(a.output)
     name = split_name(spec)
     kwargs = parse_kw(kw)
     attack_class(name)  # a missing torchattacks or an unknown attack fails before any model is loaded
     cmd = f"attack torchattacks:{name}"
-    with attack_run(f"torchattacks-{name}", out, mo, ds, run, output, resume, command=cmd, n=500) as (ar, attacked):
-        res = run_external(attacked, ar, name=name, kwargs=kwargs, batch_size=run.batch_size)
-    show(out, res, output)
+    with attack_run(f"torchattacks-{name}", out, a, command=cmd, n=500) as (ar, attacked):
+        res = run_external(attacked, ar, name=name, kwargs=kwargs, batch_size=a.run.batch_size)
+    show(out, res, a.output)

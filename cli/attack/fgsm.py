@@ -6,24 +6,15 @@ from typing import Annotated
 
 import typer
 
-from kmtools_cli._options import RunOptions, grouped
-from kmtools_cli.attack._shared import DataOpts, ModelsOpts, OutOpts, ResumeOpt, attack_run, show, start
+from kmtools_cli._options import grouped
+from kmtools_cli.attack._shared import Attack, attack_run, show, start
 
 EpsOpt = Annotated[str, typer.Option("--eps", help="Comma-separated ε in input units (pixel range [0, 1]).")]
 ClipOpt = Annotated[bool, typer.Option("--clip/--no-clip", help="Clip perturbed inputs to [0, 1] (images).")]
 
 
 @grouped
-def attack_fgsm(
-    *,
-    mo: ModelsOpts,
-    ds: DataOpts,
-    eps: EpsOpt = "0,0.01,0.02,0.05,0.1,0.2,0.3",
-    clip: ClipOpt = True,
-    resume: ResumeOpt = False,
-    run: RunOptions,
-    output: OutOpts,
-) -> None:
+def attack_fgsm(*, eps: EpsOpt = "0,0.01,0.02,0.05,0.1,0.2,0.3", clip: ClipOpt = True, a: Attack) -> None:
     """FGSM: accuracy and mean confidence against ε (the Gauss-network paper's Figure 2).
 
     x̃ = clip(x + ε·sign(∇ₓ CE)) in pixel space, before the model's normalisation. The loss is
@@ -38,8 +29,8 @@ def attack_fgsm(
     from kmtools.attacks import parse_eps
     from kmtools.runs.attacks import run_fgsm
 
-    out = start(output)
+    out = start(a.output)
     eps_l = parse_eps(eps)
-    with attack_run("fgsm", out, mo, ds, run, output, resume) as (ar, attacked):
-        res = run_fgsm(attacked, ar, eps=eps_l, clip=clip, batch_size=run.batch_size)
-    show(out, res, output)
+    with attack_run("fgsm", out, a) as (ar, attacked):
+        res = run_fgsm(attacked, ar, eps=eps_l, clip=clip, batch_size=a.run.batch_size)
+    show(out, res, a.output)

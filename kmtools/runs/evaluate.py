@@ -92,8 +92,10 @@ def lipschitz_modulus(spec: str | None, model: KmModel) -> tuple[float | None, d
 def ood_sources(specs: list[str] | None, data: DataSpec, *, n_noise: int, model: KmModel,
                 info: DataInfo, log: Any = None) -> list[Any]:
     """``--ood`` values -> what :func:`kmtools.evaluate.evaluate` takes: noise kinds as
-    strings, datasets as DataInfo (the first ``n_noise`` inputs, converted to the model's
-    input shape: grey<->RGB and resized)."""
+    strings, datasets as DataInfo (the first ``n_noise`` inputs). A dataset is loaded as
+    ``--data`` is: with ``--image-size`` (shorter side, centre crop), so that a folder of
+    mixed-size images loads; then converted to the model's input shape (grey<->RGB, bilinear
+    resize) where it still differs."""
     from kmtools.ood import MatchShape
 
     values = [s.strip() for s in (specs if specs else ["uniform"])]
@@ -107,7 +109,8 @@ def ood_sources(specs: list[str] | None, data: DataSpec, *, n_noise: int, model:
         if v.lower() in NOISE_KINDS:
             out.append(v.lower())
             continue
-        ood_info = load_dataset(v, root=data.root, split=data.split, download=data.download)
+        ood_info = load_dataset(v, root=data.root, split=data.split, download=data.download,
+                                image_size=data.image_size)
         have = tuple(ood_info.input_shape)
         if have != want and not (len(have) == len(want) == 3 and have[0] in (1, 3) and want[0] in (1, 3)):
             raise DataError(
