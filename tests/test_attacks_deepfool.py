@@ -176,3 +176,10 @@ def test_confidence_at_x_adv_and_summary_from_records() -> None:
     assert d["flipped"] == int(flip.sum())
     assert d["outlier_share"] == pytest.approx(float((res.conf_adv[flip] < 1 / 3).float().mean()))
     assert DeepFoolResult.summarize(res.records(), "l2", 0.02, res.threshold) == d
+
+
+def test_empty_batch_gives_an_empty_result() -> None:
+    """No inputs (e.g. every one filtered out): empty tensors of the right kinds, not a crash."""
+    res = deepfool(nn.Linear(4, 3), torch.zeros(0, 4))
+    assert res.x_adv.shape == (0, 4) and res.norms.shape == (0,)
+    assert res.labels.dtype == torch.long and res.converged.dtype == torch.bool

@@ -273,22 +273,10 @@ def deepfool(
         k̂ = argmin_k |f'_k| / ‖w_k‖₁. For an affine classifier one ℓ₂ step lands on the
         nearest pairwise boundary: r = min_k |f_k - f_l| / ‖w_k - w_l‖.
     """
-    norm = norm.lower().replace("∞", "inf")
-    if norm in ("inf", "l_inf", "linfinity"):
-        norm = "linf"
-    if norm not in ("l2", "linf"):
-        raise ConfigError(f"--norm must be l2 or linf, got {norm!r}")
-    if max_iter < 1:
-        raise ConfigError("max_iter must be at least 1")
-    if overshoot < 0:
-        raise ConfigError("overshoot must be >= 0")
-    if x.dim() < 2:
-        raise ConfigError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}")
-    if labels is not None and labels.shape[0] != x.shape[0]:
-        raise ConfigError(f"{labels.shape[0]} labels for {x.shape[0]} inputs")
+    norm = _check_args(norm, max_iter, overshoot, x, labels)
     dev = model_device(model, device)
     n = x.shape[0]
-    bs = n if not batch_size else max(1, int(batch_size))
+    bs = max(1, n) if not batch_size else max(1, int(batch_size))
     outs: list[tuple[torch.Tensor, ...]] = []
     nc = 1
     if not x.is_floating_point():
@@ -310,19 +298,39 @@ def deepfool(
             outs.append((*o, class_confidences(model, o[0]).amax(1).cpu()))
             if progress is not None:
                 progress(min(start + bs, n), n)
-    x_adv = torch.cat([o[0] for o in outs]) if outs else x.clone()
-    xd = x.to(x_adv.device, x_adv.dtype)
-    r = x_adv - xd
+    return _assemble(outs, x, norm, overshoot, outlier_threshold(model, nc))
+
+
+def _check_args(norm: str, max_iter: int, overshoot: float, x: torch.Tensor, labels: torch.Tensor | None) -> str:
+    """The normalised norm name (``l2`` or ``linf``), or ConfigError naming the bad argument."""
+    norm = norm.lower().replace("∞", "inf")
+    if norm in ("inf", "l_inf", "linfinity"):
+        norm = "linf"
+    if norm not in ("l2", "linf"):
+        raise ConfigError(f"--norm must be l2 or linf, got {norm!r}")
+    if max_iter < 1:
+        raise ConfigError("max_iter must be at least 1")
+    if overshoot < 0:
+        raise ConfigError("overshoot must be >= 0")
+    if x.dim() < 2:
+        raise ConfigError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}")
+    if labels is not None and labels.shape[0] != x.shape[0]:
+        raise ConfigError(f"{labels.shape[0]} labels for {x.shape[0]} inputs")
+    return norm
+
+
+def _assemble(outs: list[tuple[torch.Tensor, ...]], x: torch.Tensor, norm: str, overshoot: float,
+              threshold: float) -> DeepFoolResult:
+    """One :class:`DeepFoolResult` from the batches' (x_adv, labels, adv_labels, iterations,
+    converged, conf_adv)."""
+    def cat(i: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.cat([o[i] for o in outs]) if outs else torch.zeros(0, dtype=dtype)
+
+    x_adv = cat(0) if outs else x.clone()
+    r = x_adv - x.to(x_adv.device, x_adv.dtype)
     return DeepFoolResult(
-        conf_adv=torch.cat([o[5] for o in outs]) if outs else torch.zeros(0),
-        threshold=outlier_threshold(model, nc),
-        x_adv=x_adv,
-        r=r,
-        norms=_flat_norm(r, norm) if n else torch.zeros(0),
-        labels=torch.cat([o[1] for o in outs]) if outs else torch.zeros(0, dtype=torch.long),
-        adv_labels=torch.cat([o[2] for o in outs]) if outs else torch.zeros(0, dtype=torch.long),
-        iterations=torch.cat([o[3] for o in outs]) if outs else torch.zeros(0, dtype=torch.long),
-        converged=torch.cat([o[4] for o in outs]) if outs else torch.zeros(0, dtype=torch.bool),
-        norm=norm,
-        overshoot=overshoot,
+        conf_adv=cat(5), threshold=threshold, x_adv=x_adv, r=r,
+        norms=_flat_norm(r, norm) if x.shape[0] else torch.zeros(0),
+        labels=cat(1, torch.long), adv_labels=cat(2, torch.long), iterations=cat(3, torch.long),
+        converged=cat(4, torch.bool), norm=norm, overshoot=overshoot,
     )
