@@ -1,21 +1,47 @@
-"""Per-epoch checkpoints of :func:`kmtools.tailor.loop.tailor` (written atomically; a resumed
-run gives the same result as an uninterrupted one with the same seed on the same device)."""
+"""What :func:`kmtools.tailor.loop.tailor` carries between epochs (``_Run``) and its per-epoch
+checkpoints (written atomically; a resumed run gives the same result as an uninterrupted one
+with the same seed on the same device)."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from torch.utils.data import Dataset, Subset
 
 from kmtools.errors import ConfigError
+from kmtools.features import extract
 from kmtools.models.core import KmModel
 from kmtools.tailor import objective as obj
-from kmtools.tailor.config import EpochStats
+from kmtools.tailor.config import EpochStats, Log, TailorConfig
+from kmtools.tailor.training import world as _world
 
-if TYPE_CHECKING:
-    from kmtools.tailor.loop import Log, _Run
+
+class _Run:
+    """What the loop carries between epochs (also what a checkpoint restores)."""
+
+    def __init__(self, cfg: TailorConfig, device: torch.device, amp: bool, cl: bool) -> None:
+        self.cfg, self.device, self.amp, self.cl = cfg, device, amp, cl
+        self.warm: obj.HeadState | None = None
+        self.state: obj.HeadState | None = None  # the head the next epoch trains with
+        self.scale = 1.0
+        self.history: list[EpochStats] = []
+        self.best: dict[str, Any] | None = None
+        self.stopped = False
+        self.below = 0  # epochs in a row below the accuracy floor
+        self.base_val: float | None = None  # the softmax network's validation accuracy
+
+    def feats(self, model: KmModel, data: Dataset[Any], shard: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        rank, world = _world()
+        if shard and world > 1:
+            data = Subset(data, list(range(rank, len(data), world)))  # type: ignore[arg-type]
+        fe = extract(model, data, batch_size=max(self.cfg.batch_size, 256), device=self.device,
+                     workers=self.cfg.workers,
+                     amp=self.amp, channels_last=self.cl)
+        return fe.features, fe.labels
+
 
 
 def save_checkpoint(path: Path, gm: KmModel, opt: torch.optim.Optimizer, sched: Any, gen: torch.Generator,

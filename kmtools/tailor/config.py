@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kmtools.errors import ConfigError
 from kmtools.models.core import KmModel
+
+Log = Callable[[str], None]
 
 INITS = ("equidistant", "means", "kmeans")
 HEADS = ("gauss", "rbf", "rslvq", "glvq")

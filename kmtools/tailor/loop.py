@@ -37,18 +37,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from kmtools.centroids import class_means, class_sums
 from kmtools.device import autocast
 from kmtools.errors import ConfigError, KmtoolsError
-from kmtools.features import as_tensors, extract
+from kmtools.features import as_tensors
 from kmtools.models.core import GaussHead, KmModel
 from kmtools.runs.signals import Interrupted, Signals, catch_signals
 from kmtools.tailor import objective as obj
+from kmtools.tailor.checkpoint import _Run
 from kmtools.tailor.checkpoint import restore as _restore
 from kmtools.tailor.checkpoint import save_checkpoint as _save_checkpoint
-from kmtools.tailor.config import EpochStats, TailorConfig, TailorResult
+from kmtools.tailor.config import EpochStats, Log, TailorConfig, TailorResult
 from kmtools.tailor.measure import benefit, fit_gamma
 from kmtools.tailor.training import (
     all_reduce as _all_reduce,
@@ -76,34 +77,9 @@ __all__ = ["Interrupted", "auto_gamma", "benefit", "check_train_from", "crop_fli
            "init_distributed", "initial_state", "resolve_augment", "tailor"]
 
 Progress = Callable[[int, int, str], None]
-Log = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- clean passes
-class _Run:
-    """What the loop carries between epochs (also what a checkpoint restores)."""
-
-    def __init__(self, cfg: TailorConfig, device: torch.device, amp: bool, cl: bool) -> None:
-        self.cfg, self.device, self.amp, self.cl = cfg, device, amp, cl
-        self.warm: obj.HeadState | None = None
-        self.state: obj.HeadState | None = None  # the head the next epoch trains with
-        self.scale = 1.0
-        self.history: list[EpochStats] = []
-        self.best: dict[str, Any] | None = None
-        self.stopped = False
-        self.below = 0  # epochs in a row below the accuracy floor
-        self.base_val: float | None = None  # the softmax network's validation accuracy
-
-    def feats(self, model: KmModel, data: Dataset[Any], shard: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        rank, world = _world()
-        if shard and world > 1:
-            data = Subset(data, list(range(rank, len(data), world)))  # type: ignore[arg-type]
-        fe = extract(model, data, batch_size=max(self.cfg.batch_size, 256), device=self.device,
-                     workers=self.cfg.workers,
-                     amp=self.amp, channels_last=self.cl)
-        return fe.features, fe.labels
-
-
 class _Moments:
     """Class sums and counts, Σ‖f‖² and n of features sharded across ranks (all-reduced)."""
 
