@@ -25,6 +25,27 @@ def digits_model(tmp: Path | None = None, epochs: int = 6, seed: int = 0) -> KmM
     return model
 
 
+def digits_gauss_pair(tmp: Path, reduce: str = "median") -> tuple[Path, Path]:
+    """``digits_model`` (4 epochs) and its Gauss network (class-mean centroids of the training
+    features, γ = 1 / the median (or mean) squared distance to the own centroid), saved in
+    ``tmp`` as digits.safetensors and gauss.safetensors."""
+    from kmtools.centroids import class_means
+    from kmtools.features import as_tensors
+    from kmtools.models.core import GaussHead
+
+    model = digits_model(tmp, epochs=4)
+    t = as_tensors(load_dataset("digits", split="train").dataset)
+    assert t is not None
+    x, y = t[0].float(), torch.as_tensor(t[1]).long()
+    with torch.no_grad():
+        f = model.eval().features(x)
+    c = class_means(f, y, 10)
+    d2 = ((f - c[y]) ** 2).sum(1)
+    gamma = float(1.0 / (d2.median() if reduce == "median" else d2.mean()))
+    save_model(model.with_head(GaussHead(c, gamma=gamma)), tmp / "gauss.safetensors")
+    return tmp / "digits.safetensors", tmp / "gauss.safetensors"
+
+
 def tiny_mlp_model(d_in: int = 6, d_feat: int = 5, c: int = 4, seed: int = 0) -> KmModel:
     torch.manual_seed(seed)
     backbone = nn.Sequential(nn.Linear(d_in, 16), nn.ReLU(), nn.Linear(16, d_feat))

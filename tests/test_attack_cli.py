@@ -16,12 +16,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kmtools.centroids import class_means
 from kmtools.data import load_dataset
-from kmtools.features import as_tensors
-from kmtools.models import GaussHead, save_model
 from kmtools_cli.main import app
-from tests.helpers import digits_model
+from tests.helpers import digits_gauss_pair
 
 runner = CliRunner()
 OP = ["--popsize", "12", "--steps", "3", "-n", "8", "--data", "digits"]
@@ -37,16 +34,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The digits SmallCNN and its Gauss network (class-mean centroids, γ = 1/median d²)."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("models")
-    model = digits_model(tmp, epochs=4)
-    t = as_tensors(load_dataset("digits", split="train").dataset)
-    assert t is not None
-    x, y = t[0].float(), torch.as_tensor(t[1]).long()
-    with torch.no_grad():
-        f = model.eval().features(x)
-    c = class_means(f, y, 10)
-    gamma = float(1.0 / ((f - c[y]) ** 2).sum(1).median())
-    save_model(model.with_head(GaussHead(c, gamma=gamma)), tmp / "gauss.safetensors")
-    return tmp / "digits.safetensors", tmp / "gauss.safetensors"
+    return digits_gauss_pair(tmp)
 
 
 def _run(*args: Any) -> Any:

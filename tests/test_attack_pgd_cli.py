@@ -15,13 +15,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kmtools.centroids import class_means
-from kmtools.data import load_dataset
-from kmtools.features import as_tensors
-from kmtools.models import GaussHead, save_model
 from kmtools.stats import mcnemar, wilson
 from kmtools_cli.main import app
-from tests.helpers import digits_model
+from tests.helpers import digits_gauss_pair
 
 runner = CliRunner()
 PGD = ["--data", "digits", "-n", "40", "--steps", "3", "--eps", "0,4/255,0.1", "--sanity", "0", "-q"]
@@ -36,16 +32,7 @@ def _one_thread() -> None:
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("models")
-    model = digits_model(tmp, epochs=4)
-    t = as_tensors(load_dataset("digits", split="train").dataset)
-    assert t is not None
-    x, y = t[0].float(), torch.as_tensor(t[1]).long()
-    with torch.no_grad():
-        f = model.eval().features(x)
-    c = class_means(f, y, 10)
-    gamma = float(1.0 / ((f - c[y]) ** 2).sum(1).median())
-    save_model(model.with_head(GaussHead(c, gamma=gamma)), tmp / "gauss.safetensors")
-    return tmp / "digits.safetensors", tmp / "gauss.safetensors"
+    return digits_gauss_pair(tmp)
 
 
 def _run(*args: Any) -> Any:

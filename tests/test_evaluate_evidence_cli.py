@@ -15,15 +15,13 @@ import torch
 from torch.utils.data import Subset, TensorDataset
 from typer.testing import CliRunner
 
-from kmtools.centroids import class_means
 from kmtools.data import load_dataset
 from kmtools.data.split import holdout_split, labels_of
 from kmtools.evaluate import noise_batches, recommended_threshold
-from kmtools.features import as_tensors
-from kmtools.models import GaussHead, load_model, save_model
+from kmtools.models import load_model
 from kmtools.ood import ood_baselines
 from kmtools_cli.main import app
-from tests.helpers import digits_model
+from tests.helpers import digits_gauss_pair
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +33,7 @@ def _one_thread() -> None:
 def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("models")
-    model = digits_model(tmp, epochs=4)
-    t = as_tensors(load_dataset("digits", split="train").dataset)
-    assert t is not None
-    x, y = t[0].float(), torch.as_tensor(t[1]).long()
-    with torch.no_grad():
-        f = model.eval().features(x)
-    c = class_means(f, y, 10)
-    gamma = float(1.0 / ((f - c[y]) ** 2).sum(1).median())
-    save_model(model.with_head(GaussHead(c, gamma=gamma)), tmp / "gauss.safetensors")
-    return tmp / "digits.safetensors", tmp / "gauss.safetensors"
+    return digits_gauss_pair(tmp)
 
 
 def _cli(*args: Any) -> Any:

@@ -12,13 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kmtools.centroids import class_means
-from kmtools.data import load_dataset
-from kmtools.features import as_tensors
-from kmtools.models import GaussHead, save_model
 from kmtools.report.schema import validate
 from kmtools_cli.main import app
-from tests.helpers import digits_model
+from tests.helpers import digits_gauss_pair
 
 runner = CliRunner()
 
@@ -33,14 +29,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The digits SmallCNN (softmax) and its Gauss network (class-mean centroids)."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("geometry")
-    model = digits_model(tmp, epochs=4)
-    x, y = as_tensors(load_dataset("digits", split="train").dataset)
-    with torch.no_grad():
-        f = model.eval().features(x.float())
-    c = class_means(f, y, 10)
-    gamma = float(1.0 / ((f - c[y]) ** 2).sum(1).mean())
-    save_model(model.with_head(GaussHead(c, gamma=gamma)), tmp / "gauss.safetensors")
-    return tmp / "digits.safetensors", tmp / "gauss.safetensors"
+    return digits_gauss_pair(tmp, reduce="mean")
 
 
 def _run(*args: Any) -> Any:
