@@ -31,7 +31,9 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as nnf
@@ -147,8 +149,21 @@ def _torchattacks(model: KmModel, x: torch.Tensor, y: torch.Tensor, args: argpar
         return class_confidences(model, adv).argmax(1).cpu() != y
 
 
+@dataclass
+class _Race:
+    """Totals of one comparison: seconds, candidates, per-image fooled flags and generations."""
+
+    km_s: float = 0.0
+    ta_s: float = 0.0
+    evals: int = 0
+    km: list[bool] = field(default_factory=list)
+    ta: list[bool] = field(default_factory=list)
+    gens: list[int] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
 def _race(model: KmModel, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, pop: int,
-          dev: torch.device) -> dict[str, object]:
+          dev: torch.device) -> _Race:
     """Both attacks on the same images, block by block in alternation (load hits both alike);
     every kmtools call pays its own set-up (backend export) inside its time."""
     kw = {"pixels": args.pixels, "popsize": pop, "maxiter": args.steps, "tol": None, "seed": args.seed,
@@ -156,26 +171,26 @@ def _race(model: KmModel, x: torch.Tensor, y: torch.Tensor, args: argparse.Names
           "success": "best", "bounds": "resample", "backend": args.backend}
     n = len(y)
     step = max(1, -(-n // args.blocks))
-    out: dict[str, object] = {"km_s": 0.0, "ta_s": 0.0, "evals": 0, "km": [], "ta": [], "gens": [], "settings": {}}
+    out = _Race()
     for s in range(0, n, step):
         xb, yb = x[s : s + step], y[s : s + step]
         synchronize(dev)
         t = time.perf_counter()
         res = onepixel(model, xb, yb, index=torch.arange(s, s + len(yb)), **kw)  # type: ignore[arg-type]
         synchronize(dev)
-        out["km_s"] = float(out["km_s"]) + time.perf_counter() - t  # type: ignore[arg-type]
-        out["evals"] = int(out["evals"]) + int(res.evaluations.sum())  # type: ignore[call-overload]
-        out["km"] += (res.success & ~res.skipped).tolist()  # type: ignore[operator]
-        out["gens"] += res.generations.tolist()  # type: ignore[operator]
-        out["settings"] = res.settings
+        out.km_s += time.perf_counter() - t
+        out.evals += int(res.evaluations.sum())
+        out.km += (res.success & ~res.skipped).tolist()
+        out.gens += res.generations.tolist()
+        out.settings = res.settings
         if not args.skip_torchattacks:
             t = time.perf_counter()
             fooled = _torchattacks(model, xb, yb, args, pop, dev)
             synchronize(dev)
-            out["ta_s"] = float(out["ta_s"]) + time.perf_counter() - t  # type: ignore[arg-type]
-            out["ta"] += fooled.tolist()  # type: ignore[operator]
-        print(f"  images {s}-{s + len(yb) - 1}: kmtools {float(out['km_s']):.1f} s, "  # type: ignore[arg-type]
-              f"torchattacks {float(out['ta_s']):.1f} s so far", flush=True)  # type: ignore[arg-type]
+            out.ta_s += time.perf_counter() - t
+            out.ta += fooled.tolist()
+        print(f"  images {s}-{s + len(yb) - 1}: kmtools {out.km_s:.1f} s, torchattacks {out.ta_s:.1f} s so far",
+              flush=True)
     return out
 
 
@@ -254,32 +269,32 @@ def main(argv: list[str] | None = None) -> int:
 
     races = [_race(model, x, y, args, pop, dev) for _ in range(args.repeat)]
     r = races[0]  # rates and counts: the first repetition (kmtools' search is seeded and repeats itself)
-    km_s = statistics.median(float(q["km_s"]) for q in races)  # type: ignore[arg-type]
-    ta_s = statistics.median(float(q["ta_s"]) for q in races)  # type: ignore[arg-type]
-    evals = int(r["evals"])  # type: ignore[call-overload]
+    km_s = statistics.median(q.km_s for q in races)
+    ta_s = statistics.median(q.ta_s for q in races)
+    evals = r.evals
     if args.repeat > 1:
         print(f"times (median of {args.repeat} repetitions): kmtools "
-              + ", ".join(f"{float(q['km_s']):.3f}" for q in races) + " s; torchattacks "  # type: ignore[arg-type]
-              + ", ".join(f"{float(q['ta_s']):.3f}" for q in races) + " s")  # type: ignore[arg-type]
-    settings: dict = r["settings"]  # type: ignore[assignment]
+              + ", ".join(f"{q.km_s:.3f}" for q in races) + " s; torchattacks "
+              + ", ".join(f"{q.ta_s:.3f}" for q in races) + " s")
+    settings = r.settings
     chunk = int(settings["chunk"])
     sweep = sorted({50, 100, 200, 400, 800, 1600, chunk})
     fwd = _forward_sweep(model, x, sweep, dev, amp)
     best_b = max(fwd, key=lambda b: fwd[b])
-    km = [bool(v) for v in r["km"]]  # type: ignore[attr-defined]
+    km = [bool(v) for v in r.km]
     rk = wilson(sum(km), n)
     print()
     print(f"{'method':<24}{'s':>9}{'images/s':>10}{'fooled':>8}{'rate [95% CI]':>24}{'candidates/s':>14}")
     print(f"{'kmtools onepixel':<24}{km_s:>9.1f}{n / km_s:>10.3f}{sum(km):>8}{_ci(rk):>24}{evals / km_s:>14,.0f}")
     if not args.skip_torchattacks:
-        ta = [bool(v) for v in r["ta"]]  # type: ignore[attr-defined]
+        ta = [bool(v) for v in r.ta]
         print(f"{'torchattacks OnePixel':<24}{ta_s:>9.1f}{n / ta_s:>10.3f}{sum(ta):>8}{_ci(wilson(sum(ta), n)):>24}"
               f"{'-':>14}")
     print()
     print("plain eager forward, images/s by batch: "
           + ", ".join(f"{b}: {v:,.0f}" for b, v in fwd.items()) + f" (best {best_b})")
     print(f"kmtools: backend {settings.get('backend')}, threads {settings.get('threads')}, chunk {chunk}; "
-          f"{evals:,} candidates, mean {sum(r['gens']) / max(n, 1):.1f} generations; "  # type: ignore[arg-type]
+          f"{evals:,} candidates, mean {sum(r.gens) / max(n, 1):.1f} generations; "
           f"candidate throughput / best plain forward = {evals / km_s / fwd[best_b]:.0%} "
           f"(/ forward at its chunk {evals / km_s / fwd[chunk]:.0%})")
     if not args.skip_torchattacks:
